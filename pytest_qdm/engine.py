@@ -1,0 +1,228 @@
+"""The one-pass engine: reference once per batch, every condition on the same batch.
+
+For each batch of token sequences the reference forward (stopped after the read-out
+layer) and the SAE encode run once; then each condition's prepared weights are swapped in,
+the same batch goes through, and the paired statistics are updated. Memory is bounded by
+the batch size: no [tokens x d_sae] matrix is ever kept.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .compress import Condition, applied
+from .config import AuditConfig
+from .progress import progress_bar
+from .stats import PairedStats, ReferenceStats
+
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
+_D_MODEL_HOOKS = (
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_attn_out",
+)
+_D_MODEL_HOOKS += ("hook_mlp_out", "hook_embed", "hook_pos_embed", "hook_mlp_in")
+
+
+def resolve_hook(model, sae, config: AuditConfig) -> str:
+    """The read-out hook: the config's, else the SAE's own; checked against the model."""
+    hook = config.hook_name or getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
+    if not hook:
+        raise ValueError(
+            "the SAE names no hook (sae.cfg.metadata.hook_name is empty); "
+            "pass AuditConfig(hook_name='blocks.N.hook_resid_post')"
+        )
+    if hook not in model.hook_dict:
+        close = difflib.get_close_matches(hook, list(model.hook_dict), n=3)
+        raise ValueError(
+            f"hook {hook!r} is not in the model ({model.cfg.n_layers} layers); "
+            f"did you mean one of {close}?"
+        )
+    return hook
+
+
+def stop_layer(hook: str, n_layers: int) -> int | None:
+    """``stop_at_layer`` for a forward that reaches ``hook`` (None: the full model)."""
+    match = _BLOCK_HOOK.match(hook)
+    if match:
+        return int(match.group(1)) + 1
+    if hook in ("hook_embed", "hook_pos_embed"):
+        return 0
+    return None
+
+
+def hook_width(model, hook: str) -> int:
+    """Width of the activation at ``hook`` as an SAE sees it (heads flattened)."""
+    cfg, suffix = model.cfg, hook.rsplit(".", 1)[-1]
+    if suffix in _D_MODEL_HOOKS:
+        return cfg.d_model
+    if hook.endswith(("mlp.hook_pre", "mlp.hook_post")):
+        return cfg.d_mlp
+    if hook.endswith(("attn.hook_z", "attn.hook_q")):
+        return cfg.n_heads * cfg.d_head
+    probe = torch.zeros(1, 1, dtype=torch.long, device=cfg.device)
+    _, cache = model.run_with_cache(probe, names_filter=hook)
+    return int(cache[hook][0, 0].numel())
+
+
+def validate_inputs(model, sae, tokens: torch.Tensor, hook: str) -> None:
+    """Raise ValueError/TypeError for bad input, before any long work."""
+    if not hasattr(model, "hook_dict") or not hasattr(model, "cfg"):
+        raise TypeError(f"model must be a TransformerLens HookedTransformer, got {type(model)}")
+    if not hasattr(sae, "encode") or not hasattr(sae, "cfg"):
+        raise TypeError(f"sae must be a sae_lens SAE, got {type(sae)}")
+    width = hook_width(model, hook)
+    if sae.cfg.d_in != width:
+        raise ValueError(
+            f"SAE d_in={sae.cfg.d_in} but the activation at {hook!r} has width {width}; "
+            "use the SAE trained for this model and hook"
+        )
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"tokens must be a torch.LongTensor [n, ctx], got {type(tokens)}")
+    if tokens.ndim != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise TypeError(
+            f"tokens must be a 2-D integer tensor [n, ctx], got {tokens.dtype} {tuple(tokens.shape)}"
+        )
+    if tokens.numel() == 0:
+        raise ValueError(f"tokens is empty (shape {tuple(tokens.shape)}); pass at least one row")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= model.cfg.d_vocab:
+        raise ValueError(
+            f"token ids must lie in [0, {model.cfg.d_vocab}) (the model's vocabulary), "
+            f"got ids from {low} to {high}; was the text tokenized for another model?"
+        )
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise ValueError(
+            f"sequences of {tokens.shape[1]} tokens exceed the model's context {model.cfg.n_ctx}"
+        )
+
+
+def validate_conditions(conditions: Sequence[Condition]) -> None:
+    if not conditions:
+        raise ValueError("no conditions given; pass e.g. [qdm.RTN(bits=6)]")
+    for condition in conditions:
+        if not isinstance(condition, Condition):
+            raise TypeError(
+                f"conditions must be qdm.RTN/MagnitudePrune/Candidate/Reference, got {condition!r}"
+            )
+    names = [c.name for c in conditions]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"condition names must be unique, got duplicates {duplicates}")
+
+
+@dataclass
+class LossSums:
+    """Summed next-token negative log-likelihood (float64) and the count of scored tokens."""
+
+    nll: float = 0.0
+    count: int = 0
+
+    def merge(self, other: LossSums) -> LossSums:
+        return LossSums(self.nll + other.nll, self.count + other.count)
+
+
+@dataclass
+class EngineState:
+    """Mergeable state of a (partial) pass: shards merged equal one pass."""
+
+    reference: ReferenceStats
+    paired: dict[str, PairedStats]
+    loss: dict[str, LossSums] = field(default_factory=dict)  # "reference" + condition names
+
+    def merge(self, other: EngineState) -> EngineState:
+        if set(self.paired) != set(other.paired):
+            raise ValueError(f"cannot merge shards of {set(self.paired)} and {set(other.paired)}")
+        return EngineState(
+            self.reference.merge(other.reference),
+            {n: self.paired[n].merge(other.paired[n]) for n in self.paired},
+            {n: s.merge(other.loss.get(n, LossSums())) for n, s in self.loss.items()},
+        )
+
+
+class _Readout:
+    """Runs a batch to the read-out hook, returning activations [tokens, width] (and loss)."""
+
+    def __init__(self, model, hook: str, compute_loss: bool):
+        self.model, self.hook, self.compute_loss = model, hook, compute_loss
+        self.stop = None if compute_loss else stop_layer(hook, model.cfg.n_layers)
+
+    def __call__(self, batch: torch.Tensor, label: str, index: int):
+        captured = {}
+
+        def capture(activation, hook):
+            captured["act"] = activation
+
+        out = self.model.run_with_hooks(
+            batch,
+            fwd_hooks=[(self.hook, capture)],
+            stop_at_layer=self.stop,
+            return_type="loss" if self.compute_loss else None,
+            loss_per_token=self.compute_loss,
+        )
+        act = captured["act"]
+        if not torch.isfinite(act).all():
+            raise ValueError(
+                f"non-finite activations (NaN/inf) at {self.hook!r} for condition {label!r} "
+                f"in batch {index}; the compressed weights or the model overflow in its dtype"
+            )
+        act = act.reshape(batch.shape[0] * batch.shape[1], -1)
+        loss = None
+        if self.compute_loss:
+            loss = LossSums(float(out.double().sum()), int(out.numel()))
+        return act, loss
+
+
+def encode(sae, activations: torch.Tensor) -> torch.Tensor:
+    """SAE feature activations [tokens, d_sae] in float32."""
+    return sae.encode(activations.to(sae.dtype)).float()
+
+
+def run_pass(
+    model,
+    sae,
+    tokens: torch.Tensor,
+    conditions: Sequence[Condition],
+    prepared: dict[str, dict[str, torch.Tensor]],
+    hook: str,
+    config: AuditConfig,
+) -> EngineState:
+    """One pass over ``tokens`` in batches; ``prepared`` holds each condition's weights."""
+    device = torch.device(config.device or model.cfg.device)
+    readout = _Readout(model, hook, config.compute_loss)
+    state = EngineState(
+        ReferenceStats.empty(sae.cfg.d_sae, device),
+        {c.name: PairedStats.empty(sae.cfg.d_sae, device) for c in conditions},
+    )
+    if config.compute_loss:
+        state.loss = {name: LossSums() for name in ["reference", *state.paired]}
+    batches = torch.split(tokens, config.batch_size)
+    steps = len(batches) * (1 + len(conditions))
+    with (
+        torch.inference_mode(),
+        progress_bar("QDM audit", steps, config.progress) as advance,
+    ):
+        for index, batch in enumerate(batches):
+            batch = batch.to(device)
+            act, loss = readout(batch, "reference", index)
+            x = encode(sae, act)
+            state.reference = state.reference.merge(ReferenceStats.of_batch(x))
+            if loss:
+                state.loss["reference"] = state.loss["reference"].merge(loss)
+            advance()
+            for condition in conditions:
+                with applied(model, prepared[condition.name]):
+                    act, loss = readout(batch, condition.name, index)
+                y = encode(sae, act)
+                pair = PairedStats.of_batch(x, y)
+                state.paired[condition.name] = state.paired[condition.name].merge(pair)
+                if loss:
+                    state.loss[condition.name] = state.loss[condition.name].merge(loss)
+                advance()
+    return state

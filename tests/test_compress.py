@@ -1,0 +1,255 @@
+"""Compression operators against independent formulas on Hugging Face layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_model, gemma_like_config, neox_config
+
+from pytest_qdm.compress import (
+    RTN,
+    Candidate,
+    MagnitudePrune,
+    Reference,
+    applied,
+    target_weights,
+)
+
+
+def rtn_numpy(weight: np.ndarray, bits: int, group: int | None = None) -> np.ndarray:
+    """Per-row RTN of an HF nn.Linear weight [out, in], written from DESIGN.md directly."""
+    qmax = 2 ** (bits - 1) - 1
+    out = np.empty_like(weight)
+    group = group or weight.shape[1]
+    for row in range(weight.shape[0]):
+        for start in range(0, weight.shape[1], group):
+            w = weight[row, start : start + group]
+            scale = np.float32(np.abs(w).max()) / np.float32(qmax)
+            if scale == 0:
+                out[row, start : start + group] = 0
+                continue
+            out[row, start : start + group] = np.clip(np.round(w / scale), -qmax, qmax) * scale
+    return out
+
+
+def hf_neox(seed=0):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        rotary_pct=0.5,
+        use_parallel_residual=True,
+    )
+    return GPTNeoXForCausalLM(config).eval(), neox_config(
+        n_layers=2,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        d_vocab=64,
+        n_ctx=16,
+        rotary_dim=4,
+    )
+
+
+def hf_gemma2(seed=0):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Gemma2Config(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        max_position_embeddings=16,
+    )
+    tl_config = gemma_like_config(
+        n_layers=2,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        d_vocab=64,
+        n_ctx=16,
+        rotary_dim=8,
+    )
+    return Gemma2ForCausalLM(config).eval(), tl_config
+
+
+def as_hooked(hf_model, tl_config, convert):
+    """The HF model's block weights, converted by TransformerLens, in a HookedTransformer."""
+    model = build_model(tl_config)
+    converted = convert(hf_model, tl_config)
+    with torch.no_grad():
+        for name, param in target_weights(model).items():
+            param.copy_(converted[name])
+    return model
+
+
+NEOX_LINEARS = (
+    "attention.query_key_value",
+    "attention.dense",
+    "mlp.dense_h_to_4h",
+    "mlp.dense_4h_to_h",
+)
+GEMMA_LINEARS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+)
+GEMMA_LINEARS += ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def rtn_hf_copy(hf_model, linears, bits, group=None):
+    quantized = {k: v.clone() for k, v in hf_model.state_dict().items()}
+    for key, value in quantized.items():
+        if key.endswith(".weight") and any(f".{linear}." in key for linear in linears):
+            quantized[key] = torch.from_numpy(rtn_numpy(value.numpy(), bits, group))
+    copy = type(hf_model)(hf_model.config).eval()
+    copy.load_state_dict(quantized)
+    return copy
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("arch", ["neox", "gemma2"])
+def test_rtn_equals_per_row_rtn_of_hf_linear_weights(arch, bits):
+    from transformer_lens.pretrained.weight_conversions.gemma import (
+        convert_gemma_weights,
+    )
+    from transformer_lens.pretrained.weight_conversions.neox import convert_neox_weights
+
+    build, linears, convert = {
+        "neox": (hf_neox, NEOX_LINEARS, convert_neox_weights),
+        "gemma2": (hf_gemma2, GEMMA_LINEARS, convert_gemma_weights),
+    }[arch]
+    hf_model, tl_config = build()
+    model = as_hooked(hf_model, tl_config, convert)
+    ours = RTN(bits).compressed_weights(model)
+    expected = convert(rtn_hf_copy(hf_model, linears, bits), tl_config)
+    assert set(ours) == set(target_weights(model))
+    for name, tensor in ours.items():
+        np.testing.assert_allclose(tensor.numpy(), expected[name].detach().numpy(), atol=1e-7)
+
+
+def test_group_wise_rtn_equals_per_group_rtn_of_hf_weights():
+    from transformer_lens.pretrained.weight_conversions.gemma import (
+        convert_gemma_weights,
+    )
+
+    hf_model, tl_config = hf_gemma2()
+    model = as_hooked(hf_model, tl_config, convert_gemma_weights)
+    ours = RTN(4, group_size=8).compressed_weights(model)
+    expected = convert_gemma_weights(rtn_hf_copy(hf_model, GEMMA_LINEARS, 4, 8), tl_config)
+    for name, tensor in ours.items():
+        np.testing.assert_allclose(tensor.numpy(), expected[name].detach().numpy(), atol=1e-7)
+
+
+def test_gqa_and_gated_mlp_weights_are_targeted(gemma_like_model):
+    names = set(RTN(6).compressed_weights(gemma_like_model))
+    assert "blocks.0.attn._W_K" in names and "blocks.0.attn._W_V" in names
+    assert "blocks.1.mlp.W_gate" in names
+    assert not any(n.endswith(("attn.W_K", "attn.W_V")) for n in names)
+
+
+def test_only_block_linear_weights_change(neox_model):
+    weights = RTN(3).compressed_weights(neox_model)
+    before = {k: v.clone() for k, v in neox_model.state_dict().items()}
+    with applied(neox_model, weights):
+        after = neox_model.state_dict()
+        changed = {k for k in before if not torch.equal(before[k], after[k])}
+    untouched = [k for k in before if k.startswith(("embed", "unembed", "ln_final"))]
+    untouched += [k for k in before if ".ln" in k or ".b_" in k]
+    assert changed and changed <= set(weights)
+    assert not changed & set(untouched)
+
+
+def test_all_zero_channel_stays_zero(neox_model):
+    with torch.no_grad():
+        saved = neox_model.blocks[0].mlp.W_in[:, 3].clone()
+        neox_model.blocks[0].mlp.W_in[:, 3] = 0
+    try:
+        quantized = RTN(4).compressed_weights(neox_model)["blocks.0.mlp.W_in"]
+        assert torch.all(quantized[:, 3] == 0) and torch.isfinite(quantized).all()
+    finally:
+        with torch.no_grad():
+            neox_model.blocks[0].mlp.W_in[:, 3] = saved
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.333, 0.9])
+def test_pruning_zeroes_exactly_the_requested_count(neox_model, sparsity):
+    weights = MagnitudePrune(sparsity).compressed_weights(neox_model)
+    originals = target_weights(neox_model)
+    for name, pruned in weights.items():
+        original = originals[name].data
+        newly_zero = int(((pruned == 0) & (original != 0)).sum())
+        assert newly_zero == round(sparsity * original.numel())
+        kept = pruned != 0
+        assert torch.equal(pruned[kept], original[kept])
+        if kept.any() and (~kept).any():
+            assert original[~kept].abs().max() <= original[kept].abs().min()
+
+
+def test_pruning_ties_are_deterministic():
+    from pytest_qdm.compress import prune_smallest
+
+    weight = torch.tensor([1.0, -1.0, 1.0, 2.0, 1.0])
+    assert prune_smallest(weight, 0.4).tolist() == [0.0, 0.0, 1.0, 2.0, 1.0]
+
+
+def test_layers_restrict_the_compressed_blocks(neox_model):
+    names = RTN(6).compressed_weights(neox_model, layers=range(2))
+    assert names and all(n.startswith(("blocks.0.", "blocks.1.")) for n in names)
+
+
+def test_applied_restores_bit_exactly_even_when_the_body_raises(neox_model):
+    before = {k: v.clone() for k, v in neox_model.state_dict().items()}
+    weights = RTN(2).compressed_weights(neox_model)
+    with pytest.raises(RuntimeError, match="boom"), applied(neox_model, weights):
+        raise RuntimeError("boom")
+    after = neox_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_reference_changes_nothing(neox_model):
+    assert Reference().compressed_weights(neox_model) == {}
+
+
+def test_condition_names_are_stable():
+    assert RTN(6).name == "rtn-int6"
+    assert RTN(4, group_size=128).name == "rtn-int4-g128"
+    assert MagnitudePrune(0.175).name == "prune-0.175"
+    assert Reference().name == "reference"
+
+
+@pytest.mark.parametrize("bits", [1, 9, 0, 4.0, True])
+def test_bits_outside_2_to_8_are_refused(bits):
+    with pytest.raises(ValueError, match="bits must be an integer in 2..8"):
+        RTN(bits)
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5])
+def test_sparsity_outside_unit_interval_is_refused(sparsity):
+    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
+        MagnitudePrune(sparsity)
+
+
+def test_group_size_must_divide_the_input_width(neox_model):
+    with pytest.raises(ValueError, match="group_size=48 does not divide the input width 64"):
+        RTN(4, group_size=48).compressed_weights(neox_model)
+
+
+def test_candidate_with_other_shapes_is_refused(neox_model):
+    other = build_model(neox_config(d_mlp=128))
+    with pytest.raises(ValueError, match="does not match the reference architecture"):
+        Candidate(other, "small-mlp").compressed_weights(neox_model)
