@@ -12,12 +12,14 @@ from .compress import RTN, Condition
 from .config import AuditConfig
 from .engine import (
     EngineState,
+    pass_steps,
     resolve_hook,
     run_pass,
     stop_layer,
     validate_conditions,
     validate_inputs,
 )
+from .progress import progress_bar
 from .results import (
     AuditResult,
     ConditionResult,
@@ -120,5 +122,7 @@ def audit(
     hook = resolve_hook(model, sae, config)
     validate_inputs(model, sae, tokens, hook)
     prepared = prepare_conditions(model, conditions, hook, config.compute_loss)
-    state = run_pass(model, sae, tokens, conditions, prepared, hook, config)
+    steps = pass_steps(tokens, conditions, config)
+    with progress_bar("QDM audit", steps, config.progress) as advance:
+        state = run_pass(model, sae, tokens, conditions, prepared, hook, config, advance)
     return finalize(state, conditions, hook, token_summary(tokens), config)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from .compress import Condition, applied
 from .config import AuditConfig
-from .progress import progress_bar
 from .stats import PairedStats, ReferenceStats
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
@@ -179,6 +178,11 @@ class _Readout:
         return act, loss
 
 
+def pass_steps(tokens: torch.Tensor, conditions: Sequence[Condition], config: AuditConfig) -> int:
+    """Forward passes :func:`run_pass` makes (for progress bars)."""
+    return -(-tokens.shape[0] // config.batch_size) * (1 + len(conditions))
+
+
 def encode(sae, activations: torch.Tensor) -> torch.Tensor:
     """SAE feature activations [tokens, d_sae] in float32."""
     return sae.encode(activations.to(sae.dtype)).float()
@@ -192,8 +196,12 @@ def run_pass(
     prepared: dict[str, dict[str, torch.Tensor]],
     hook: str,
     config: AuditConfig,
+    advance: Callable[[int], None] = lambda n: None,
 ) -> EngineState:
-    """One pass over ``tokens`` in batches; ``prepared`` holds each condition's weights."""
+    """One pass over ``tokens`` in batches; ``prepared`` holds each condition's weights.
+
+    ``advance(n)`` is called as work completes (one unit per forward pass).
+    """
     device = torch.device(config.device or model.cfg.device)
     readout = _Readout(model, hook, config.compute_loss)
     state = EngineState(
@@ -208,14 +216,14 @@ def run_pass(
         torch.inference_mode(),
         progress_bar("QDM audit", steps, config.progress) as advance,
     ):
-        for index, batch in enumerate(batches):
+        for index, batch in enumerate(torch.split(tokens, config.batch_size)):
             batch = batch.to(device)
             act, loss = readout(batch, "reference", index)
             x = encode(sae, act)
             state.reference = state.reference.merge(ReferenceStats.of_batch(x))
             if loss:
                 state.loss["reference"] = state.loss["reference"].merge(loss)
-            advance()
+            advance(1)
             for condition in conditions:
                 with applied(model, prepared[condition.name]):
                     act, loss = readout(batch, condition.name, index)
@@ -224,5 +232,5 @@ def run_pass(
                 state.paired[condition.name] = state.paired[condition.name].merge(pair)
                 if loss:
                     state.loss[condition.name] = state.loss[condition.name].merge(loss)
-                advance()
+                advance(1)
     return state

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -16,7 +16,7 @@ from rich.progress import (
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool) -> Iterator[callable]:
+def progress_bar(description: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n=1)``; draws on stderr only when ``enabled`` and a terminal."""
     console = Console(stderr=True)
     progress = Progress(
