@@ -210,12 +210,7 @@ def run_pass(
     )
     if config.compute_loss:
         state.loss = {name: LossSums() for name in ["reference", *state.paired]}
-    batches = torch.split(tokens, config.batch_size)
-    steps = len(batches) * (1 + len(conditions))
-    with (
-        torch.inference_mode(),
-        progress_bar("QDM audit", steps, config.progress) as advance,
-    ):
+    with torch.inference_mode():
         for index, batch in enumerate(torch.split(tokens, config.batch_size)):
             batch = batch.to(device)
             act, loss = readout(batch, "reference", index)
