@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -38,3 +40,58 @@ class AuditConfig(BaseModel):
                 f"survival_threshold ({self.survival_threshold})"
             )
         return self
+
+
+class QdmOptions(BaseModel):
+    """The plugin's options, built once in ``pytest_configure`` (command line over ini).
+
+    ``model`` None means the plugin is idle: no gate item, and qdm fixtures skip.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    model: str | None = None
+    sae: str | None = None
+    hook: str | None = None
+    bits: tuple[int, ...] = (8, 7, 6, 5, 4)
+    match_bits: int | None = 6
+    dataset: str | None = None
+    tokens: int | None = Field(None, ge=1)
+    context_length: int | None = Field(None, ge=2)
+    batch_size: int = Field(8, ge=1)
+    device: str | None = None
+    dtype: str | None = None
+    survival_threshold: float = 0.9
+    damage_threshold: float = 0.5
+    active_threshold: float = 1e-3
+    report_dir: str = "qdm-report"
+    gates: tuple[Any, ...] = ()  # thresholds.GateCheck
+    baseline: str | None = None
+    baseline_checks: tuple[Any, ...] = ()  # thresholds.BaselineCheck
+    update_baseline: bool = False
+    cache: bool = True
+    cache_dir: str = ".qdm/cache"
+    plots: bool = True
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _valid_bits(self) -> QdmOptions:
+        bad = [b for b in self.bits if not 2 <= b <= 8]
+        if bad or not self.bits:
+            raise ValueError(f"--qdm-bits must list bit widths in 2..8, got {list(self.bits)}")
+        if self.match_bits is not None and self.match_bits not in self.bits:
+            raise ValueError(
+                f"--qdm-match-bits {self.match_bits} is not among --qdm-bits {list(self.bits)}"
+            )
+        return self
+
+    def audit_config(self, hook: str | None = None) -> AuditConfig:
+        return AuditConfig(
+            hook_name=hook or self.hook,
+            survival_threshold=self.survival_threshold,
+            damage_threshold=self.damage_threshold,
+            active_threshold=self.active_threshold,
+            batch_size=self.batch_size,
+            device=self.device,
+            progress=self.progress,
+        )
