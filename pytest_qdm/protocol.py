@@ -25,6 +25,7 @@ from .perplexity import (
     relative_change,
     sliding_window_perplexity,
 )
+from .precheck import ADVICE, SaeFit, check_sae_fit
 from .predictor import PredictorResult, fit_survival_predictor
 from .progress import progress_bar
 from .pruning import OverlapResult, PruningMatch, compare_damage, match_sparsity
@@ -57,6 +58,9 @@ class ProtocolConfig(BaseModel):
     budget_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
     n_bootstrap: int = Field(200, ge=0)
     seed: int = 0
+    min_explained_variance: float | None = Field(
+        0.5, le=1, description="refuse an SAE that explains less at the hook (None: measure only)"
+    )
     masks_ppl_tolerance: float = Field(0.05, ge=0, description="|PPL change| counted as 'held'")
     masks_survival_bound: float = Field(
         0.9, ge=0, le=1, description="survival below this is damage"
@@ -107,6 +111,7 @@ class ProtocolReport(BaseModel):
     overlap: OverlapResult | None
     stability: StabilityReport
     findings: list[Finding]
+    sae_fit: SaeFit
     elapsed_seconds: float
 
     def to_json(self, **kwargs) -> str:
@@ -225,6 +230,19 @@ def run_protocol(
             model, second_sae, tokens[:1], resolve_hook(model, second_sae, AuditConfig())
         )
 
+    floor = cfg.min_explained_variance
+    fit = check_sae_fit(
+        model,
+        sae,
+        tokens,
+        hook_name=hook,
+        min_explained_variance=-np.inf if floor is None else floor,
+    )
+    if not fit.ok:
+        raise ValueError(
+            f"{fit.reason}. {ADVICE} (ProtocolConfig(min_explained_variance=None) audits anyway)"
+        )
+
     ppl_tokens = tokens[: max(1, -(-cfg.ppl_tokens // tokens.shape[1]))]
     batch = config.batch_size
     perplexity: dict[str, dict[str, PerplexityResult]] = {}
@@ -320,6 +338,7 @@ def run_protocol(
         overlap=overlap,
         stability=stability,
         findings=_findings(rows, cfg),
+        sae_fit=fit,
         elapsed_seconds=time.perf_counter() - started,
     )
 

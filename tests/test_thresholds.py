@@ -1,0 +1,71 @@
+"""Threshold expressions: parsing, messages and errors (no model needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_qdm.thresholds import condition_name, parse_baseline, parse_gate
+
+
+@pytest.mark.parametrize(
+    ("text", "condition", "bound"),
+    [
+        ("int6:0.6", "rtn-int6", 60.0),
+        ("int6:60%", "rtn-int6", 60.0),
+        ("rtn-int4:0.25", "rtn-int4", 25.0),
+        ("*:0.5", "*", 50.0),
+    ],
+)
+def test_gate_expressions_parse_to_percent_bounds(text, condition, bound):
+    check = parse_gate("min_survived", text)
+    assert (check.condition, check.metric, check.direction) == (condition, "survived_pct", "min")
+    assert check.bound == pytest.approx(bound)
+
+
+def test_perplexity_change_bound_stays_a_fraction():
+    check = parse_gate("max_ppl_change", "int6:5%")
+    assert (check.metric, check.direction, check.bound) == ("ppl_chunked_change", "max", 0.05)
+
+
+def test_gate_failure_message_names_metric_value_and_bound():
+    check = parse_gate("min_survived", "int6:0.6")
+    assert check.describe(62.0) == (True, "rtn-int6 survived_pct = 62%, required >= 60%: ok")
+    passed, message = check.describe(41.5)
+    assert not passed and message == "rtn-int6 survived_pct = 41.5%, required >= 60%: FAILED"
+    assert check.describe(None)[0] is False
+
+
+@pytest.mark.parametrize(
+    "text", ["int6", "int6:", "int6:abc", "int6=0.6", "int6:1.5", "int9:0.5", "int1:0.5"]
+)
+def test_malformed_gate_expressions_are_refused(text):
+    with pytest.raises(ValueError, match="int6:0.6|fraction|bits must be in 2..8"):
+        parse_gate("min_survived", text)
+
+
+def test_baseline_expressions():
+    check = parse_baseline("survived:-2%")
+    assert (check.condition, check.metric, check.bad_direction, check.amount) == (
+        None,
+        "survived",
+        "-",
+        2.0,
+    )
+    assert check.compare("rtn-int6", 59.0, 60.0) is None
+    message = check.compare("rtn-int6", 57.5, 60.0)
+    assert message == "rtn-int6 survived: 57.5 vs baseline 60 (-2.5, allowed -2) [survived:-2%]"
+    scoped = parse_baseline("int4.damaged:+3")
+    assert scoped.condition == "rtn-int4" and scoped.compare("rtn-int4", 14.0, 10.0)
+    assert parse_baseline("auc:-0.02").compare("report", 0.95, 0.96) is None
+
+
+@pytest.mark.parametrize("text", ["survived", "survived:2%", "bogus:-1", "int6.survived", ""])
+def test_malformed_baseline_expressions_are_refused(text):
+    with pytest.raises(ValueError, match="METRIC:±AMOUNT"):
+        parse_baseline(text)
+
+
+def test_condition_name_shorthand():
+    assert condition_name("int6") == "rtn-int6"
+    assert condition_name("int4-g128") == "rtn-int4-g128"
+    assert condition_name("prune-0.2") == "prune-0.2"
