@@ -40,7 +40,7 @@ _BASELINE = re.compile(
 
 def condition_name(token: str) -> str:
     """``int6`` -> ``rtn-int6``; other names pass through."""
-    return f"rtn-{token}" if re.fullmatch(r"int[2-8](-g\d+)?", token) else token
+    return f"rtn-{token}" if re.fullmatch(r"int\d+(-g\d+)?", token) else token
 
 
 @dataclass(frozen=True)
