@@ -46,7 +46,7 @@ class SaeFit(BaseModel):
     reconstruction_norm: float  # mean ||x_hat||
     norm_ratio: float  # reconstruction_norm / activation_norm
     b_dec_norm: float  # ||b_dec||, the point the SAE reconstructs around
-    min_explained_variance: float
+    min_explained_variance: float | None  # None: measured, never refused
     ok: bool
     reason: str
 
@@ -86,7 +86,7 @@ def check_sae_fit(
     tokens: Any,
     *,
     hook_name: str | None = None,
-    min_explained_variance: float = 0.5,
+    min_explained_variance: float | None = 0.5,
     max_tokens: int = 2048,
 ) -> SaeFit:
     """Measure the SAE's fit on at most ``max_tokens`` tokens of ``tokens`` (a LongTensor
@@ -99,7 +99,7 @@ def check_sae_fit(
         raise TypeError(f"tokens must be a LongTensor [n, ctx], got {type(tokens).__name__}")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
-    if not min_explained_variance <= 1:
+    if min_explained_variance is not None and not min_explained_variance <= 1:
         raise ValueError(f"min_explained_variance must be <= 1, got {min_explained_variance!r}")
     sae_hook = sae.cfg.metadata.hook_name
     hook_name = hook_name or sae_hook
@@ -138,15 +138,16 @@ def check_sae_fit(
     ev = 1 - float(sums[0]) / total if total > 0 else float("nan")
     act_norm, rec_norm = float(sums[2]) / n, float(sums[3]) / n
     ratio = rec_norm / act_norm if act_norm > 0 else float("nan")
+    threshold = "none" if min_explained_variance is None else f"{min_explained_variance:.2f}"
     numbers = (
-        f"explained variance {ev:.3f} (threshold {min_explained_variance:.2f}), mean L0 "
+        f"explained variance {ev:.3f} (threshold {threshold}), mean L0 "
         f"{float(sums[4]) / n:.1f} of {sae.cfg.d_sae} features, mean activation norm "
         f"{act_norm:.4g} vs reconstruction norm {rec_norm:.4g} (ratio {ratio:.2f}), "
         f"||b_dec|| {b_dec_norm:.4g}, on {n} tokens at {hook_name!r}"
     )
     if sae_hook and sae_hook != hook_name:
         numbers += f" (the SAE was made for {sae_hook!r})"
-    ok = ev >= min_explained_variance  # False for NaN
+    ok = min_explained_variance is None or ev >= min_explained_variance  # False for NaN
     return SaeFit(
         hook_name=hook_name,
         n_tokens=n,

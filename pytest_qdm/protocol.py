@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -107,6 +106,7 @@ class ProtocolReport(BaseModel):
     perplexity: dict[str, dict[str, PerplexityResult]]
     sweep: list[SweepRow]
     predictor: PredictorResult
+    predictor_condition: str  # the RTN condition the predictor and the overlap are about
     pruning: PruningMatch | None
     overlap: OverlapResult | None
     stability: StabilityReport
@@ -230,13 +230,8 @@ def run_protocol(
             model, second_sae, tokens[:1], resolve_hook(model, second_sae, AuditConfig())
         )
 
-    floor = cfg.min_explained_variance
     fit = check_sae_fit(
-        model,
-        sae,
-        tokens,
-        hook_name=hook,
-        min_explained_variance=-np.inf if floor is None else floor,
+        model, sae, tokens, hook_name=hook, min_explained_variance=cfg.min_explained_variance
     )
     if not fit.ok:
         raise ValueError(
@@ -334,6 +329,7 @@ def run_protocol(
         perplexity=perplexity,
         sweep=rows,
         predictor=predictor,
+        predictor_condition=focus,
         pruning=pruning,
         overlap=overlap,
         stability=stability,
@@ -341,9 +337,3 @@ def run_protocol(
         sae_fit=fit,
         elapsed_seconds=time.perf_counter() - started,
     )
-
-
-def survival_curve(report: ProtocolReport) -> tuple[np.ndarray, np.ndarray]:
-    """(bits, survived %) of the RTN rows, for plots and tables."""
-    rows = [r for r in report.sweep if r.kind == "RTN"]
-    return np.array([r.bits for r in rows]), np.array([r.survived_pct for r in rows], dtype=float)

@@ -118,3 +118,11 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent (only on the dev machines)")
     return SHARED_DATA
+
+
+def pytest_configure(config):
+    # One torch thread per process: on a shared 2-core machine (and under xdist) two threads
+    # per process oversubscribe the cores and make small forwards many times slower.
+    import torch
+
+    torch.set_num_threads(1)

@@ -1,0 +1,23 @@
+"""Reports of an audit: terminal (rich), JSON and markdown files, PNG plots, JUnit properties.
+
+Importing this package loads rich and numpy only: matplotlib is imported inside
+:func:`plot_report`, and no module here imports torch.
+"""
+
+from __future__ import annotations
+
+from .files import append_github_step_summary, markdown_summary, write_json
+from .plots import plot_report
+from .properties import audit_properties, junit_properties
+from .terminal import render_audit, render_report
+
+__all__ = [
+    "append_github_step_summary",
+    "audit_properties",
+    "junit_properties",
+    "markdown_summary",
+    "plot_report",
+    "render_audit",
+    "render_report",
+    "write_json",
+]

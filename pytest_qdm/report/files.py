@@ -1,0 +1,90 @@
+"""Report files: the JSON result (atomic write) and a GitHub-flavoured markdown summary."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import _format as fmt
+
+if TYPE_CHECKING:
+    from ..protocol import ProtocolReport
+    from ..results import AuditResult
+
+
+def write_json(report: ProtocolReport | AuditResult, path: Path) -> Path:
+    """Write ``report.to_json()`` (compact) to ``path`` atomically and return the path.
+
+    The text goes to a temporary file in the same folder, is flushed to disk, then
+    replaces ``path`` with ``os.replace``: readers see the old file or the new one, never
+    a partial one. Parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = report.to_json()
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int) -> str:
+    align = ["---" if i < numeric_from else "---:" for i in range(len(headers))]
+    lines = [headers, align, *rows]
+    return "\n".join("| " + " | ".join(_cell(c) for c in line) + " |" for line in lines)
+
+
+def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool, str]] = ()) -> str:
+    """The report as GitHub-flavoured markdown: sweep table, findings, one-liners, verdicts."""
+    first, second = fmt.headline(report)
+    out = [f"## QDM audit: `{report.audit.hook_name}`", "", f"{first}; {second}.", ""]
+    out += [_table(fmt.WIDE_HEADERS, [fmt.sweep_cells(r) for r in report.sweep], 2), ""]
+    out += ["### Findings", ""]
+    for finding in report.findings:
+        bold = finding.kind == fmt.MASKS_DAMAGE
+        out.append(f"> **{finding.message}**" if bold else f"- {finding.message}")
+        out.append("")
+    if not report.findings:
+        out += ["No condition held perplexity while its SAE features degraded.", ""]
+    details = [
+        ("Matched pruning", fmt.pruning_line(report)),
+        ("Overlap", fmt.overlap_line(report)),
+        (f"Predictor (survival under {fmt.focus_condition(report)})", fmt.predictor_line(report)),
+        ("Predictor caveat", fmt.predictor_caveat(report)),
+        *((label[:1].upper() + label[1:], text) for label, text in fmt.stability_lines(report)),
+    ]
+    out += [f"- **{label}:** {text}" for label, text in details if text is not None]
+    if verdicts:
+        rows = [
+            [name, f"{'✅' if passed else '❌'} {fmt.verdict_word(passed)}", message]
+            for name, passed, message in verdicts
+        ]
+        out += ["", "### Gate verdicts", "", _table(("gate", "result", "detail"), rows, 3)]
+    return "\n".join(out) + "\n"
+
+
+def append_github_step_summary(
+    markdown: str, environ: Mapping[str, str] = os.environ
+) -> Path | None:
+    """Append ``markdown`` to the file named by ``$GITHUB_STEP_SUMMARY``; None when unset."""
+    target = environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return None
+    path = Path(target)
+    with path.open("a", encoding="utf-8") as file:
+        file.write(markdown if markdown.endswith("\n") else markdown + "\n")
+    return path

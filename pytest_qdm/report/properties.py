@@ -1,0 +1,177 @@
+"""Key metrics as flat (name, value) pairs for pytest's ``record_property`` (JUnit XML).
+
+Naming scheme (stable; dots separate levels, condition names are the report's own,
+e.g. ``reference``, ``rtn-int6``, ``prune-0.175``):
+
+- ``qdm.<condition>.<metric>``, one sweep row: ``survived_pct``, ``degraded_pct``,
+  ``damaged_pct`` (0-100 over active features), ``survived_ci_low``/``survived_ci_high``
+  (bootstrap CI, 0-100), ``mean_r``, ``median_r``, ``silenced_count``, ``emergent_count``,
+  ``ppl_chunked``, ``ppl_sliding``, ``ppl_chunked_change``, ``ppl_sliding_change``
+  (relative, PPL_C / PPL_FP - 1), ``budget_spread_pp``, ``subsets_spread_pp``
+  (percentage points). A bare audit (:func:`audit_properties`) adds ``n_active`` and
+  ``survived_count``/``degraded_count``/``damaged_count`` and has no perplexity.
+- ``qdm.predictor.``: ``status`` (string), ``auc``, ``auc_std``, ``n_features``,
+  ``n_survived``.
+- ``qdm.pruning.``: ``sparsity``, ``target_ppl``, ``achieved_ppl``, ``rel_error``,
+  ``steps``, ``converged``, ``monotone``.
+- ``qdm.overlap.``: ``jaccard_not_survived``, ``jaccard_damaged``, ``pearson_damage``,
+  ``spearman_damage``.
+- ``qdm.null.``: ``passed``, ``max_abs_deviation``; ``qdm.sae_fit.``: ``ok``,
+  ``explained_variance``; ``qdm.second_layer.<condition>.survived_pct``.
+- ``qdm.n_active``, ``qdm.n_tokens``, ``qdm.findings`` (count), ``qdm.elapsed_seconds``.
+
+Booleans are written as 1/0. Values that are None (or not finite) are left out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..protocol import ProtocolReport
+    from ..results import AuditResult
+
+Property = tuple[str, str | float | int]
+
+_ROW_FIELDS = {
+    "survived_pct": "survived_pct",
+    "degraded_pct": "degraded_pct",
+    "damaged_pct": "damaged_pct",
+    "mean_r": "mean_correlation",
+    "median_r": "median_correlation",
+    "silenced_count": "silenced_count",
+    "emergent_count": "emergent_count",
+    "ppl_chunked": "ppl_chunked",
+    "ppl_sliding": "ppl_sliding",
+    "ppl_chunked_change": "ppl_chunked_change",
+    "ppl_sliding_change": "ppl_sliding_change",
+}
+_SUMMARY_FIELDS = {
+    "n_active": "n_active",
+    "survived_pct": "survived_pct",
+    "degraded_pct": "degraded_pct",
+    "damaged_pct": "damaged_pct",
+    "survived_count": "survived_count",
+    "degraded_count": "degraded_count",
+    "damaged_count": "damaged_count",
+    "mean_r": "mean_correlation",
+    "median_r": "median_correlation",
+    "silenced_count": "silenced_count",
+    "emergent_count": "emergent_count",
+}
+
+
+def _value(value: object) -> str | float | int | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _emit(prefix: str, items: Iterable[tuple[str, object]]) -> list[Property]:
+    pairs = ((f"{prefix}.{name}", _value(value)) for name, value in items)
+    return [(name, value) for name, value in pairs if value is not None]
+
+
+def _fields(prefix: str, source: object, fields: dict[str, str]) -> list[Property]:
+    return _emit(prefix, ((name, getattr(source, attr)) for name, attr in fields.items()))
+
+
+def _conditions(report: ProtocolReport) -> list[Property]:
+    spreads = report.stability.budget.spread, report.stability.subsets.spread
+    out: list[Property] = []
+    for row in report.sweep:
+        prefix = f"qdm.{row.condition}"
+        low, high = row.survived_ci or (None, None)
+        out += _fields(prefix, row, _ROW_FIELDS)
+        out += _emit(
+            prefix,
+            [
+                ("survived_ci_low", low),
+                ("survived_ci_high", high),
+                ("budget_spread_pp", spreads[0].get(row.condition)),
+                ("subsets_spread_pp", spreads[1].get(row.condition)),
+            ],
+        )
+    return out
+
+
+def _analyses(report: ProtocolReport) -> list[Property]:
+    p = report.predictor
+    out = _emit(
+        "qdm.predictor",
+        [
+            ("status", p.status),
+            ("auc", p.auc_mean),
+            ("auc_std", p.auc_std),
+            ("n_features", p.n_features),
+            ("n_survived", p.n_survived),
+        ],
+    )
+    if (m := report.pruning) is not None:
+        out += _emit(
+            "qdm.pruning",
+            [
+                ("sparsity", m.sparsity),
+                ("target_ppl", m.target),
+                ("achieved_ppl", m.achieved),
+                ("rel_error", m.rel_error),
+                ("steps", len(m.steps)),
+                ("converged", m.converged),
+                ("monotone", m.monotone),
+            ],
+        )
+    if (o := report.overlap) is not None:
+        names = ("jaccard_not_survived", "jaccard_damaged", "pearson_damage", "spearman_damage")
+        out += _fields("qdm.overlap", o, {n: n for n in names})
+    return out
+
+
+def _checks(report: ProtocolReport) -> list[Property]:
+    s = report.stability
+    out: list[Property] = []
+    if s.null is not None:
+        out += _fields(
+            "qdm.null", s.null, {"passed": "passed", "max_abs_deviation": "max_abs_deviation"}
+        )
+    if (fit := getattr(report, "sae_fit", None)) is not None:
+        out += _fields("qdm.sae_fit", fit, {"ok": "ok", "explained_variance": "explained_variance"})
+    if s.second_layer is not None:
+        for name, cond in s.second_layer.conditions.items():
+            out += _emit(f"qdm.second_layer.{name}", [("survived_pct", cond.summary.survived_pct)])
+    return out
+
+
+def junit_properties(report: ProtocolReport) -> list[Property]:
+    """The report's key metrics as (name, value) pairs (see the module docstring)."""
+    audit = report.audit
+    return [
+        *_conditions(report),
+        *_analyses(report),
+        *_checks(report),
+        *_emit(
+            "qdm",
+            [
+                ("n_active", audit.reference.n_active),
+                ("n_tokens", audit.tokens.n_tokens),
+                ("findings", len(report.findings)),
+                ("elapsed_seconds", report.elapsed_seconds),
+            ],
+        ),
+    ]
+
+
+def audit_properties(result: AuditResult, condition: str) -> list[tuple[str, float | int]]:
+    """The bands of one condition of a bare audit, as ``qdm.<condition>.<metric>`` pairs."""
+    if condition not in result.conditions:
+        raise ValueError(
+            f"condition {condition!r} is not in the audit; it has {sorted(result.conditions)}"
+        )
+    summary = result.conditions[condition].summary
+    return _fields(f"qdm.{condition}", summary, _SUMMARY_FIELDS)  # type: ignore[return-value]

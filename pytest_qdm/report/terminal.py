@@ -1,0 +1,159 @@
+"""Rich terminal rendering of a protocol report or a bare audit.
+
+All text from the results goes in as :class:`rich.text.Text`, never as markup, so names
+with brackets print as they are. Styles only: with ``color_system=None`` (or output that
+is not a terminal) the console writes plain text without ANSI escapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rich import box
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from . import _format as fmt
+
+if TYPE_CHECKING:
+    from ..protocol import ProtocolReport
+    from ..results import AuditResult
+
+Verdict = tuple[str, bool, str]
+WIDE_MIN_WIDTH = 116  # narrower consoles get the compact sweep table
+
+
+def _table(title: str, headers: Sequence[str], first_left: int = 1, **kwargs) -> Table:
+    table = Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 0),  # the box's blank divider is the one space between columns
+        **kwargs,
+    )
+    for i, header in enumerate(headers):
+        left = i < first_left
+        table.add_column(header, justify="left" if left else "right", overflow="fold")
+    return table
+
+
+def _sweep_table(report: ProtocolReport, compact: bool) -> Table:
+    if compact:  # abbreviated headers and a legend
+        table = _table("Sweep", fmt.COMPACT_HEADERS, caption=fmt.COMPACT_LEGEND)
+        table.caption_justify = "left"
+    else:
+        table = _table("Sweep", fmt.WIDE_HEADERS, first_left=2)
+    masked = {f.condition for f in report.findings if f.kind == fmt.MASKS_DAMAGE}
+    for row in report.sweep:
+        cells = [Text(c) for c in fmt.sweep_cells(row, compact)]
+        if row.condition in masked:
+            cells[0].stylize("bold red")
+        table.add_row(*cells)
+    return table
+
+
+def _key_values(title: str, pairs: Sequence[tuple[str, str | Text]]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.title, grid.title_justify, grid.title_style = title, "left", "bold"
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for key, value in pairs:
+        grid.add_row(Text(key), value if isinstance(value, Text) else Text(value))
+    return grid
+
+
+def _pruning(report: ProtocolReport) -> Table | None:
+    pairs = [
+        (label, text)
+        for label, text in (
+            ("matched pruning", fmt.pruning_line(report)),
+            ("overlap", fmt.overlap_line(report)),
+        )
+        if text is not None
+    ]
+    return _key_values("Pruning at matched perplexity", pairs) if pairs else None
+
+
+def _predictor(report: ProtocolReport) -> Table:
+    caveat = Text(fmt.predictor_caveat(report), style="yellow")
+    title = f"Fragility predictor (survival under {fmt.focus_condition(report)})"
+    return _key_values(title, [("status", fmt.predictor_line(report)), ("caveat", caveat)])
+
+
+def _stability(report: ProtocolReport) -> Table:
+    null = report.stability.null
+    style = "green" if null is not None and null.passed else "bold red"
+    pairs = [
+        (label, Text(text, style=style) if label == fmt.NULL_LABEL else text)
+        for label, text in fmt.stability_lines(report)
+    ]
+    return _key_values("Stability", pairs)
+
+
+def _findings(report: ProtocolReport) -> Panel | Text:
+    if not report.findings:
+        return Text("No condition held perplexity while its SAE features degraded.")
+    body = Text()
+    for i, finding in enumerate(report.findings):
+        if i:
+            body.append("\n")
+        style = "bold red" if finding.kind == fmt.MASKS_DAMAGE else ""
+        body.append(finding.message, style=style)
+    masked = any(f.kind == fmt.MASKS_DAMAGE for f in report.findings)
+    title = "Findings: perplexity masks feature damage" if masked else "Findings"
+    return Panel(body, title=title, title_align="left", border_style="red")
+
+
+def _verdicts(verdicts: Sequence[Verdict]) -> Table:
+    table = _table("Gate verdicts", ("gate", "result", "detail"), first_left=3)
+    for name, passed, message in verdicts:
+        word = Text(fmt.verdict_word(passed), style="bold green" if passed else "bold red")
+        table.add_row(Text(name), word, Text(message))
+    return table
+
+
+def render_report(
+    report: ProtocolReport, console: Console, *, verdicts: Sequence[Verdict] = ()
+) -> None:
+    """Print the protocol report: sweep, pruning, predictor, stability, findings, verdicts."""
+    console.rule(Text("QDM audit", style="bold"))
+    for line in fmt.headline(report):
+        console.print(Text(line))
+    console.print()
+    sections = [
+        _sweep_table(report, console.width < WIDE_MIN_WIDTH),
+        _pruning(report),
+        _predictor(report),
+        _stability(report),
+        _findings(report),
+        _verdicts(verdicts) if verdicts else None,
+    ]
+    for section in sections:
+        if section is not None:
+            console.print(section)
+            console.print()
+
+
+def render_audit(result: AuditResult, console: Console) -> None:
+    """Print the bands of every condition of a bare audit."""
+    headers = ("condition", "active", "survived %", "degraded %", "damaged %", "silenced")
+    title = f"QDM audit: {result.hook_name}, {result.tokens.n_tokens:,} tokens"
+    table = _table(title, (*headers, "emergent", "mean r", "median r"))
+    for name, cond in result.conditions.items():
+        s = cond.summary
+        cells = [
+            name,
+            f"{s.n_active:,}",
+            *(fmt.num(v, ".1f") for v in (s.survived_pct, s.degraded_pct, s.damaged_pct)),
+            str(s.silenced_count),
+            str(s.emergent_count),
+            fmt.num(s.mean_correlation, ".4f"),
+            fmt.num(s.median_correlation, ".4f"),
+        ]
+        table.add_row(*(Text(c) for c in cells))
+    console.print(table)
