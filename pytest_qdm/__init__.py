@@ -17,6 +17,9 @@ _EXPORTS = {
     "MagnitudePrune": "compress",
     "Candidate": "compress",
     "Reference": "compress",
+    "NF4": "schemes",
+    "FP8": "schemes",
+    "AbsmaxINT8": "schemes",
     "audit": "auditing",
     "AuditResult": "results",
     "ConditionResult": "results",
@@ -38,6 +41,9 @@ __all__ = [
     "Candidate",
     "ConditionResult",
     "MagnitudePrune",
+    "NF4",
+    "FP8",
+    "AbsmaxINT8",
     "OverlapResult",
     "PredictorResult",
     "ProtocolReport",
@@ -68,6 +74,7 @@ if TYPE_CHECKING:
     from .protocol import ProtocolReport, run_protocol
     from .pruning import OverlapResult, compare_damage
     from .results import AuditResult, ConditionResult
+    from .schemes import FP8, NF4, AbsmaxINT8
 
 
 def __getattr__(name: str):
