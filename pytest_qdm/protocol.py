@@ -38,6 +38,7 @@ from .stability import (
     null_check,
     threshold_grid,
 )
+from .transfer import TransferQuality, sae_transfer
 
 
 class ProtocolConfig(BaseModel):
@@ -56,6 +57,7 @@ class ProtocolConfig(BaseModel):
     n_subsets: int = Field(4, ge=1)
     budget_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
     n_bootstrap: int = Field(200, ge=0)
+    sae_transfer: bool = Field(True, description="SAE explained variance and spliced loss")
     seed: int = 0
     min_explained_variance: float | None = Field(
         0.5, le=1, description="refuse an SAE that explains less at the hook (None: measure only)"
@@ -84,6 +86,8 @@ class SweepRow(BaseModel):
     damaged_pct: float | None
     silenced_count: int
     emergent_count: int
+    sae_explained_variance: float | None = None
+    sae_loss_recovered: float | None = None
     survived_ci: tuple[float | None, float | None] | None
 
 
@@ -104,6 +108,7 @@ class ProtocolReport(BaseModel):
     audit: AuditResult
     reference_perplexity: dict[str, PerplexityResult]
     perplexity: dict[str, dict[str, PerplexityResult]]
+    transfer: dict[str, TransferQuality]
     sweep: list[SweepRow]
     predictor: PredictorResult
     predictor_condition: str  # the RTN condition the predictor and the overlap are about
@@ -171,7 +176,7 @@ def _findings(report_rows: list[SweepRow], cfg: ProtocolConfig) -> list[Finding]
     return findings
 
 
-def _row(name, cond, ppl, ref_ppl, ci) -> SweepRow:
+def _row(name, cond, ppl, ref_ppl, ci, quality) -> SweepRow:
     s = cond.summary
     chunked, sliding = (ppl.get(k) for k in ("chunked", "sliding"))
 
@@ -194,6 +199,8 @@ def _row(name, cond, ppl, ref_ppl, ci) -> SweepRow:
         damaged_pct=s.damaged_pct,
         silenced_count=s.silenced_count,
         emergent_count=s.emergent_count,
+        sae_explained_variance=quality.explained_variance if quality else None,
+        sae_loss_recovered=quality.loss_recovered if quality else None,
         survived_ci=(ci.low, ci.high) if ci else None,
     )
 
@@ -241,11 +248,19 @@ def run_protocol(
     ppl_tokens = tokens[: max(1, -(-cfg.ppl_tokens // tokens.shape[1]))]
     batch = config.batch_size
     perplexity: dict[str, dict[str, PerplexityResult]] = {}
-    ref_ppl = _perplexities(model, ppl_tokens, bos, cfg, batch)
-    perplexity[Reference().name] = ref_ppl
+    transfer: dict[str, TransferQuality] = {}
+
+    def measure(name: str) -> None:
+        """Perplexities (and SAE transfer quality) of the model as it currently is."""
+        perplexity[name] = _perplexities(model, ppl_tokens, bos, cfg, batch)
+        if cfg.sae_transfer:
+            transfer[name] = sae_transfer(model, sae, ppl_tokens, hook, batch)
+
+    measure(Reference().name)
+    ref_ppl = perplexity[Reference().name]
     for condition in [*rtn, *extra_conditions]:
         with applied(model, condition.compressed_weights(model)):
-            perplexity[condition.name] = _perplexities(model, ppl_tokens, bos, cfg, batch)
+            measure(condition.name)
 
     pruning = None
     conditions: list[Condition] = [Reference(), *rtn, *extra_conditions]
@@ -269,7 +284,7 @@ def run_protocol(
         prune = MagnitudePrune(pruning.sparsity)
         conditions.append(prune)
         with applied(model, prune.compressed_weights(model)):
-            perplexity[prune.name] = _perplexities(model, ppl_tokens, bos, cfg, batch)
+            measure(prune.name)
 
     prepared = prepare_conditions(model, conditions, hook, compute_loss=False)
     shard_tokens = _shards(tokens, cfg.n_shards, cfg.seed)
@@ -318,7 +333,14 @@ def run_protocol(
             labels=(focus, conditions[-1].name),
         )
     rows = [
-        _row(c.name, result.conditions[c.name], perplexity.get(c.name, {}), ref_ppl, ci.get(c.name))
+        _row(
+            c.name,
+            result.conditions[c.name],
+            perplexity.get(c.name, {}),
+            ref_ppl,
+            ci.get(c.name),
+            transfer.get(c.name),
+        )
         for c in conditions
     ]
     return ProtocolReport(
@@ -327,6 +349,7 @@ def run_protocol(
         audit=result,
         reference_perplexity=ref_ppl,
         perplexity=perplexity,
+        transfer=transfer,
         sweep=rows,
         predictor=predictor,
         predictor_condition=focus,

@@ -7,7 +7,8 @@ e.g. ``reference``, ``rtn-int6``, ``prune-0.175``):
   ``damaged_pct`` (0-100 over active features), ``survived_ci_low``/``survived_ci_high``
   (bootstrap CI, 0-100), ``mean_r``, ``median_r``, ``silenced_count``, ``emergent_count``,
   ``ppl_chunked``, ``ppl_sliding``, ``ppl_chunked_change``, ``ppl_sliding_change``
-  (relative, PPL_C / PPL_FP - 1), ``budget_spread_pp``, ``subsets_spread_pp``
+  (relative, PPL_C / PPL_FP - 1), ``sae_ev``, ``sae_loss_recovered`` (SAE transfer
+  quality on the perplexity tokens), ``budget_spread_pp``, ``subsets_spread_pp``
   (percentage points). A bare audit (:func:`audit_properties`) adds ``n_active`` and
   ``survived_count``/``degraded_count``/``damaged_count`` and has no perplexity.
 - ``qdm.predictor.``: ``status`` (string), ``auc``, ``auc_std``, ``n_features``,
@@ -47,6 +48,8 @@ _ROW_FIELDS = {
     "ppl_sliding": "ppl_sliding",
     "ppl_chunked_change": "ppl_chunked_change",
     "ppl_sliding_change": "ppl_sliding_change",
+    "sae_ev": "sae_explained_variance",
+    "sae_loss_recovered": "sae_loss_recovered",
 }
 _SUMMARY_FIELDS = {
     "n_active": "n_active",
