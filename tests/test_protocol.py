@@ -1,0 +1,108 @@
+"""The full protocol on the bundled model, and the stability checks' merge arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pytest_qdm as qdm
+from pytest_qdm.auditing import prepare_conditions
+from pytest_qdm.engine import run_pass
+from pytest_qdm.protocol import ProtocolConfig
+from pytest_qdm.stability import _scaled, bootstrap_survival, merge_all, survival_by_condition
+from pytest_qdm.zoo import TINY_SECOND_HOOK
+
+QUIET = qdm.AuditConfig(progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return qdm.load_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny):
+    tokens = tiny.tokens(16_384)
+    protocol = ProtocolConfig(ppl_tokens=4096, n_bootstrap=50)
+    return qdm.run_protocol(
+        tiny.model,
+        tiny.sae,
+        tokens,
+        config=QUIET,
+        protocol=protocol,
+        second_sae=tiny.saes[TINY_SECOND_HOOK],
+    )
+
+
+def test_protocol_on_the_bundled_model(tiny_report):
+    report = tiny_report
+    rtn = [r for r in report.sweep if r.kind == "RTN"]
+    assert [r.bits for r in rtn] == [8, 7, 6, 5, 4]
+    survived = [r.survived_pct for r in rtn]
+    assert survived == sorted(survived, reverse=True) and survived[0] > survived[-1] + 20
+    assert report.stability.null.passed
+    assert report.sae_fit.ok and report.sae_fit.explained_variance > 0.8
+    assert report.pruning is not None and report.overlap is not None
+    assert report.pruning.tokens_used == 4096 and report.pruning.steps
+    for row in rtn:
+        low, high = row.survived_ci
+        assert low <= row.survived_pct <= high
+    assert report.reference_perplexity["chunked"].prepend_bos
+    assert report.stability.second_layer is not None
+    assert set(report.transfer) >= {"reference", "rtn-int4"}
+    assert (
+        report.transfer["reference"].explained_variance
+        > report.transfer["rtn-int4"].explained_variance
+    )
+
+
+def test_protocol_report_round_trips(tiny_report):
+    again = qdm.ProtocolReport.from_json(tiny_report.to_json())
+    assert again.to_json() == tiny_report.to_json()
+
+
+def test_bad_protocol_arguments_fail_before_work(tiny):
+    with pytest.raises(ValueError, match="match_bits=3 must be one of the audited bits"):
+        qdm.run_protocol(tiny.model, tiny.sae, tiny.tokens(1024), bits=(8, 4), match_bits=3)
+
+
+def test_misfit_sae_is_refused_with_numbers(tiny):
+    wrong_layer = qdm.AuditConfig(hook_name=TINY_SECOND_HOOK, progress=False)
+    with pytest.raises(ValueError, match="SAE does not fit the model: explained variance"):
+        qdm.run_protocol(tiny.model, tiny.sae, tiny.tokens(2048), config=wrong_layer)
+
+
+# Stability arithmetic on a config model -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shard_states(neox_model, neox_sae, neox_tokens):
+    conditions = [qdm.RTN(6), qdm.RTN(3)]
+    hook = "blocks.1.hook_resid_post"
+    prepared = prepare_conditions(neox_model, conditions, hook, compute_loss=False)
+    return [
+        run_pass(neox_model, neox_sae, rows, conditions, prepared, hook, QUIET)
+        for rows in torch.tensor_split(neox_tokens, 4)
+    ]
+
+
+def test_scaled_shard_equals_merging_copies(shard_states):
+    shard = shard_states[0]
+    copies = merge_all([shard, shard, shard])
+    scaled = _scaled(shard, 3)
+    for name in shard.paired:
+        np.testing.assert_allclose(
+            scaled.paired[name].correlation()[0], copies.paired[name].correlation()[0], atol=1e-12
+        )
+    assert survival_by_condition(scaled, QUIET) == survival_by_condition(copies, QUIET)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate(shard_states):
+    a = bootstrap_survival(shard_states, QUIET, n_resamples=30, seed=0)
+    b = bootstrap_survival(shard_states, QUIET, n_resamples=30, seed=0)
+    assert a == b
+    full = survival_by_condition(merge_all(shard_states), QUIET)
+    for name, interval in a.items():
+        assert interval.low <= interval.high
+        assert interval.low - 10 <= full[name] <= interval.high + 10
