@@ -46,7 +46,8 @@ def nf4_rows(rows: torch.Tensor, block_size: int) -> torch.Tensor:
     absmax = blocks.abs().amax(dim=-1, keepdim=True)
     scaled = blocks / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
     codebook = torch.tensor(NF4_CODEBOOK, dtype=torch.float32, device=rows.device)
-    nearest = torch.bucketize(scaled, (codebook[1:] + codebook[:-1]) / 2)  # ties go down
+    midpoints = (codebook[1:] + codebook[:-1]) / 2
+    nearest = torch.bucketize(scaled.contiguous(), midpoints)  # ties go down
     dequantized = (codebook[nearest] * absmax).reshape(out_features, -1)
     return dequantized[:, :in_features].to(rows.dtype)
 
