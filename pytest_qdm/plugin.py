@@ -338,7 +338,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         color_system="auto" if terminalreporter.hasmarkup else None,
     )
     render_report(report, console, verdicts=verdicts)
-    terminalreporter.write_sep("=", "QDM audit")
     terminalreporter.write(buffer.getvalue())
     terminalreporter.write_line(f"reports: {out.resolve()}")
 
