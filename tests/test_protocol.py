@@ -25,10 +25,13 @@ def tiny():
 def tiny_report(tiny):
     tokens = tiny.tokens(16_384)
     protocol = ProtocolConfig(ppl_tokens=4096, n_bootstrap=50)
+    # The bundled model keeps its features down to INT4; its damage shows from INT3.
     return qdm.run_protocol(
         tiny.model,
         tiny.sae,
         tokens,
+        bits=(8, 6, 4, 3),
+        match_bits=4,
         config=QUIET,
         protocol=protocol,
         second_sae=tiny.saes[TINY_SECOND_HOOK],
@@ -38,7 +41,7 @@ def tiny_report(tiny):
 def test_protocol_on_the_bundled_model(tiny_report):
     report = tiny_report
     rtn = [r for r in report.sweep if r.kind == "RTN"]
-    assert [r.bits for r in rtn] == [8, 7, 6, 5, 4]
+    assert [r.bits for r in rtn] == [8, 6, 4, 3]
     survived = [r.survived_pct for r in rtn]
     assert survived == sorted(survived, reverse=True) and survived[0] > survived[-1] + 20
     assert report.stability.null.passed
@@ -50,7 +53,7 @@ def test_protocol_on_the_bundled_model(tiny_report):
         assert low <= row.survived_pct <= high
     assert report.reference_perplexity["chunked"].prepend_bos
     assert report.stability.second_layer is not None
-    assert set(report.transfer) >= {"reference", "rtn-int4"}
+    assert set(report.transfer) >= {"reference", "rtn-int3"}
     assert (
         report.transfer["reference"].explained_variance
         > report.transfer["rtn-int4"].explained_variance
@@ -68,7 +71,7 @@ def test_bad_protocol_arguments_fail_before_work(tiny):
 
 
 def test_misfit_sae_is_refused_with_numbers(tiny):
-    wrong_layer = qdm.AuditConfig(hook_name=TINY_SECOND_HOOK, progress=False)
+    wrong_layer = qdm.AuditConfig(hook_name="blocks.5.hook_resid_post", progress=False)
     with pytest.raises(ValueError, match="SAE does not fit the model: explained variance"):
         qdm.run_protocol(tiny.model, tiny.sae, tiny.tokens(2048), config=wrong_layer)
 
