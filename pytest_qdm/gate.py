@@ -89,6 +89,7 @@ def load_subject(options: QdmOptions) -> Subject:
 class GateSession:
     options: QdmOptions
     _audits: dict[tuple, AuditResult] = field(default_factory=dict)
+    _protocol: ProtocolReport | None = None
 
     @cached_property
     def subject(self) -> Subject:
@@ -123,8 +124,8 @@ class GateSession:
 
     def protocol(self) -> ProtocolReport:
         """The protocol report: from the cache when this fingerprint ran before."""
-        if "protocol" in self.__dict__:
-            return self.__dict__["protocol"]
+        if self._protocol is not None:
+            return self._protocol
         if not self.options.cache:
             report = self._run_protocol()
         else:
@@ -141,7 +142,7 @@ class GateSession:
 
                     report = self._run_protocol()
                     write_json(report, path)
-        self.__dict__["protocol"] = report
+        self._protocol = report
         return report
 
     def _run_protocol(self) -> ProtocolReport:

@@ -16,7 +16,16 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-QUICK = ["--qdm-model", "tiny", "--qdm-tokens", "4096", "--qdm-bits", "8,6,4", "-p", "no:cacheprovider"]
+QUICK = [
+    "--qdm-model",
+    "tiny",
+    "--qdm-tokens",
+    "4096",
+    "--qdm-bits",
+    "8,6,4",
+    "-p",
+    "no:cacheprovider",
+]
 
 COUNTING_CONFTEST = """
 import pytest_qdm.protocol as protocol
@@ -44,15 +53,26 @@ def gate(pytester, cache_dir, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
 
+    pytester.makeini("[pytest]\n")  # rootdir = the test's folder
+
     def run(*args, **kwargs):
-        return pytester.runpytest_subprocess(*QUICK, "--qdm-cache-dir", str(cache_dir), *args, **kwargs)
+        return pytester.runpytest_subprocess(
+            *QUICK, "--qdm-cache-dir", str(cache_dir), *args, **kwargs
+        )
 
     return run
 
 
 def test_help_lists_every_option(pytester):
     result = pytester.runpytest_subprocess("--help")
-    for option in ("--qdm-model", "--qdm-sae", "--qdm-bits", "--qdm-min-survived", "--qdm-baseline", "--qdm-no-cache"):
+    for option in (
+        "--qdm-model",
+        "--qdm-sae",
+        "--qdm-bits",
+        "--qdm-min-survived",
+        "--qdm-baseline",
+        "--qdm-no-cache",
+    ):
         result.stdout.fnmatch_lines([f"*{option}*"])
     result.stdout.fnmatch_lines(["*QDM audit*", "*(default: 8,7,6,5,4)*"])
 
@@ -74,7 +94,10 @@ def test_help_stays_fast(pytester):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--qdm-model", "nonesuch"], "'nonesuch' is not a preset (tiny, pythia-70m-deduped, gemma-2-2b"),
+        (
+            ["--qdm-model", "nonesuch"],
+            "'nonesuch' is not a preset (pythia-70m-deduped, gemma-2-2b, tiny)",
+        ),
         (["--qdm-model", "tiny", "--qdm-min-survived", "int6=0.6"], "is not CONDITION:BOUND"),
         (["--qdm-model", "tiny", "--qdm-bits", "8,9"], "--qdm-bits must list bit widths in 2..8"),
         (["--qdm-model", "./no/such/folder", "--qdm-sae", "x/y"], "no such checkpoint folder"),
@@ -119,7 +142,10 @@ def test_gate_passes_and_writes_reports(pytester, gate):
     report = json.loads((report_dir / "qdm-report.json").read_text())
     assert report["schema_version"] == 1 and report["sae_fit"]["ok"]
     assert sorted(p.name for p in report_dir.glob("*.png"))
-    properties = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "junit.xml").iter("property")}
+    properties = {
+        p.get("name"): p.get("value")
+        for p in ET.parse(pytester.path / "junit.xml").iter("property")
+    }
     assert float(properties["qdm.rtn-int8.survived_pct"]) >= 50
     assert properties["qdm.gate.min_survived rtn-int8"] == "pass"
 
@@ -129,9 +155,15 @@ def test_gate_fails_with_a_readable_message(pytester, gate):
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*QDM gate failed for tiny:*", "*FAIL min_survived rtn-int4: rtn-int4 survived_pct = *, required >= 100%: FAILED*"]
+        [
+            "*QDM gate failed for tiny:*",
+            "*FAIL min_survived rtn-int4: rtn-int4 survived_pct = *, required >= 100%: FAILED*",
+        ]
     )
-    assert "max_damaged rtn-int8" not in result.stdout.str().split("QDM gate failed")[1].split("\n\n")[0]
+    assert (
+        "max_damaged rtn-int8"
+        not in result.stdout.str().split("QDM gate failed")[1].split("\n\n")[0]
+    )
 
 
 def test_github_step_summary_is_appended(pytester, gate, monkeypatch):
@@ -146,7 +178,9 @@ def test_baseline_write_compare_refuse_update(pytester, gate):
     first = gate("--qdm-baseline", str(baseline))
     first.assert_outcomes(failed=1)
     first.stdout.fnmatch_lines([f"*baseline written to {baseline}*"])
-    gate("--qdm-baseline", str(baseline), "--qdm-baseline-fail", "survived:-2%").assert_outcomes(passed=1)
+    gate("--qdm-baseline", str(baseline), "--qdm-baseline-fail", "survived:-2%").assert_outcomes(
+        passed=1
+    )
 
     saved = json.loads(baseline.read_text())
     for row in saved["report"]["sweep"]:
@@ -154,7 +188,7 @@ def test_baseline_write_compare_refuse_update(pytester, gate):
     baseline.write_text(json.dumps(saved))
     worse = gate("--qdm-baseline", str(baseline), "--qdm-baseline-fail", "survived:-2%")
     worse.assert_outcomes(failed=1)
-    worse.stdout.fnmatch_lines(["*survived: * vs baseline * allowed -2) [survived:-2%]*"])
+    assert "rtn-int8 survived: 100 vs baseline 110 (-10, allowed -2) [survived:-2%]" in worse.stdout.str()
 
     saved["fingerprint"]["model_sha256"] = "0" * 64
     baseline.write_text(json.dumps(saved))
@@ -204,7 +238,15 @@ def test_xdist_runs_the_protocol_once_and_keeps_properties(pytester, tmp_path, m
 
     def run(*extra):
         junit = tmp_path / f"junit{len(extra)}.xml"
-        args = [*QUICK, "--qdm-cache-dir", str(cache), f"--junitxml={junit}", "test_a.py", "test_b.py", *extra]
+        args = [
+            *QUICK,
+            "--qdm-cache-dir",
+            str(cache),
+            f"--junitxml={junit}",
+            "test_a.py",
+            "test_b.py",
+            *extra,
+        ]
         pytester.runpytest_subprocess(*args).assert_outcomes(passed=3)
         root = ET.parse(junit)
         return {

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 from . import _format as fmt
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from ..protocol import ProtocolReport
-    from ..results import AuditResult
 
 
-def write_json(report: ProtocolReport | AuditResult, path: Path) -> Path:
-    """Write ``report.to_json()`` (compact) to ``path`` atomically and return the path.
+def write_json(report: BaseModel, path: Path) -> Path:
+    """Write a pydantic model (a report, a baseline) as compact JSON to ``path`` atomically.
 
     The text goes to a temporary file in the same folder, is flushed to disk, then
     replaces ``path`` with ``os.replace``: readers see the old file or the new one, never
@@ -24,7 +25,7 @@ def write_json(report: ProtocolReport | AuditResult, path: Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = report.to_json()
+    text = report.model_dump_json()
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
