@@ -188,7 +188,10 @@ def test_baseline_write_compare_refuse_update(pytester, gate):
     baseline.write_text(json.dumps(saved))
     worse = gate("--qdm-baseline", str(baseline), "--qdm-baseline-fail", "survived:-2%")
     worse.assert_outcomes(failed=1)
-    assert "rtn-int8 survived: 100 vs baseline 110 (-10, allowed -2) [survived:-2%]" in worse.stdout.str()
+    assert (
+        "rtn-int8 survived: 100 vs baseline 110 (-10, allowed -2) [survived:-2%]"
+        in worse.stdout.str()
+    )
 
     saved["fingerprint"]["model_sha256"] = "0" * 64
     baseline.write_text(json.dumps(saved))
