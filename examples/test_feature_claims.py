@@ -5,7 +5,7 @@ import pytest
 import pytest_qdm as qdm
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def probe_features(qdm_audit):
     # In a real project: the feature ids your probe or steering vector uses, pinned in the
     # repo. Here: the five most active features of the bundled SAE.
