@@ -4,20 +4,44 @@ For each batch of token sequences the reference forward (stopped after the read-
 layer) and the SAE encode run once; then each condition's prepared weights are swapped in,
 the same batch goes through, and the paired statistics are updated. Memory is bounded by
 the batch size: no [tokens x d_sae] matrix is ever kept.
+
+Performance, and what is exact (measurements: benchmarks/README.md):
+
+- The SAE encodes each batch in row blocks of about ``ENCODE_BLOCK_ELEMENTS`` outputs
+  (CPU) and only the reference's nonzero entries are kept across conditions, never a dense
+  [batch tokens x d_sae] matrix. Rows are encoded independently, so this is exact up to the
+  matrix-multiply kernel: on CPU (MKL) blocks of >= 64 rows give bit-identical activations
+  to one call (pinned by tests/test_engine_perf_equivalence.py); other backends may pick
+  another kernel per block size and agree to float32 rounding, as with another batch size.
+- Statistics use each side's nonzeros (stats.py): x's once per batch, y's per condition,
+  sum xy at x's nonzeros. The float64 sums add the same nonzero terms in the same order as
+  a pass over the union of nonzeros: bit-identical.
+- CPU with glibc: during the pass, large temporaries are served from malloc's heap and
+  reused, instead of fresh mmap'd pages that fault on first touch (page faults took about
+  a third of CPU time). Restored and trimmed afterwards; no effect on any number. Skipped
+  where the user set MALLOC_* or GLIBC_TUNABLES, or with ``TUNE_CPU_ALLOCATOR = False``.
+- The full SAE width is always encoded (emergent features need it).
 """
 
 from __future__ import annotations
 
+import ctypes
 import difflib
+import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from .compress import Condition, applied
 from .config import AuditConfig
-from .stats import PairedStats, ReferenceStats
+from .stats import Entries, PairedStats, PairedSums, ReferenceStats
+
+ENCODE_BLOCK_ELEMENTS = {"cpu": 1 << 24}  # other devices: the whole batch in one block
+MIN_BLOCK_ROWS = 64  # MKL uses another kernel for very few rows (not bit-identical)
+TUNE_CPU_ALLOCATOR = True
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 _D_MODEL_HOOKS = (
@@ -188,6 +212,66 @@ def encode(sae, activations: torch.Tensor) -> torch.Tensor:
     return sae.encode(activations.to(sae.dtype)).float()
 
 
+def encode_blocks(sae, activations: torch.Tensor) -> Iterator[torch.Tensor]:
+    """:func:`encode` of ``activations`` [tokens, d_in] block by block of rows, in order."""
+    budget = ENCODE_BLOCK_ELEMENTS.get(activations.device.type)
+    rows = activations.shape[0]
+    if budget is not None:
+        rows = max(budget // sae.cfg.d_sae, MIN_BLOCK_ROWS)
+    for block in activations.tensor_split(max(1, activations.shape[0] // rows)):
+        yield encode(sae, block)
+
+
+@contextmanager
+def heap_allocations(device: torch.device) -> Iterator[None]:
+    """On CPU with glibc, keep freed memory in malloc's heap for reuse while the block runs."""
+    libc = _glibc() if device.type == "cpu" and TUNE_CPU_ALLOCATOR else None
+    if libc is None or any(k.startswith(("MALLOC_", "GLIBC_TUNABLES")) for k in os.environ):
+        yield
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+    try:
+        yield
+    finally:  # glibc's defaults, and give the heap back
+        libc.mallopt(m_mmap_max, 65536)
+        libc.mallopt(m_trim_threshold, 128 * 1024)
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return None
+        return ctypes.CDLL("libc.so.6")
+    except (AttributeError, ValueError, OSError):  # not glibc, or no confstr (Windows)
+        return None
+
+
+class _BatchReference:
+    """The reference side of one batch: x's nonzero entries per encode block."""
+
+    def __init__(self, sae, activations: torch.Tensor):
+        self.n, self.d_sae = activations.shape[0], sae.cfg.d_sae
+        self.blocks, heights = [], []
+        for x in encode_blocks(sae, activations):
+            self.blocks.append(Entries.of(x))
+            heights.append(x.shape[0])
+        self.entries = Entries.cat(self.blocks, heights)
+        self.sums = PairedSums.reference(self.d_sae, self.entries)
+
+    def stats(self) -> ReferenceStats:
+        return ReferenceStats.of_entries(self.n, self.d_sae, self.entries)
+
+    def paired(self, sae, activations: torch.Tensor) -> PairedStats:
+        """Paired statistics of this reference and a condition's ``activations``."""
+        sums = PairedSums(self.n, *self.sums)
+        for x, y in zip(self.blocks, encode_blocks(sae, activations), strict=True):
+            sums.add(x, y)
+        return sums.stats()
+
+
 def run_pass(
     model,
     sae,
@@ -210,20 +294,19 @@ def run_pass(
     )
     if config.compute_loss:
         state.loss = {name: LossSums() for name in ["reference", *state.paired]}
-    with torch.inference_mode():
+    with torch.inference_mode(), heap_allocations(device):
         for index, batch in enumerate(torch.split(tokens, config.batch_size)):
             batch = batch.to(device)
             act, loss = readout(batch, "reference", index)
-            x = encode(sae, act)
-            state.reference = state.reference.merge(ReferenceStats.of_batch(x))
+            reference = _BatchReference(sae, act)
+            state.reference = state.reference.merge(reference.stats())
             if loss:
                 state.loss["reference"] = state.loss["reference"].merge(loss)
             advance(1)
             for condition in conditions:
                 with applied(model, prepared[condition.name]):
                     act, loss = readout(batch, condition.name, index)
-                y = encode(sae, act)
-                pair = PairedStats.of_batch(x, y)
+                pair = reference.paired(sae, act)
                 state.paired[condition.name] = state.paired[condition.name].merge(pair)
                 if loss:
                     state.loss[condition.name] = state.loss[condition.name].merge(loss)

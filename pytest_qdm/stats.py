@@ -1,9 +1,12 @@
 """Streaming, mergeable per-feature statistics (float64).
 
-Each batch of feature activations [tokens, d_sae] is reduced to per-feature sums over its
-nonzero entries only (SAE activations are sparse; zeros add nothing to any sum), in float64.
-Batches are then folded into running means and co-moments with the pairwise update of
-Chan, Golub & LeVeque (1979), so shards merged in any order equal one pass.
+Each batch of feature activations [tokens, d_sae] is reduced to per-feature float64 sums
+over its nonzero entries only (SAE activations are sparse; zeros add nothing to any sum).
+The reference side (sum x, sum x^2) comes from x's nonzeros and is shared by every
+condition; sum y, sum y^2 from y's nonzeros; sum xy from x's nonzeros with y read at the same
+places (where x = 0 the product is 0). Batches are then folded into running means and
+co-moments with the pairwise update of Chan, Golub & LeVeque (1979), so shards merged in any
+order equal one pass.
 """
 
 from __future__ import annotations
@@ -26,6 +29,51 @@ def _as_2d(features: torch.Tensor) -> torch.Tensor:
     return features
 
 
+# Scanning a float tensor's bits as integers finds its nonzeros ~30% faster on CPU (-0.0 is
+# then found too, and dropped afterwards).
+_SAME_WIDTH_INT = {
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+@dataclass(frozen=True)
+class Entries:
+    """The nonzero (!= 0) entries of a [tokens, d_sae] block in row-major order: token
+    (row), feature (col) and float64 value."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+
+    @classmethod
+    def of(cls, features: torch.Tensor) -> Entries:
+        bits = _as_2d(features).view(_SAME_WIDTH_INT.get(features.dtype, features.dtype))
+        rows, cols = bits.nonzero(as_tuple=True)
+        values = features[rows, cols].to(F64)
+        negative_zero = values == 0
+        if negative_zero.any():
+            keep = ~negative_zero
+            rows, cols, values = rows[keep], cols[keep], values[keep]
+        return cls(rows, cols, values)
+
+    @classmethod
+    def cat(cls, blocks: list[Entries], heights: list[int]) -> Entries:
+        """Entries of blocks stacked row-wise (``heights``: each block's token count)."""
+        offsets = np.cumsum([0, *heights[:-1]]).tolist()
+        return cls(
+            torch.cat([b.rows + offset for b, offset in zip(blocks, offsets, strict=True)]),
+            torch.cat([b.cols for b in blocks]),
+            torch.cat([b.values for b in blocks]),
+        )
+
+    def at(self, features: torch.Tensor) -> torch.Tensor:
+        """float64 values of ``features`` (same shape as this block) at these entries."""
+        return features[self.rows, self.cols].to(F64)
+
+
 @dataclass
 class ReferenceStats:
     """Per-feature firing count, sum and maximum of the reference activations."""
@@ -43,11 +91,12 @@ class ReferenceStats:
 
     @classmethod
     def of_batch(cls, features: torch.Tensor) -> ReferenceStats:
-        features = _as_2d(features)
-        n_tokens, d_sae = features.shape
-        rows, cols = features.nonzero(as_tuple=True)
-        values = features[rows, cols].to(F64)
-        nonzero_max = torch.full((d_sae,), -torch.inf, dtype=F64, device=features.device)
+        return cls.of_entries(features.shape[0], features.shape[1], Entries.of(features))
+
+    @classmethod
+    def of_entries(cls, n_tokens: int, d_sae: int, x: Entries) -> ReferenceStats:
+        cols, values = x.cols, x.values
+        nonzero_max = torch.full((d_sae,), -torch.inf, dtype=F64, device=values.device)
         nonzero_max.scatter_reduce_(0, cols, values, reduce="amax")
         return cls(
             n_tokens,
@@ -105,21 +154,15 @@ class PairedStats:
 
     @classmethod
     def of_batch(cls, x: torch.Tensor, y: torch.Tensor) -> PairedStats:
-        """Statistics of one batch, from the entries where x or y is nonzero."""
+        """Statistics of one batch of reference ``x`` and compressed ``y`` activations."""
         x, y = _as_2d(x), _as_2d(y)
         if x.shape != y.shape:
             raise ValueError(f"paired batches differ in shape: {x.shape} vs {y.shape}")
         n, d_sae = x.shape
-        rows, cols = ((x != 0) | (y != 0)).nonzero(as_tuple=True)
-        xv, yv = x[rows, cols].to(F64), y[rows, cols].to(F64)
-        sum_x, sum_y = _scatter_sum(d_sae, cols, xv), _scatter_sum(d_sae, cols, yv)
-        mean_x, mean_y = sum_x / n, sum_y / n
-        # Within a batch the raw float64 sums are exact enough; across batches Chan's update.
-        m2_x = _scatter_sum(d_sae, cols, xv * xv) - sum_x * mean_x
-        m2_y = _scatter_sum(d_sae, cols, yv * yv) - sum_y * mean_y
-        c_xy = _scatter_sum(d_sae, cols, xv * yv) - sum_x * mean_y
-        fire_y = _scatter_sum(d_sae, cols, (yv > 0).to(F64))
-        return cls(n, mean_x, mean_y, m2_x.clamp_min(0), m2_y.clamp_min(0), c_xy, fire_y)
+        entries = Entries.of(x)
+        sums = PairedSums(n, *PairedSums.reference(d_sae, entries))
+        sums.add(entries, y)
+        return sums.stats()
 
     def merge(self, other: PairedStats) -> PairedStats:
         if other.n == 0:
@@ -153,3 +196,43 @@ class PairedStats:
         r = np.where(y_const & ~x_const, 0.0, r)
         r = np.where(x_const, np.where(y_const & same_mean, 1.0, 0.0), r)
         return r, y_const & ~x_const
+
+
+class PairedSums:
+    """Raw float64 per-feature sums of one batch, filled block by block of tokens.
+
+    The reference side (sum x, sum x^2) is computed once per batch by :meth:`reference` and
+    shared by every condition; :meth:`add` adds one block of compressed activations y with
+    x's entries of the same block. Blocks added in token order sum in the same order as
+    one block holding the whole batch.
+    """
+
+    def __init__(self, n: int, sum_x: torch.Tensor, sq_x: torch.Tensor):
+        self.n, self.sum_x, self.sq_x = n, sum_x, sq_x
+        self.sum_y, self.sq_y, self.xy, self.fire_y = (torch.zeros_like(sum_x) for _ in range(4))
+
+    @staticmethod
+    def reference(d_sae: int, x: Entries) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum x, sum x^2) of a batch, from its nonzero entries ``x``."""
+        squares = x.values * x.values
+        return _scatter_sum(d_sae, x.cols, x.values), _scatter_sum(d_sae, x.cols, squares)
+
+    def add(self, x: Entries, y: torch.Tensor) -> None:
+        """Add a block of y [block tokens, d_sae]; ``x`` holds x's entries of that block."""
+        y_entries = Entries.of(y)
+        cols, values = y_entries.cols, y_entries.values
+        self.sum_y.index_add_(0, cols, values)
+        self.sq_y.index_add_(0, cols, values * values)
+        self.fire_y.index_add_(0, cols, (values > 0).to(F64))
+        self.xy.index_add_(0, x.cols, x.values * x.at(y))
+
+    def stats(self) -> PairedStats:
+        # Within a batch the raw float64 sums are exact enough; across batches Chan's update.
+        n = self.n
+        mean_x, mean_y = self.sum_x / n, self.sum_y / n
+        m2_x = self.sq_x - self.sum_x * mean_x
+        m2_y = self.sq_y - self.sum_y * mean_y
+        c_xy = self.xy - self.sum_x * mean_y
+        return PairedStats(
+            n, mean_x, mean_y, m2_x.clamp_min(0), m2_y.clamp_min(0), c_xy, self.fire_y
+        )
