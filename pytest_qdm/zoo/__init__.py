@@ -88,7 +88,6 @@ def load_tiny_model(device: str = "cpu") -> HookedTransformer:
     The weights are loaded with ``load_state_dict``: no layer-norm folding, no centring and
     no value-bias folding, so compression operates on the stored numbers.
     """
-    import torch
     from safetensors.torch import load_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -108,7 +107,7 @@ def load_tiny_model(device: str = "cpu") -> HookedTransformer:
             f"qdm-tiny checkpoint does not match its config: missing {sorted(set(missing) - buffers)}, "
             f"unexpected {sorted(unexpected)}"
         )
-    model.to(torch.device(device))
+    model.to(str(device), print_details=False)  # TransformerLens prints unless told not to
     return model.eval()
 
 

@@ -179,7 +179,9 @@ def train_sae(
             with torch.no_grad():
                 ev = 1 - float(((x_hat - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
                 l0 = float((f > 0).float().sum(-1).mean())
-            log(f"  sae step {step + 1}/{cfg.steps}: mse {float(mse):.3f} l0 {l0:.1f} ev {ev:.3f}")
+            log(
+                f"  sae step {step + 1}/{cfg.steps}: mse {float(mse.detach()):.3f} l0 {l0:.1f} ev {ev:.3f}"
+            )
     sae.fold_activation_norm_scaling_factor(scale)
     sae.eval()
     stats = {"activation_scale": scale, "features_resampled": n_resampled, **asdict(cfg)}
