@@ -36,6 +36,11 @@ def as_token_tensor(tokens) -> torch.Tensor:
     return getattr(tokens, "tokens", tokens)
 
 
+def lens_k(config: AuditConfig) -> int | None:
+    """The top-k of the token lenses, or None when they are off."""
+    return config.top_k if config.token_lenses else None
+
+
 def token_summary(tokens: torch.Tensor) -> TokenSummary:
     digest = hashlib.sha256(tokens.detach().cpu().to(torch.int64).numpy().tobytes()).hexdigest()
     n, ctx = tokens.shape
@@ -73,6 +78,7 @@ def finalize(
         firing_c = (paired.fire_count_y / max(paired.n, 1)).cpu().numpy()
         emergent = ~active & (firing_c > config.active_threshold)
         loss = state.loss.get(condition.name)
+        agreement = state.agreement.get(condition.name)
         results[condition.name] = ConditionResult(
             name=condition.name,
             spec=condition.describe(),
@@ -83,6 +89,7 @@ def finalize(
             summary=summarize(correlation, active, silenced, emergent, config),
             mean_nll=loss.nll / loss.count if loss and loss.count else None,
             n_loss_tokens=loss.count if loss else None,
+            agreement=agreement.result(config.top_k) if agreement is not None else None,
         )
     ref_loss = state.loss.get("reference")
     return AuditResult(
@@ -96,6 +103,7 @@ def finalize(
             mean_activation=ref.mean_activation(),
             max_activation=ref.max_activation(),
             active=active,
+            rms_activation=ref.rms_activation(),
         ),
         reference_mean_nll=ref_loss.nll / ref_loss.count if ref_loss and ref_loss.count else None,
         conditions=results,
@@ -120,7 +128,7 @@ def audit(
     tokens = as_token_tensor(tokens)
     validate_conditions(conditions)
     hook = resolve_hook(model, sae, config)
-    validate_inputs(model, sae, tokens, hook)
+    validate_inputs(model, sae, tokens, hook, lens_k(config))
     prepared = prepare_conditions(model, conditions, hook, config.compute_loss)
     steps = pass_steps(tokens, conditions, config)
     with progress_bar("QDM audit", steps, config.progress) as advance:

@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+LENSES = ("token", "transfer")
+SAE_PRUNE_METHODS = ("decoder_norm_x_mean", "wanda")
+# Deployed schemes the gate can audit beside RTN, by condition name (see schemes.py).
+SCHEME_NAME = re.compile(
+    r"^(?:nf4-b(?P<block>\d+)|fp8-(?P<fp8>e4m3|e5m2)|(?P<absmax>absmax-int8)"
+    r"|rtn-int(?P<bits>\d+)-g(?P<group>\d+))$"
+)
+SCHEME_EXAMPLES = "nf4, nf4-b128, fp8-e4m3, fp8-e5m2, absmax-int8, int4-g128"
+
+
+def scheme_name(text: str) -> str:
+    """The condition name of a scheme as written on the command line (``nf4`` ->
+    ``nf4-b64``, ``int4-g128`` -> ``rtn-int4-g128``); ValueError if it is none."""
+    from .thresholds import condition_name
+
+    name = condition_name(text.strip().lower())
+    match = SCHEME_NAME.match(name)
+    bad_bits = match and match["bits"] and not 2 <= int(match["bits"]) <= 8
+    if not match or bad_bits or any(v == "0" for v in match.groupdict().values() if v):
+        raise ValueError(f"--qdm-schemes {text!r} is not a scheme; use {SCHEME_EXAMPLES}")
+    return name
 
 
 class AuditConfig(BaseModel):
@@ -19,6 +42,9 @@ class AuditConfig(BaseModel):
         device: where the forward passes run; None uses the model's device.
         progress: show a rich progress bar (only drawn on a terminal).
         compute_loss: also accumulate next-token loss (needs the full forward).
+        token_lenses: also measure token-level agreement (sample correlation, top-k
+            agreement, Procrustes error of the read-out; see ``pytest_qdm.lenses``).
+        top_k: k of the top-k agreement.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -31,6 +57,8 @@ class AuditConfig(BaseModel):
     device: str | None = None
     progress: bool = True
     compute_loss: bool = False
+    token_lenses: bool = True
+    top_k: int = Field(10, ge=1)
 
     @model_validator(mode="after")
     def _bands_ordered(self) -> AuditConfig:
@@ -73,6 +101,36 @@ class QdmOptions(BaseModel):
     cache_dir: str = ".qdm/cache"
     plots: bool = True
     progress: bool = True
+    lenses: tuple[str, ...] = LENSES
+    top_k: int = Field(10, ge=1)
+    schemes: tuple[str, ...] = ()  # condition names, see scheme_name()
+    sae_prune: tuple[float, ...] = ()
+    sae_prune_method: str = SAE_PRUNE_METHODS[0]
+
+    @field_validator("lenses")
+    @classmethod
+    def _known_lenses(cls, lenses: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(lenses) - set(LENSES))
+        if unknown:
+            raise ValueError(f"--qdm-lenses: unknown {unknown}; use {','.join(LENSES)} or none")
+        return lenses
+
+    @field_validator("sae_prune")
+    @classmethod
+    def _prune_fractions(cls, fractions: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [f for f in fractions if not 0 < f < 1]
+        if bad:
+            raise ValueError(f"--qdm-sae-prune fractions must lie in (0, 1), got {bad}")
+        return fractions
+
+    @field_validator("sae_prune_method")
+    @classmethod
+    def _prune_method(cls, method: str) -> str:
+        if method not in SAE_PRUNE_METHODS:
+            raise ValueError(
+                f"--qdm-sae-prune-method {method!r}: use one of {', '.join(SAE_PRUNE_METHODS)}"
+            )
+        return method
 
     @model_validator(mode="after")
     def _valid_bits(self) -> QdmOptions:
@@ -94,4 +152,6 @@ class QdmOptions(BaseModel):
             batch_size=self.batch_size,
             device=self.device,
             progress=self.progress,
+            token_lenses="token" in self.lenses,
+            top_k=self.top_k,
         )

@@ -21,6 +21,9 @@ Performance, and what is exact (measurements: benchmarks/README.md):
   a third of CPU time). Restored and trimmed afterwards; no effect on any number. Skipped
   where the user set MALLOC_* or GLIBC_TUNABLES, or with ``TUNE_CPU_ALLOCATOR = False``.
 - The full SAE width is always encoded (emergent features need it).
+- Token lenses (``config.token_lenses``, see lenses.py) reuse the same encode blocks and
+  sparse entries: per block one top-k of x and of y and a few row sums, and one
+  A^T B product per batch.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch
 
 from .compress import Condition, applied
 from .config import AuditConfig
+from .lenses import AgreementSums, TokenReference
 from .stats import Entries, PairedStats, PairedSums, ReferenceStats
 
 ENCODE_BLOCK_ELEMENTS = {"cpu": 1 << 24}  # other devices: the whole batch in one block
@@ -94,8 +98,9 @@ def hook_width(model, hook: str) -> int:
     return int(cache[hook][0, 0].numel())
 
 
-def validate_inputs(model, sae, tokens: torch.Tensor, hook: str) -> None:
-    """Raise ValueError/TypeError for bad input, before any long work."""
+def validate_inputs(model, sae, tokens: torch.Tensor, hook: str, top_k: int | None = None) -> None:
+    """Raise ValueError/TypeError for bad input, before any long work (``top_k``: the
+    token lenses' k, when they are on)."""
     if not hasattr(model, "hook_dict") or not hasattr(model, "cfg"):
         raise TypeError(f"model must be a TransformerLens HookedTransformer, got {type(model)}")
     if not hasattr(sae, "encode") or not hasattr(sae, "cfg"):
@@ -105,6 +110,11 @@ def validate_inputs(model, sae, tokens: torch.Tensor, hook: str) -> None:
         raise ValueError(
             f"SAE d_in={sae.cfg.d_in} but the activation at {hook!r} has width {width}; "
             "use the SAE trained for this model and hook"
+        )
+    if top_k is not None and top_k > sae.cfg.d_sae:
+        raise ValueError(
+            f"top_k={top_k} exceeds the SAE's {sae.cfg.d_sae} features; "
+            "pass AuditConfig(top_k=...) of at most d_sae, or token_lenses=False"
         )
     if not isinstance(tokens, torch.Tensor):
         raise TypeError(f"tokens must be a torch.LongTensor [n, ctx], got {type(tokens)}")
@@ -158,6 +168,7 @@ class EngineState:
     reference: ReferenceStats
     paired: dict[str, PairedStats]
     loss: dict[str, LossSums] = field(default_factory=dict)  # "reference" + condition names
+    agreement: dict[str, AgreementSums] = field(default_factory=dict)  # token lenses
 
     def merge(self, other: EngineState) -> EngineState:
         if set(self.paired) != set(other.paired):
@@ -166,6 +177,10 @@ class EngineState:
             self.reference.merge(other.reference),
             {n: self.paired[n].merge(other.paired[n]) for n in self.paired},
             {n: s.merge(other.loss.get(n, LossSums())) for n, s in self.loss.items()},
+            {
+                n: s.merge(other.agreement.get(n, AgreementSums()))
+                for n, s in self.agreement.items()
+            },
         )
 
 
@@ -250,13 +265,18 @@ def _glibc():
 
 
 class _BatchReference:
-    """The reference side of one batch: x's nonzero entries per encode block."""
+    """The reference side of one batch: x's nonzero entries per encode block (and, with
+    the token lenses, its per-token sums, top-k and read-out activations)."""
 
-    def __init__(self, sae, activations: torch.Tensor):
-        self.n, self.d_sae = activations.shape[0], sae.cfg.d_sae
-        self.blocks, heights = [], []
+    def __init__(self, sae, activations: torch.Tensor, top_k: int | None):
+        self.n, self.d_sae, self.top_k = activations.shape[0], sae.cfg.d_sae, top_k
+        self.activations = activations if top_k else None
+        self.blocks, self.tokens, heights = [], [], []
         for x in encode_blocks(sae, activations):
-            self.blocks.append(Entries.of(x))
+            entries = Entries.of(x)
+            self.blocks.append(entries)
+            if top_k:
+                self.tokens.append(TokenReference.of(x, entries, top_k))
             heights.append(x.shape[0])
         self.entries = Entries.cat(self.blocks, heights)
         self.sums = PairedSums.reference(self.d_sae, self.entries)
@@ -264,12 +284,17 @@ class _BatchReference:
     def stats(self) -> ReferenceStats:
         return ReferenceStats.of_entries(self.n, self.d_sae, self.entries)
 
-    def paired(self, sae, activations: torch.Tensor) -> PairedStats:
-        """Paired statistics of this reference and a condition's ``activations``."""
+    def paired(self, sae, activations: torch.Tensor) -> tuple[PairedStats, AgreementSums | None]:
+        """Paired statistics (and token agreement) of this reference and a condition."""
         sums = PairedSums(self.n, *self.sums)
-        for x, y in zip(self.blocks, encode_blocks(sae, activations), strict=True):
-            sums.add(x, y)
-        return sums.stats()
+        agreement = AgreementSums() if self.top_k else None
+        for i, y in enumerate(encode_blocks(sae, activations)):
+            pair = sums.add(self.blocks[i], y)
+            if agreement is not None:
+                agreement.add_block(self.tokens[i], self.blocks[i], y, pair, self.top_k)
+        if agreement is not None:
+            agreement.add_readout(self.activations, activations)
+        return sums.stats(), agreement
 
 
 def run_pass(
@@ -294,11 +319,14 @@ def run_pass(
     )
     if config.compute_loss:
         state.loss = {name: LossSums() for name in ["reference", *state.paired]}
+    top_k = config.top_k if config.token_lenses else None
+    if top_k:
+        state.agreement = {name: AgreementSums() for name in state.paired}
     with torch.inference_mode(), heap_allocations(device):
         for index, batch in enumerate(torch.split(tokens, config.batch_size)):
             batch = batch.to(device)
             act, loss = readout(batch, "reference", index)
-            reference = _BatchReference(sae, act)
+            reference = _BatchReference(sae, act, top_k)
             state.reference = state.reference.merge(reference.stats())
             if loss:
                 state.loss["reference"] = state.loss["reference"].merge(loss)
@@ -306,9 +334,12 @@ def run_pass(
             for condition in conditions:
                 with applied(model, prepared[condition.name]):
                     act, loss = readout(batch, condition.name, index)
-                pair = reference.paired(sae, act)
-                state.paired[condition.name] = state.paired[condition.name].merge(pair)
+                name = condition.name
+                pair, agreement = reference.paired(sae, act)
+                state.paired[name] = state.paired[name].merge(pair)
+                if agreement is not None:
+                    state.agreement[name] = state.agreement[name].merge(agreement)
                 if loss:
-                    state.loss[condition.name] = state.loss[condition.name].merge(loss)
+                    state.loss[name] = state.loss[name].merge(loss)
                 advance(1)
     return state

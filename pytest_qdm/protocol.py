@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .auditing import DEFAULT_BITS, as_token_tensor, finalize, prepare_conditions, token_summary
+from .auditing import (
+    DEFAULT_BITS,
+    as_token_tensor,
+    finalize,
+    lens_k,
+    prepare_conditions,
+    token_summary,
+)
 from .compress import RTN, Condition, MagnitudePrune, Reference, applied
 from .config import AuditConfig
 from .engine import pass_steps, resolve_hook, run_pass, validate_conditions, validate_inputs
@@ -58,6 +66,10 @@ class ProtocolConfig(BaseModel):
     budget_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
     n_bootstrap: int = Field(200, ge=0)
     sae_transfer: bool = Field(True, description="SAE explained variance and spliced loss")
+    sae_prune_fractions: tuple[float, ...] = Field(
+        (), description="SAE pruning sweep: fractions of features removed (empty: no sweep)"
+    )
+    sae_prune_method: Literal["decoder_norm_x_mean", "wanda"] = "decoder_norm_x_mean"
     seed: int = 0
     min_explained_variance: float | None = Field(
         0.5, le=1, description="refuse an SAE that explains less at the hook (None: measure only)"
@@ -88,6 +100,10 @@ class SweepRow(BaseModel):
     emergent_count: int
     sae_explained_variance: float | None = None
     sae_loss_recovered: float | None = None
+    sample_correlation: float | None = None  # token lenses (AuditConfig.token_lenses)
+    topk_agreement: float | None = None
+    procrustes_error: float | None = None
+    unaligned_error: float | None = None
     survived_ci: tuple[float | None, float | None] | None
 
 
@@ -177,7 +193,7 @@ def _findings(report_rows: list[SweepRow], cfg: ProtocolConfig) -> list[Finding]
 
 
 def _row(name, cond, ppl, ref_ppl, ci, quality) -> SweepRow:
-    s = cond.summary
+    s, agreement = cond.summary, cond.agreement
     chunked, sliding = (ppl.get(k) for k in ("chunked", "sliding"))
 
     def change(result, key):
@@ -201,6 +217,10 @@ def _row(name, cond, ppl, ref_ppl, ci, quality) -> SweepRow:
         emergent_count=s.emergent_count,
         sae_explained_variance=quality.explained_variance if quality else None,
         sae_loss_recovered=quality.loss_recovered if quality else None,
+        sample_correlation=agreement.sample_correlation if agreement else None,
+        topk_agreement=agreement.topk_agreement if agreement else None,
+        procrustes_error=agreement.procrustes_aligned_error if agreement else None,
+        unaligned_error=agreement.unaligned_error if agreement else None,
         survived_ci=(ci.low, ci.high) if ci else None,
     )
 
@@ -231,7 +251,7 @@ def run_protocol(
         raise ValueError(f"match_bits={match_bits} must be one of the audited bits {list(bits)}")
     validate_conditions([Reference(), *rtn, *extra_conditions])
     hook = resolve_hook(model, sae, config)
-    validate_inputs(model, sae, tokens, hook)
+    validate_inputs(model, sae, tokens, hook, lens_k(config))
     if second_sae is not None:
         validate_inputs(
             model, second_sae, tokens[:1], resolve_hook(model, second_sae, AuditConfig())
@@ -303,7 +323,11 @@ def run_protocol(
         from .auditing import audit
 
         second = audit(
-            model, second_sae, tokens, rtn, config.model_copy(update={"hook_name": None})
+            model,
+            second_sae,
+            tokens,
+            rtn,
+            config.model_copy(update={"hook_name": None, "token_lenses": False}),
         )
     stability = StabilityReport(
         null=null_check(result),

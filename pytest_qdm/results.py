@@ -81,6 +81,7 @@ class ReferenceResult(_Frozen):
     mean_activation: FloatArray
     max_activation: FloatArray
     active: BoolArray
+    rms_activation: FloatArray | None = None  # sqrt(mean f^2) over ALL tokens
 
     @property
     def n_active(self) -> int:
@@ -103,6 +104,18 @@ class Summary(_Frozen):
     median_correlation: float | None
 
 
+class TokenAgreement(_Frozen):
+    """Token-level agreement of one condition with the reference."""
+
+    sample_correlation: float | None  # mean over tokens of Pearson(x_t, y_t) across features
+    n_correlated_tokens: int
+    topk_agreement: float | None  # mean |topk(x_t) ∩ topk(y_t)| / k
+    k: int
+    n_topk_tokens: int  # tokens where the reference has >= k active features
+    procrustes_aligned_error: float | None  # min ||A R - B|| / ||B||, R orthogonal
+    unaligned_error: float | None  # ||A - B|| / ||B||
+
+
 class ConditionResult(_Frozen):
     name: str
     spec: ConditionSpec
@@ -113,6 +126,7 @@ class ConditionResult(_Frozen):
     summary: Summary
     mean_nll: float | None = None  # next-token loss on the audit tokens (compute_loss)
     n_loss_tokens: int | None = None
+    agreement: TokenAgreement | None = None  # token lenses (config.token_lenses)
 
     def damage(self) -> np.ndarray:
         """Damage score 1 - r per feature (NaN where not active)."""

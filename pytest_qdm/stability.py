@@ -145,6 +145,7 @@ def _scaled(state: EngineState, copies: int) -> EngineState:
         ref.total * c,
         ref.nonzero_max,
         ref.nonzero_count * c,
+        ref.total_sq * c,
     )
     paired = {
         name: PairedStats(

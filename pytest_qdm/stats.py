@@ -74,20 +74,30 @@ class Entries:
         return features[self.rows, self.cols].to(F64)
 
 
+@dataclass(frozen=True)
+class BlockPair:
+    """A condition's side of one block: y's nonzero entries, and x*y at x's entries."""
+
+    y: Entries
+    xy: torch.Tensor
+
+
 @dataclass
 class ReferenceStats:
-    """Per-feature firing count, sum and maximum of the reference activations."""
+    """Per-feature firing count, sum, sum of squares and maximum of the reference activations."""
 
     n_tokens: int
     fire_count: torch.Tensor  # [d_sae] float64: #{t : f(t) > 0}
     total: torch.Tensor  # [d_sae] float64: sum_t f(t)
     nonzero_max: torch.Tensor  # [d_sae] float64: max over nonzero f(t), -inf if none
     nonzero_count: torch.Tensor  # [d_sae] float64: #{t : f(t) != 0}
+    total_sq: torch.Tensor  # [d_sae] float64: sum_t f(t)^2
 
     @classmethod
     def empty(cls, d_sae: int, device: torch.device | str = "cpu") -> ReferenceStats:
         zeros = torch.zeros(d_sae, dtype=F64, device=device)
-        return cls(0, zeros.clone(), zeros.clone(), torch.full_like(zeros, -torch.inf), zeros)
+        infinite = torch.full_like(zeros, -torch.inf)
+        return cls(0, zeros.clone(), zeros.clone(), infinite, zeros.clone(), zeros.clone())
 
     @classmethod
     def of_batch(cls, features: torch.Tensor) -> ReferenceStats:
@@ -104,6 +114,7 @@ class ReferenceStats:
             _scatter_sum(d_sae, cols, values),
             nonzero_max,
             _scatter_sum(d_sae, cols, torch.ones_like(values)),
+            _scatter_sum(d_sae, cols, values * values),
         )
 
     def merge(self, other: ReferenceStats) -> ReferenceStats:
@@ -113,6 +124,7 @@ class ReferenceStats:
             self.total + other.total,
             torch.maximum(self.nonzero_max, other.nonzero_max),
             self.nonzero_count + other.nonzero_count,
+            self.total_sq + other.total_sq,
         )
 
     def firing_rate(self) -> np.ndarray:
@@ -121,6 +133,10 @@ class ReferenceStats:
     def mean_activation(self) -> np.ndarray:
         """Mean over ALL tokens (zeros included)."""
         return (self.total / max(self.n_tokens, 1)).cpu().numpy()
+
+    def rms_activation(self) -> np.ndarray:
+        """Root mean square over ALL tokens: sqrt(mean_t f(t)^2)."""
+        return (self.total_sq / max(self.n_tokens, 1)).sqrt().cpu().numpy()
 
     def max_activation(self) -> np.ndarray:
         """Max over all tokens: a zero counts wherever some token left the feature at 0."""
@@ -217,14 +233,18 @@ class PairedSums:
         squares = x.values * x.values
         return _scatter_sum(d_sae, x.cols, x.values), _scatter_sum(d_sae, x.cols, squares)
 
-    def add(self, x: Entries, y: torch.Tensor) -> None:
-        """Add a block of y [block tokens, d_sae]; ``x`` holds x's entries of that block."""
-        y_entries = Entries.of(y)
-        cols, values = y_entries.cols, y_entries.values
+    def add(self, x: Entries, y: torch.Tensor) -> BlockPair:
+        """Add a block of y [block tokens, d_sae]; ``x`` holds x's entries of that block.
+
+        Returns y's entries and the products x*y at x's entries, for the token lenses.
+        """
+        pair = BlockPair(Entries.of(y), x.values * x.at(y))
+        cols, values = pair.y.cols, pair.y.values
         self.sum_y.index_add_(0, cols, values)
         self.sq_y.index_add_(0, cols, values * values)
         self.fire_y.index_add_(0, cols, (values > 0).to(F64))
-        self.xy.index_add_(0, x.cols, x.values * x.at(y))
+        self.xy.index_add_(0, x.cols, pair.xy)
+        return pair
 
     def stats(self) -> PairedStats:
         # Within a batch the raw float64 sums are exact enough; across batches Chan's update.

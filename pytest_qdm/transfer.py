@@ -8,6 +8,8 @@ zero-ablating the hook (fraction of loss recovered = (L_zero - L_spliced) / (L_z
 
 from __future__ import annotations
 
+import re
+
 import torch
 from pydantic import BaseModel, ConfigDict
 
@@ -27,9 +29,56 @@ class TransferQuality(BaseModel):
     n_tokens: int
 
 
-def _loss(model, batch, hook, replace) -> torch.Tensor:
-    fwd_hooks = [] if replace is None else [(hook, replace)]
-    return model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
+_RESIDUAL_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+
+
+def resume_layer(hook: str) -> int | None:
+    """The block a forward can resume from with ``hook``'s activation as its residual
+    stream (``blocks.L.hook_resid_post`` -> L + 1), or None for other hooks."""
+    match = _RESIDUAL_HOOK.match(hook)
+    return None if match is None else int(match[1]) + (match[2] == "post")
+
+
+class _Losses:
+    """Per-token loss of a batch with the activation at ``hook`` replaced.
+
+    At a residual-stream hook the replaced forward resumes after the hook from the clean
+    run's residual (``start_at_layer``), so the layers below it run once per batch, not
+    three times; elsewhere a full forward with a replacing hook.
+    """
+
+    def __init__(self, model, hook: str):
+        self.model, self.hook, self.resume = model, hook, resume_layer(hook)
+
+    def clean(self, batch: torch.Tensor, on_activation) -> torch.Tensor:
+        """Loss of the unmodified model; ``on_activation(a)`` sees the hook's activation."""
+        self.batch = batch
+        if self.resume is not None:
+            _, _, self.shortformer, self.mask = self.model.input_to_embed(batch)
+
+        def observe(activation, hook):
+            on_activation(activation)
+
+        return self._forward(batch, [(self.hook, observe)])
+
+    def replaced(self, activation: torch.Tensor) -> torch.Tensor:
+        """Loss of the last :meth:`clean` batch with the hook's activation replaced."""
+        if self.resume is None:
+            return self._forward(self.batch, [(self.hook, lambda a, hook: activation)])
+        return self.model(
+            activation,
+            start_at_layer=self.resume,
+            tokens=self.batch,
+            attention_mask=self.mask,
+            shortformer_pos_embed=self.shortformer,
+            return_type="loss",
+            loss_per_token=True,
+        )
+
+    def _forward(self, batch, fwd_hooks) -> torch.Tensor:
+        return self.model.run_with_hooks(
+            batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks
+        )
 
 
 def sae_transfer(
@@ -39,27 +88,25 @@ def sae_transfer(
     sums = torch.zeros(6, dtype=F64)  # clean, spliced, zero loss; SSE; sum ||a||^2; L0
     total = None
     n_tokens = n_scored = 0
-
-    def splice(activation, hook):
-        nonlocal total
-        features = sae.encode(activation.to(sae.dtype))
-        recon = sae.decode(features).to(activation.dtype)
-        flat = activation.to(F64).reshape(-1, sae.cfg.d_in)
-        sums[3] += float((recon.to(F64).reshape(-1, sae.cfg.d_in) - flat).square().sum())
-        sums[4] += float(flat.square().sum())
-        sums[5] += float((features > 0).sum())
-        total = flat.sum(0) if total is None else total + flat.sum(0)
-        return recon
+    losses = _Losses(model, hook)
+    seen = {}
 
     with torch.inference_mode():
         for batch in torch.split(tokens, batch_size):
             batch = batch.to(model.cfg.device)
-            sums[0] += float(_loss(model, batch, hook, None).double().sum())
-            spliced = _loss(model, batch, hook, splice)
+            clean = losses.clean(batch, lambda a: seen.update(activation=a))
+            activation = seen["activation"]
+            features = sae.encode(activation.to(sae.dtype))
+            recon = sae.decode(features).to(activation.dtype)
+            flat = activation.to(F64).reshape(-1, sae.cfg.d_in)
+            sums[3] += float((recon.to(F64).reshape(-1, sae.cfg.d_in) - flat).square().sum())
+            sums[4] += float(flat.square().sum())
+            sums[5] += float((features > 0).sum())
+            total = flat.sum(0) if total is None else total + flat.sum(0)
+            spliced = losses.replaced(recon)
+            sums[0] += float(clean.double().sum())
             sums[1] += float(spliced.double().sum())
-            sums[2] += float(
-                _loss(model, batch, hook, lambda a, hook: torch.zeros_like(a)).double().sum()
-            )
+            sums[2] += float(losses.replaced(torch.zeros_like(activation)).double().sum())
             n_scored += spliced.numel()
             n_tokens += batch.numel()
     variance = float(sums[4]) - float(total @ total) / n_tokens
