@@ -33,6 +33,9 @@ _EXPORTS = {
     "run_protocol": "protocol",
     "ProtocolReport": "protocol",
     "load_preset": "loading",
+    "prune_sae": "sae_pruning",
+    "sae_pruning_sweep": "sae_pruning",
+    "TokenAgreement": "results",
 }
 
 __all__ = [
@@ -56,7 +59,10 @@ __all__ = [
     "compare_damage",
     "fit_survival_predictor",
     "load_preset",
+    "prune_sae",
     "run_protocol",
+    "sae_pruning_sweep",
+    "TokenAgreement",
     "__version__",
 ]
 
@@ -73,7 +79,8 @@ if TYPE_CHECKING:
     from .predictor import PredictorResult, fit_survival_predictor
     from .protocol import ProtocolReport, run_protocol
     from .pruning import OverlapResult, compare_damage
-    from .results import AuditResult, ConditionResult
+    from .results import AuditResult, ConditionResult, TokenAgreement
+    from .sae_pruning import prune_sae, sae_pruning_sweep
     from .schemes import FP8, NF4, AbsmaxINT8
 
 

@@ -97,7 +97,12 @@ class GateSession:
 
     @cached_property
     def protocol_config(self) -> ProtocolConfig:
-        return ProtocolConfig()
+        options = self.options
+        return ProtocolConfig(
+            sae_transfer="transfer" in options.lenses,
+            sae_prune_fractions=options.sae_prune,
+            sae_prune_method=options.sae_prune_method,
+        )
 
     @cached_property
     def fingerprint(self) -> Fingerprint:
@@ -107,6 +112,7 @@ class GateSession:
             "protocol": json.loads(self.protocol_config.model_dump_json()),
             "bits": list(options.bits),
             "match_bits": options.match_bits,
+            "schemes": list(options.schemes),
         }
         from .auditing import token_summary
 
@@ -147,6 +153,7 @@ class GateSession:
 
     def _run_protocol(self) -> ProtocolReport:
         from .protocol import run_protocol
+        from .schemes import scheme_condition
 
         s = self.subject
         return run_protocol(
@@ -158,6 +165,7 @@ class GateSession:
             config=self.options.audit_config(),
             protocol=self.protocol_config,
             second_sae=s.second_sae,
+            extra_conditions=[scheme_condition(name) for name in self.options.schemes],
         )
 
     def audit(self, bits=None, tokens=None, **overrides) -> AuditResult:
@@ -192,7 +200,11 @@ def gate_verdicts(report: ProtocolReport, gates: tuple[GateCheck, ...]) -> list[
             row = next((r for r in report.sweep if r.condition == name), None)
             if row is None:
                 verdicts.append(
-                    Verdict(gate.option, False, f"{name} was not audited (see --qdm-bits)")
+                    Verdict(
+                        gate.option,
+                        False,
+                        f"{name} was not audited (see --qdm-bits, --qdm-schemes)",
+                    )
                 )
                 continue
             passed, message = gate.describe(getattr(row, gate.metric))

@@ -112,6 +112,38 @@ OPTIONS = [
         "rewrite a failing or foreign baseline (the gate still fails)",
         "bool",
     ),
+    (
+        "schemes",
+        "S,S,...",
+        "none",
+        "deployed schemes audited beside RTN: nf4, nf4-bN, fp8-e4m3, fp8-e5m2, absmax-int8, "
+        "intB-gG (group-wise RTN)",
+        "str",
+    ),
+    (
+        "lenses",
+        "L,L,...",
+        "token,transfer",
+        "lenses beside per-feature survival: token (sample correlation, top-k agreement, "
+        "Procrustes), transfer (SAE explained variance, spliced loss); none: neither",
+        "str",
+    ),
+    ("top-k", "K", "10", "k of the top-k feature agreement (token lens)", "int"),
+    (
+        "sae-prune",
+        "F,F,...",
+        "none",
+        "SAE pruning sweep: fractions of SAE features to remove without retraining, "
+        "e.g. 0.1,0.25,0.5, measured on the reference and the --qdm-match-bits model",
+        "str",
+    ),
+    (
+        "sae-prune-method",
+        "METHOD",
+        "decoder_norm_x_mean",
+        "SAE feature importance for --qdm-sae-prune: decoder_norm_x_mean or wanda",
+        "str",
+    ),
     ("no-cache", None, "off", "do not read or write the on-disk result cache", "bool"),
     ("cache-dir", "DIR", ".qdm/cache", "cache of protocol results keyed by fingerprint", "str"),
     ("no-plots", None, "off", "skip the PNG plots", "bool"),
@@ -156,7 +188,7 @@ def _raw(config: pytest.Config, name: str):
 
 def build_options(config: pytest.Config):
     """One frozen QdmOptions from the command line (first) and the ini file."""
-    from .config import QdmOptions
+    from .config import QdmOptions, scheme_name
     from .thresholds import parse_baseline, parse_gate
 
     def number(name, cast):
@@ -190,6 +222,26 @@ def build_options(config: pytest.Config):
         value = number(name, cast)
         if value is not None:
             settings[key] = value
+
+    def items(name: str) -> list[str] | None:
+        value = _raw(config, name)
+        return None if value in (None, "") else [v for v in str(value).split(",") if v.strip()]
+
+    if (lenses := items("lenses")) is not None:
+        settings["lenses"] = tuple(v.strip() for v in lenses if v.strip() != "none")
+    if (schemes := items("schemes")) is not None:
+        settings["schemes"] = tuple(dict.fromkeys(scheme_name(v) for v in schemes))
+    if (fractions := items("sae-prune")) is not None:
+        try:
+            settings["sae_prune"] = tuple(float(v) for v in fractions)
+        except ValueError:
+            raise ValueError(
+                f"--qdm-sae-prune expects fractions like 0.1,0.25, got {_raw(config, 'sae-prune')!r}"
+            ) from None
+    if method := _raw(config, "sae-prune-method"):
+        settings["sae_prune_method"] = str(method)
+    if (top_k := number("top-k", int)) is not None:
+        settings["top_k"] = top_k
     bits = _raw(config, "bits")
     if bits:
         try:

@@ -37,6 +37,7 @@ from .predictor import PredictorResult, fit_survival_predictor
 from .progress import progress_bar
 from .pruning import OverlapResult, PruningMatch, compare_damage, match_sparsity
 from .results import SCHEMA_VERSION, AuditResult
+from .sae_pruning import SaePruningSweep, check_prune_fractions, sae_pruning_sweep
 from .stability import (
     StabilityReport,
     bootstrap_survival,
@@ -67,7 +68,9 @@ class ProtocolConfig(BaseModel):
     n_bootstrap: int = Field(200, ge=0)
     sae_transfer: bool = Field(True, description="SAE explained variance and spliced loss")
     sae_prune_fractions: tuple[float, ...] = Field(
-        (), description="SAE pruning sweep: fractions of features removed (empty: no sweep)"
+        (),
+        description="SAE pruning sweep on the perplexity tokens, on the reference and the "
+        "predictor's RTN condition: fractions of features removed (empty: no sweep)",
     )
     sae_prune_method: Literal["decoder_norm_x_mean", "wanda"] = "decoder_norm_x_mean"
     seed: int = 0
@@ -134,6 +137,7 @@ class ProtocolReport(BaseModel):
     findings: list[Finding]
     sae_fit: SaeFit
     elapsed_seconds: float
+    sae_pruning: SaePruningSweep | None = None  # ProtocolConfig.sae_prune_fractions
 
     def to_json(self, **kwargs) -> str:
         return self.model_dump_json(**kwargs)
@@ -257,6 +261,7 @@ def run_protocol(
             model, second_sae, tokens[:1], resolve_hook(model, second_sae, AuditConfig())
         )
 
+    check_prune_fractions(sae, cfg.sae_prune_fractions)
     fit = check_sae_fit(
         model, sae, tokens, hook_name=hook, min_explained_variance=cfg.min_explained_variance
     )
@@ -345,6 +350,19 @@ def run_protocol(
     predictor = fit_survival_predictor(
         ref.firing_rate[active], ref.mean_activation[active], ref.max_activation[active], survived
     )
+    sae_pruning = None
+    if cfg.sae_prune_fractions:
+        sae_pruning = sae_pruning_sweep(
+            model,
+            sae,
+            ppl_tokens,
+            ref,
+            cfg.sae_prune_fractions,
+            conditions=[c for c in rtn if c.name == focus],
+            method=cfg.sae_prune_method,
+            hook=hook,
+            batch_size=batch,
+        )
     overlap = None
     if pruning is not None:
         overlap = compare_damage(
@@ -383,4 +401,5 @@ def run_protocol(
         findings=_findings(rows, cfg),
         sae_fit=fit,
         elapsed_seconds=time.perf_counter() - started,
+        sae_pruning=sae_pruning,
     )

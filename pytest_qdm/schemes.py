@@ -12,7 +12,8 @@ from typing import Literal
 
 import torch
 
-from .compress import Condition, from_rows, target_weights, to_rows
+from .compress import RTN, Condition, from_rows, target_weights, to_rows
+from .config import SCHEME_NAME
 
 # The NormalFloat-4 codebook of QLoRA (Dettmers et al., 2023), as bitsandbytes ships it.
 NF4_CODEBOOK = (
@@ -139,3 +140,17 @@ class AbsmaxINT8(Condition):
 
     def describe(self):
         return super().describe().model_copy(update={"bits": 8})
+
+
+def scheme_condition(name: str) -> Condition:
+    """The condition of a canonical scheme name (``config.scheme_name``), e.g. ``nf4-b64``."""
+    match = SCHEME_NAME.match(name)
+    if match is None:
+        raise ValueError(f"{name!r} is not a scheme name like nf4-b64, fp8-e4m3, absmax-int8")
+    if match["block"]:
+        return NF4(int(match["block"]))
+    if match["fp8"]:
+        return FP8(match["fp8"])
+    if match["absmax"]:
+        return AbsmaxINT8()
+    return RTN(int(match["bits"]), group_size=int(match["group"]))

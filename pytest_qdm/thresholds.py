@@ -39,8 +39,11 @@ _BASELINE = re.compile(
 
 
 def condition_name(token: str) -> str:
-    """``int6`` -> ``rtn-int6``; other names pass through."""
-    return f"rtn-{token}" if re.fullmatch(r"int\d+(-g\d+)?", token) else token
+    """``int6`` -> ``rtn-int6``, ``nf4`` -> ``nf4-b64``, ``fp8`` -> ``fp8-e4m3``; other names
+    pass through."""
+    if re.fullmatch(r"int\d+(-g\d+)?", token):
+        return f"rtn-{token}"
+    return {"nf4": "nf4-b64", "fp8": "fp8-e4m3"}.get(token, token)
 
 
 @dataclass(frozen=True)

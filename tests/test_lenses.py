@@ -145,7 +145,7 @@ def test_top_k_wider_than_the_sae_is_refused_before_any_forward(neox_model, neox
     def forbid(module, args):
         raise AssertionError("a forward ran before the input was validated")
 
-    handle = neox_model.register_forward_pre_hook(forbid)
+    handle = neox_model.embed.register_forward_pre_hook(forbid)
     try:
         with pytest.raises(ValueError, match=r"top_k=129 exceeds the SAE's 128 features"):
             audit_agreement(neox_model, neox_sae, neox_tokens, qdm.RTN(4), top_k=129)

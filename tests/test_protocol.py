@@ -24,7 +24,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def tiny_report(tiny):
     tokens = tiny.tokens(16_384)
-    protocol = ProtocolConfig(ppl_tokens=4096, n_bootstrap=50)
+    protocol = ProtocolConfig(ppl_tokens=4096, n_bootstrap=50, sae_prune_fractions=(0.25,))
     # The bundled model keeps its features down to INT4; its damage shows from INT3.
     return qdm.run_protocol(
         tiny.model,
@@ -60,6 +60,29 @@ def test_protocol_on_the_bundled_model(tiny_report):
     )
 
 
+def test_token_lenses_read_high_while_features_fail(tiny_report):
+    """The documented caveat, on the bundled model: at INT3 the per-token correlation of the
+    feature vectors stays near 0.9 while most features no longer survive."""
+    reference, int3 = tiny_report.row("reference"), tiny_report.row("rtn-int3")
+    assert reference.sample_correlation == pytest.approx(1.0) and reference.topk_agreement == 1
+    assert int3.sample_correlation > 0.85 and int3.survived_pct < 60
+    rtn = [r for r in tiny_report.sweep if r.kind == "RTN"]
+    for field in ("sample_correlation", "topk_agreement"):
+        values = [getattr(r, field) for r in rtn]
+        assert values == sorted(values, reverse=True), field
+    errors = [r.procrustes_error for r in rtn]
+    assert errors == sorted(errors) and all(r.procrustes_error < r.unaligned_error for r in rtn)
+
+
+def test_sae_pruning_sweep_runs_on_the_shipped_condition(tiny_report):
+    sweep = tiny_report.sae_pruning
+    assert {r.condition for r in sweep.rows} == {"reference", "rtn-int4"}
+    assert sweep.row(0.25).n_features_kept == 768
+    assert sweep.row(0.25).explained_variance < sweep.row(0.0).explained_variance
+    unpruned = tiny_report.transfer["rtn-int4"].explained_variance
+    assert sweep.row(0.0, "rtn-int4").explained_variance == pytest.approx(unpruned)
+
+
 def test_protocol_report_round_trips(tiny_report):
     again = qdm.ProtocolReport.from_json(tiny_report.to_json())
     assert again.to_json() == tiny_report.to_json()
@@ -68,6 +91,14 @@ def test_protocol_report_round_trips(tiny_report):
 def test_bad_protocol_arguments_fail_before_work(tiny):
     with pytest.raises(ValueError, match="match_bits=3 must be one of the audited bits"):
         qdm.run_protocol(tiny.model, tiny.sae, tiny.tokens(1024), bits=(8, 4), match_bits=3)
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\), got 1.5"):
+        qdm.run_protocol(
+            tiny.model,
+            tiny.sae,
+            tiny.tokens(1024),
+            protocol=ProtocolConfig(sae_prune_fractions=(0.25, 1.5)),
+            config=QUIET,
+        )
 
 
 def test_misfit_sae_is_refused_with_numbers(tiny):

@@ -54,7 +54,11 @@ def report():
             random_tokens(model, 32),
             # the random-weight SAE reconstructs poorly (EV < 0); audit it anyway
             protocol=ProtocolConfig(
-                ppl_tokens=256, n_bootstrap=20, prune_search_steps=4, min_explained_variance=-10.0
+                ppl_tokens=256,
+                n_bootstrap=20,
+                prune_search_steps=4,
+                min_explained_variance=-10.0,
+                sae_prune_fractions=(0.25,),
             ),
             config=AuditConfig(progress=False),
         )
@@ -78,6 +82,14 @@ def rendered(report, width=120, **kwargs) -> str:
 
 def rtn_conditions(report) -> list[str]:
     return [row.condition for row in report.sweep if row.kind == "RTN"]
+
+
+def without_lenses(report):
+    """The report as a run with the lenses off and no SAE pruning sweep would give."""
+    lens_fields = ("sample_correlation", "topk_agreement", "procrustes_error", "unaligned_error")
+    blank = {name: None for name in (*lens_fields, "sae_explained_variance", "sae_loss_recovered")}
+    sweep = [row.model_copy(update=blank) for row in report.sweep]
+    return report.model_copy(update={"sweep": sweep, "transfer": {}, "sae_pruning": None})
 
 
 def test_import_loads_neither_torch_nor_matplotlib():
@@ -219,13 +231,15 @@ def test_plot_report_writes_pngs(report, tmp_path):
         "correlation_hist.png",
         "survival_by_peak_quartile.png",
         "rtn_vs_pruning_damage.png",
+        "lenses_vs_survival.png",
+        "sae_pruning.png",
     ]
     for path in paths:
         assert path.stat().st_size > 1000
         assert path.read_bytes()[:8] == PNG_SIGNATURE
     assert plt.get_fignums() == []  # every figure closed
-    fewer = plot_report(report.model_copy(update={"overlap": None}), tmp_path / "fewer")
-    assert len(fewer) == 3 and "rtn_vs_pruning_damage.png" not in {p.name for p in fewer}
+    fewer = plot_report(without_lenses(report).model_copy(update={"overlap": None}), tmp_path)
+    assert [p.name for p in fewer] == [p.name for p in paths[:3]]
 
 
 def test_junit_properties_are_flat_unique_and_cover_rtn(report):
@@ -260,3 +274,36 @@ def test_audit_properties_for_one_condition(report):
     assert all(name.startswith("qdm.rtn-int4.") for name in props)
     with pytest.raises(ValueError, match="rtn-int9"):
         audit_properties(report.audit, "rtn-int9")
+
+
+def test_lens_and_sae_pruning_tables_in_terminal_and_markdown(report):
+    text, markdown = rendered(report, width=160), markdown_summary(report)
+    for output in (text, markdown):
+        assert "Token-level agreement and SAE transfer" in output
+        assert "SAE pruning without retraining" in output and "decoder_norm_x_mean" in output
+        assert "dominated by strong features" in output
+    reference = report.row("reference")
+    assert reference.sample_correlation == 1.0 and reference.topk_agreement == 1.0
+    quality = report.transfer["rtn-int4"]
+    lens_row = next(ln for ln in markdown.splitlines() if ln.startswith("| rtn-int4 | 0."))
+    assert f"{quality.explained_variance:.3f}" in lens_row
+    assert f"{quality.spliced_loss - quality.clean_loss:+.3f}" in lens_row
+    kept = report.sae_pruning.row(0.25).n_features_kept
+    assert any(ln.startswith(f"| 25% | {kept:,} |") for ln in markdown.splitlines())
+    bare = without_lenses(report)
+    for output in (rendered(bare, width=160), markdown_summary(bare)):
+        assert "Token-level agreement" not in output and "SAE pruning" not in output
+
+
+def test_junit_properties_of_lenses_and_sae_pruning(report):
+    values = dict(junit_properties(report))
+    row = report.row("rtn-int4")
+    assert values["qdm.rtn-int4.sample_r"] == row.sample_correlation
+    assert values["qdm.rtn-int4.topk_agreement"] == row.topk_agreement
+    assert values["qdm.rtn-int4.procrustes_error"] == row.procrustes_error
+    sweep_row = report.sae_pruning.row(0.25, report.predictor_condition)
+    name = f"qdm.sae_prune.0.25.{report.predictor_condition}.sae_ev"
+    assert values[name] == sweep_row.explained_variance
+    bare = dict(junit_properties(without_lenses(report)))
+    assert "qdm.rtn-int4.sample_r" not in bare
+    assert not any(n.startswith("qdm.sae_prune.") for n in bare)

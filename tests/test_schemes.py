@@ -82,6 +82,55 @@ def test_schemes_sit_between_rtn_bit_budgets(neox_model, neox_sae, neox_tokens):
     assert min(mean_r["fp8-e4m3"], mean_r["absmax-int8"]) > mean_r["rtn-int4"]
 
 
+def test_schemes_on_the_bundled_model_sit_where_their_bit_budgets_say():
+    """Measured (8,192 tokens): mean r INT8 0.9999 > absmax-INT8 > INT7 > FP8-e4m3 > INT6...;
+    FP8-e5m2 between INT6 and INT4; NF4 (4 bits, blocks of 64) above RTN INT4."""
+    tiny = qdm.load_preset("tiny")
+    conditions = [
+        *(qdm.RTN(b) for b in (8, 7, 6, 4)),
+        qdm.AbsmaxINT8(),
+        qdm.FP8("e4m3"),
+        qdm.FP8("e5m2"),
+        qdm.NF4(),
+    ]
+    result = qdm.audit(
+        tiny.model, tiny.sae, tiny.tokens(8192), conditions, qdm.AuditConfig(progress=False)
+    )
+    r = {name: c.summary.mean_correlation for name, c in result.conditions.items()}
+    assert r["rtn-int8"] > r["absmax-int8"] > r["rtn-int7"]  # per-tensor: a coarser INT8
+    assert r["rtn-int7"] > r["fp8-e4m3"] > r["fp8-e5m2"] > r["rtn-int4"]  # 3 / 2 mantissa bits
+    assert r["rtn-int6"] > r["fp8-e5m2"]
+    assert r["nf4-b64"] > r["rtn-int4"]  # the same 4 bits, finer (blockwise) scales
+    survived = {name: c.summary.survived_pct for name, c in result.conditions.items()}
+    assert survived["nf4-b64"] >= survived["rtn-int4"]
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "condition"),
+    [
+        ("nf4", "nf4-b64", qdm.NF4(64)),
+        ("NF4-b128", "nf4-b128", qdm.NF4(128)),
+        ("fp8-e5m2", "fp8-e5m2", qdm.FP8("e5m2")),
+        ("absmax-int8", "absmax-int8", qdm.AbsmaxINT8()),
+        ("int4-g128", "rtn-int4-g128", qdm.RTN(4, group_size=128)),
+    ],
+)
+def test_scheme_names_from_the_command_line(text, name, condition):
+    from pytest_qdm.config import scheme_name
+    from pytest_qdm.schemes import scheme_condition
+
+    assert scheme_name(text) == name
+    assert scheme_condition(name) == condition and condition.name == name
+
+
+@pytest.mark.parametrize("text", ["nf5", "fp8-e3m4", "int9-g64", "nf4-b0", "int4", "rtn"])
+def test_unknown_scheme_names_are_refused(text):
+    from pytest_qdm.config import scheme_name
+
+    with pytest.raises(ValueError, match="is not a scheme; use nf4, nf4-b128"):
+        scheme_name(text)
+
+
 def test_scheme_arguments_are_checked():
     with pytest.raises(ValueError, match="block_size must be a positive integer"):
         qdm.NF4(block_size=0)

@@ -69,3 +69,4 @@ def test_condition_name_shorthand():
     assert condition_name("int6") == "rtn-int6"
     assert condition_name("int4-g128") == "rtn-int4-g128"
     assert condition_name("prune-0.2") == "prune-0.2"
+    assert (condition_name("nf4"), condition_name("fp8")) == ("nf4-b64", "fp8-e4m3")

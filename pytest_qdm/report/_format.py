@@ -47,6 +47,25 @@ COMPACT_LEGEND = (
 )
 
 
+LENS_HEADERS = (
+    "condition",
+    "sample r\n(tokens)",
+    "top-k\nagreement",
+    "Procrustes\nerror",
+    "unaligned\nerror",
+    "SAE EV",
+    "SAE L0",
+    "spliced loss\n(Δ nats)",
+    "loss\nrecovered",
+)
+LENS_LEGEND = (
+    "sample r: per-token Pearson of the feature vectors; top-k: shared top-k features; "
+    "errors: ||A R - B|| / ||B|| with the best rotation R, and without; SAE EV, L0, spliced "
+    "loss and loss recovered: the frozen SAE on each model's activations (perplexity tokens). "
+    "Token averages are dominated by strong features: read survival % for the weak ones."
+)
+
+
 def num(value: float | int | None, spec: str = ".3f") -> str:
     """``value`` formatted with ``spec``, or :data:`MISSING`."""
     return MISSING if value is None else format(value, spec)
@@ -97,6 +116,51 @@ def sweep_cells(row: SweepRow, compact: bool = False) -> list[str]:
     if ci is not None:
         survived += f" [{ci}]"
     return [row.condition, setting(row), chunked, sliding, mean_r, survived, *bands]
+
+
+def has_lenses(report: ProtocolReport) -> bool:
+    """Whether the report holds token-level agreement or SAE transfer quality."""
+    return bool(report.transfer) or any(r.sample_correlation is not None for r in report.sweep)
+
+
+def lens_cells(report: ProtocolReport, row: SweepRow) -> list[str]:
+    """Token-level agreement and SAE transfer of one sweep row, in :data:`LENS_HEADERS` order."""
+    quality = report.transfer.get(row.condition)
+    spliced = MISSING
+    if quality is not None:
+        spliced = f"{quality.spliced_loss:.3f} ({quality.spliced_loss - quality.clean_loss:+.3f})"
+    return [
+        row.condition,
+        num(row.sample_correlation, ".4f"),
+        num(row.topk_agreement, ".3f"),
+        num(row.procrustes_error, ".4f"),
+        num(row.unaligned_error, ".4f"),
+        num(quality.explained_variance if quality else None, ".3f"),
+        num(quality.mean_l0 if quality else None, ".1f"),
+        spliced,
+        num(quality.loss_recovered if quality else None, ".3f"),
+    ]
+
+
+def sae_pruning_table(report: ProtocolReport) -> tuple[list[str], list[list[str]]] | None:
+    """(headers, rows) of the SAE pruning sweep: per fraction, EV and loss recovered of the
+    pruned SAE on each model; None when the report has no sweep."""
+    sweep = report.sae_pruning
+    if sweep is None:
+        return None
+    conditions = list(dict.fromkeys(r.condition for r in sweep.rows))
+    fractions = list(dict.fromkeys(r.fraction for r in sweep.rows))
+    headers = ["removed", "kept"]
+    for name in conditions:
+        headers += [f"EV\n{name}", f"loss rec.\n{name}"]
+    rows = []
+    for fraction in fractions:
+        cells = [f"{fraction:.0%}", f"{sweep.row(fraction, conditions[0]).n_features_kept:,}"]
+        for name in conditions:
+            row = sweep.row(fraction, name)
+            cells += [num(row.explained_variance, ".3f"), num(row.loss_recovered, ".3f")]
+        rows.append(cells)
+    return headers, rows
 
 
 def headline(report: ProtocolReport) -> list[str]:

@@ -146,11 +146,60 @@ def _plot_rtn_vs_pruning(report: ProtocolReport, plt) -> Figure:
     return fig
 
 
+def _plot_lenses(report: ProtocolReport, plt) -> Figure:
+    """Per condition: survival beside the token-level and SAE-transfer numbers (all 0..1)."""
+    rows = [r for r in report.sweep if r.kind != "Reference"]
+    series = {
+        "survived (fraction of features)": [
+            None if r.survived_pct is None else r.survived_pct / 100 for r in rows
+        ],
+        "sample r (per token)": [r.sample_correlation for r in rows],
+        "top-k agreement": [r.topk_agreement for r in rows],
+        "SAE explained variance": [r.sae_explained_variance for r in rows],
+    }
+    series = {k: v for k, v in series.items() if any(x is not None for x in v)}
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(rows) + 3), 4.5))
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(series.items()):
+        heights = [np.nan if v is None else v for v in values]
+        ax.bar(
+            np.arange(len(rows)) + (i - (len(series) - 1) / 2) * width, heights, width, label=label
+        )
+    ax.set_xticks(
+        range(len(rows)), [r.condition for r in rows], rotation=30, ha="right", fontsize=8
+    )
+    ax.set_ylim(min(0.0, *(v for vs in series.values() for v in vs if v is not None)), 1.05)
+    ax.set_ylabel("value (1 = as the reference)")
+    ax.set_title("Token averages hold while features fail: survival vs token-level lenses")
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def _plot_sae_pruning(report: ProtocolReport, plt) -> Figure:
+    sweep = report.sae_pruning
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, name in enumerate(dict.fromkeys(r.condition for r in sweep.rows)):
+        rows = [r for r in sweep.rows if r.condition == name]
+        removed = [100 * r.fraction for r in rows]
+        color = f"C{i}"
+        ev = [np.nan if r.explained_variance is None else r.explained_variance for r in rows]
+        recovered = [np.nan if r.loss_recovered is None else r.loss_recovered for r in rows]
+        ax.plot(removed, ev, "o-", color=color, label=f"explained variance, {name}")
+        ax.plot(removed, recovered, "s--", color=color, label=f"loss recovered, {name}")
+    ax.set_xlabel("SAE features removed (%), least important first")
+    ax.set_ylabel("fraction (1 = perfect)")
+    ax.set_title(f"SAE pruning without retraining ({sweep.method}, {sweep.hook_name})")
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
 def plot_report(report: ProtocolReport, out_dir: Path) -> list[Path]:
     """Write the report's figures as PNG files into ``out_dir``; return their paths.
 
-    survival_vs_bits.png, correlation_hist.png, survival_by_peak_quartile.png, and
-    rtn_vs_pruning_damage.png when the report has a pruning comparison.
+    survival_vs_bits.png, correlation_hist.png, survival_by_peak_quartile.png,
+    rtn_vs_pruning_damage.png when the report has a pruning comparison, and
+    lenses_vs_survival.png when it has token-level or SAE transfer numbers, and
+    sae_pruning.png when it has an SAE pruning sweep.
     """
     plt = _pyplot()
     out_dir = Path(out_dir)
@@ -162,6 +211,10 @@ def plot_report(report: ProtocolReport, out_dir: Path) -> list[Path]:
     }
     if report.overlap is not None:
         figures["rtn_vs_pruning_damage.png"] = _plot_rtn_vs_pruning
+    if fmt.has_lenses(report):
+        figures["lenses_vs_survival.png"] = _plot_lenses
+    if report.sae_pruning is not None:
+        figures["sae_pruning.png"] = _plot_sae_pruning
     written = []
     for name, draw in figures.items():
         fig = draw(report, plt)

@@ -8,13 +8,16 @@ e.g. ``reference``, ``rtn-int6``, ``prune-0.175``):
   (bootstrap CI, 0-100), ``mean_r``, ``median_r``, ``silenced_count``, ``emergent_count``,
   ``ppl_chunked``, ``ppl_sliding``, ``ppl_chunked_change``, ``ppl_sliding_change``
   (relative, PPL_C / PPL_FP - 1), ``sae_ev``, ``sae_loss_recovered`` (SAE transfer
-  quality on the perplexity tokens), ``budget_spread_pp``, ``subsets_spread_pp``
-  (percentage points). A bare audit (:func:`audit_properties`) adds ``n_active`` and
+  quality on the perplexity tokens), ``sample_r``, ``topk_agreement``,
+  ``procrustes_error``, ``unaligned_error`` (token lenses), ``budget_spread_pp``,
+  ``subsets_spread_pp`` (percentage points). A bare audit (:func:`audit_properties`) adds ``n_active`` and
   ``survived_count``/``degraded_count``/``damaged_count`` and has no perplexity.
 - ``qdm.predictor.``: ``status`` (string), ``auc``, ``auc_std``, ``n_features``,
   ``n_survived``.
 - ``qdm.pruning.``: ``sparsity``, ``target_ppl``, ``achieved_ppl``, ``rel_error``,
   ``steps``, ``converged``, ``monotone``.
+- ``qdm.sae_prune.<fraction>.<condition>.``: ``sae_ev``, ``loss_recovered`` (the SAE
+  pruning sweep, when run).
 - ``qdm.overlap.``: ``jaccard_not_survived``, ``jaccard_damaged``, ``pearson_damage``,
   ``spearman_damage``.
 - ``qdm.null.``: ``passed``, ``max_abs_deviation``; ``qdm.sae_fit.``: ``ok``,
@@ -50,6 +53,10 @@ _ROW_FIELDS = {
     "ppl_sliding_change": "ppl_sliding_change",
     "sae_ev": "sae_explained_variance",
     "sae_loss_recovered": "sae_loss_recovered",
+    "sample_r": "sample_correlation",
+    "topk_agreement": "topk_agreement",
+    "procrustes_error": "procrustes_error",
+    "unaligned_error": "unaligned_error",
 }
 _SUMMARY_FIELDS = {
     "n_active": "n_active",
@@ -130,6 +137,12 @@ def _analyses(report: ProtocolReport) -> list[Property]:
                 ("monotone", m.monotone),
             ],
         )
+    if (sweep := report.sae_pruning) is not None:
+        for row in sweep.rows:
+            out += _emit(
+                f"qdm.sae_prune.{row.fraction:g}.{row.condition}",
+                [("sae_ev", row.explained_variance), ("loss_recovered", row.loss_recovered)],
+            )
     if (o := report.overlap) is not None:
         names = ("jaccard_not_survived", "jaccard_damaged", "pearson_damage", "spearman_damage")
         out += _fields("qdm.overlap", o, {n: n for n in names})

@@ -57,6 +57,29 @@ def _sweep_table(report: ProtocolReport, compact: bool) -> Table:
     return table
 
 
+def _lens_table(report: ProtocolReport) -> Table | None:
+    if not fmt.has_lenses(report):
+        return None
+    title = "Token-level agreement and SAE transfer"
+    table = _table(title, fmt.LENS_HEADERS, caption=fmt.LENS_LEGEND)
+    table.caption_justify = "left"
+    for row in report.sweep:
+        table.add_row(*(Text(c) for c in fmt.lens_cells(report, row)))
+    return table
+
+
+def _sae_pruning_table(report: ProtocolReport) -> Table | None:
+    table = fmt.sae_pruning_table(report)
+    if table is None:
+        return None
+    headers, rows = table
+    title = f"SAE pruning without retraining ({report.sae_pruning.method})"
+    out = _table(title, headers, first_left=1)
+    for cells in rows:
+        out.add_row(*(Text(c) for c in cells))
+    return out
+
+
 def _key_values(title: str, pairs: Sequence[tuple[str, str | Text]]) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.title, grid.title_justify, grid.title_style = title, "left", "bold"
@@ -120,13 +143,16 @@ def _verdicts(verdicts: Sequence[Verdict]) -> Table:
 def render_report(
     report: ProtocolReport, console: Console, *, verdicts: Sequence[Verdict] = ()
 ) -> None:
-    """Print the protocol report: sweep, pruning, predictor, stability, findings, verdicts."""
+    """Print the protocol report: sweep, lenses, pruning, predictor, stability, findings,
+    verdicts."""
     console.rule(Text("QDM audit", style="bold"))
     for line in fmt.headline(report):
         console.print(Text(line))
     console.print()
     sections = [
         _sweep_table(report, console.width < WIDE_MIN_WIDTH),
+        _lens_table(report),
+        _sae_pruning_table(report),
         _pruning(report),
         _predictor(report),
         _stability(report),
