@@ -17,8 +17,8 @@ is what :func:`perplexity_under` does.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -99,18 +99,34 @@ def _check_context(model: HookedTransformer, length: int, what: str) -> None:
         raise ValueError(f"{what} is {length} tokens, longer than the model's n_ctx={n_ctx}")
 
 
-def _token_nll(model: HookedTransformer, batch: torch.Tensor) -> torch.Tensor:
+class BatchObserver(Protocol):
+    """Rides on a perplexity forward: its hooks run in it, then it sees the batch's NLL."""
+
+    def fwd_hooks(self) -> list[tuple[str, Callable]]: ...
+
+    def observe(self, batch: torch.Tensor, nll: torch.Tensor) -> None: ...
+
+
+def _token_nll(
+    model: HookedTransformer, batch: torch.Tensor, observer: BatchObserver | None = None
+) -> torch.Tensor:
     """NLL [b, pos-1] (float32, on CPU) of token j+1 given tokens <= j, for each row."""
     import torch
     import torch.nn.functional as F
 
     device = next(model.parameters()).device
     batch = batch.to(device)
-    logits = model(batch, return_type="logits")[:, :-1].float()
+    if observer is None:
+        logits = model(batch, return_type="logits")
+    else:
+        logits = model.run_with_hooks(batch, return_type="logits", fwd_hooks=observer.fwd_hooks())
+    logits = logits[:, :-1].float()
     nll = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none"
-    )
-    return nll.reshape(batch.shape[0], -1).to(device="cpu", dtype=torch.float32)
+    ).reshape(batch.shape[0], -1)
+    if observer is not None:
+        observer.observe(batch, nll)
+    return nll.to(device="cpu", dtype=torch.float32)
 
 
 def _result(total: float, count: int, **fields) -> PerplexityResult:
@@ -132,8 +148,12 @@ def chunked_perplexity(
     *,
     bos_in_tokens: bool,
     batch_size: int = 8,
+    observer: BatchObserver | None = None,
 ) -> PerplexityResult:
     """Perplexity of non-overlapping blocks ``tokens`` [n, ctx] (one forward per block).
+
+    ``observer`` (e.g. :class:`pytest_qdm.transfer.TransferSums`) measures more on the same
+    forwards.
 
     Every position 1..ctx-1 of each block is scored from the positions before it, so
     n * (ctx - 1) tokens are scored either way. ``bos_in_tokens=True`` says column 0 is
@@ -163,7 +183,7 @@ def chunked_perplexity(
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, n_blocks, batch_size):
-            nll = _token_nll(model, tokens[start : start + batch_size])
+            nll = _token_nll(model, tokens[start : start + batch_size], observer)
             total += float(nll.double().sum())
             count += nll.numel()
     if bos_in_tokens:

@@ -47,7 +47,7 @@ from .stability import (
     null_check,
     threshold_grid,
 )
-from .transfer import TransferQuality, sae_transfer
+from .transfer import TransferQuality, TransferSums
 
 
 class ProtocolConfig(BaseModel):
@@ -150,14 +150,19 @@ class ProtocolReport(BaseModel):
         return next(r for r in self.sweep if r.condition == condition)
 
 
-def _perplexities(model, ppl_tokens: torch.Tensor, bos: bool, cfg: ProtocolConfig, batch: int):
-    """Chunked and sliding-window perplexity of the model as it currently is."""
+def _perplexities(
+    model, ppl_tokens: torch.Tensor, bos: bool, cfg: ProtocolConfig, batch: int, observer=None
+):
+    """Chunked and sliding-window perplexity of the model as it currently is
+    (``observer`` rides on the chunked forwards)."""
     ctx = ppl_tokens.shape[1]
     stream = (ppl_tokens[:, 1:] if bos else ppl_tokens).reshape(-1)
     bos_id = int(ppl_tokens[0, 0]) if bos else None
     stride = max(1, int(ctx * cfg.sliding_stride_fraction))
     return {
-        "chunked": chunked_perplexity(model, ppl_tokens, bos_in_tokens=bos, batch_size=batch),
+        "chunked": chunked_perplexity(
+            model, ppl_tokens, bos_in_tokens=bos, batch_size=batch, observer=observer
+        ),
         "sliding": sliding_window_perplexity(
             model, stream, window=ctx, stride=stride, bos_token_id=bos_id, batch_size=batch
         ),
@@ -277,9 +282,10 @@ def run_protocol(
 
     def measure(name: str) -> None:
         """Perplexities (and SAE transfer quality) of the model as it currently is."""
-        perplexity[name] = _perplexities(model, ppl_tokens, bos, cfg, batch)
-        if cfg.sae_transfer:
-            transfer[name] = sae_transfer(model, sae, ppl_tokens, hook, batch)
+        sums = TransferSums(model, sae, hook) if cfg.sae_transfer else None
+        perplexity[name] = _perplexities(model, ppl_tokens, bos, cfg, batch, sums)
+        if sums is not None:
+            transfer[name] = sums.result()
 
     measure(Reference().name)
     ref_ppl = perplexity[Reference().name]

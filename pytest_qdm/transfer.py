@@ -39,45 +39,98 @@ def resume_layer(hook: str) -> int | None:
     return None if match is None else int(match[1]) + (match[2] == "post")
 
 
-class _Losses:
-    """Per-token loss of a batch with the activation at ``hook`` replaced.
+class TransferSums:
+    """Float64 sums behind :class:`TransferQuality`, filled batch by batch.
 
-    At a residual-stream hook the replaced forward resumes after the hook from the clean
-    run's residual (``start_at_layer``), so the layers below it run once per batch, not
-    three times; elsewhere a full forward with a replacing hook.
+    It observes clean forwards (a :class:`pytest_qdm.perplexity.BatchObserver`): its hook
+    keeps the activation at ``hook``, and :meth:`observe` adds the clean loss, the SAE's
+    reconstruction error and L0, and the losses with the reconstruction spliced in and with
+    the activation zeroed. At a residual-stream hook the spliced forward resumes after the
+    hook from the clean run's residual (``start_at_layer``), so the layers below it run
+    once per batch, and the zero-ablated logits come from one position; elsewhere both are
+    full forwards with a replacing hook.
     """
 
-    def __init__(self, model, hook: str):
-        self.model, self.hook, self.resume = model, hook, resume_layer(hook)
+    def __init__(self, model, sae, hook: str):
+        self.model, self.sae, self.hook, self.resume = model, sae, hook, resume_layer(hook)
+        self.sums = torch.zeros(6, dtype=F64)  # clean, spliced, zero loss; SSE; sum ||a||^2; L0
+        self.total: torch.Tensor | None = None  # sum of activations [d_in]
+        self.n_tokens = self.n_scored = 0
+        self._activation: torch.Tensor | None = None
 
-    def clean(self, batch: torch.Tensor, on_activation) -> torch.Tensor:
-        """Loss of the unmodified model; ``on_activation(a)`` sees the hook's activation."""
-        self.batch = batch
-        if self.resume is not None:
-            _, _, self.shortformer, self.mask = self.model.input_to_embed(batch)
+    def fwd_hooks(self) -> list:
+        def keep(activation, hook):
+            self._activation = activation
 
-        def observe(activation, hook):
-            on_activation(activation)
+        return [(self.hook, keep)]
 
-        return self._forward(batch, [(self.hook, observe)])
+    def observe(self, batch: torch.Tensor, nll: torch.Tensor) -> None:
+        """Add a batch whose clean forward ran with :meth:`fwd_hooks`; ``nll`` [b, pos-1]."""
+        activation, self._activation = self._activation, None
+        sae, d_in = self.sae, self.sae.cfg.d_in
+        features = sae.encode(activation.to(sae.dtype))
+        recon = sae.decode(features).to(activation.dtype)
+        flat = activation.to(F64).reshape(-1, d_in)
+        self.sums[3] += float((recon.to(F64).reshape(-1, d_in) - flat).square().sum())
+        self.sums[4] += float(flat.square().sum())
+        self.sums[5] += float((features > 0).sum())
+        self.total = flat.sum(0) if self.total is None else self.total + flat.sum(0)
+        self.sums[0] += float(nll.double().sum())
+        self.sums[1] += float(self._replaced(batch, recon).double().sum())
+        self.sums[2] += float(self._zero_ablated(batch, activation).double().sum())
+        self.n_scored += nll.numel()
+        self.n_tokens += batch.numel()
 
-    def replaced(self, activation: torch.Tensor) -> torch.Tensor:
-        """Loss of the last :meth:`clean` batch with the hook's activation replaced."""
+    def _replaced(self, batch: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+        """Per-token loss of ``batch`` with the hook's activation replaced."""
         if self.resume is None:
-            return self._forward(self.batch, [(self.hook, lambda a, hook: activation)])
+            return self.model.run_with_hooks(
+                batch,
+                return_type="loss",
+                loss_per_token=True,
+                fwd_hooks=[(self.hook, lambda a, hook: activation)],
+            )
+        _, _, shortformer, mask = self.model.input_to_embed(batch)
         return self.model(
             activation,
             start_at_layer=self.resume,
-            tokens=self.batch,
-            attention_mask=self.mask,
-            shortformer_pos_embed=self.shortformer,
+            tokens=batch,
+            attention_mask=mask,
+            shortformer_pos_embed=shortformer,
             return_type="loss",
             loss_per_token=True,
         )
 
-    def _forward(self, batch, fwd_hooks) -> torch.Tensor:
-        return self.model.run_with_hooks(
-            batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks
+    def _zero_ablated(self, batch: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+        """Per-token loss of ``batch`` with the hook's activation zeroed.
+
+        A zero residual stream carries neither token nor position, and every later layer
+        treats identical positions identically (attention averages identical values), so
+        all positions share one set of logits: at a residual hook they come from one
+        zero position, the same numbers up to float rounding.
+        """
+        if self.resume is None:
+            return self._replaced(batch, torch.zeros_like(activation))
+        zero = activation.new_zeros(1, 1, activation.shape[-1])
+        logits = self.model(zero, start_at_layer=self.resume, return_type="logits")[0, 0]
+        return -logits.log_softmax(-1)[batch[:, 1:]]
+
+    def result(self) -> TransferQuality:
+        if not self.n_tokens:
+            raise ValueError("no batch was observed; measure at least one batch of tokens")
+        sums, n = self.sums, self.n_tokens
+        variance = float(sums[4]) - float(self.total @ self.total) / n
+        clean, spliced, zero = (float(v) / self.n_scored for v in sums[:3])
+        gap = zero - clean
+        return TransferQuality(
+            explained_variance=1 - float(sums[3]) / variance if variance > 0 else None,
+            mse=float(sums[3]) / (n * self.sae.cfg.d_in),
+            mean_l0=float(sums[5]) / n,
+            clean_loss=clean,
+            spliced_loss=spliced,
+            zero_ablation_loss=zero,
+            loss_recovered=(zero - spliced) / gap if gap > 0 else None,
+            n_tokens=n,
         )
 
 
@@ -85,40 +138,12 @@ def sae_transfer(
     model, sae, tokens: torch.Tensor, hook: str, batch_size: int = 8
 ) -> TransferQuality:
     """Measure the SAE on ``model`` as it is (apply a condition around this call)."""
-    sums = torch.zeros(6, dtype=F64)  # clean, spliced, zero loss; SSE; sum ||a||^2; L0
-    total = None
-    n_tokens = n_scored = 0
-    losses = _Losses(model, hook)
-    seen = {}
-
+    sums = TransferSums(model, sae, hook)
     with torch.inference_mode():
         for batch in torch.split(tokens, batch_size):
             batch = batch.to(model.cfg.device)
-            clean = losses.clean(batch, lambda a: seen.update(activation=a))
-            activation = seen["activation"]
-            features = sae.encode(activation.to(sae.dtype))
-            recon = sae.decode(features).to(activation.dtype)
-            flat = activation.to(F64).reshape(-1, sae.cfg.d_in)
-            sums[3] += float((recon.to(F64).reshape(-1, sae.cfg.d_in) - flat).square().sum())
-            sums[4] += float(flat.square().sum())
-            sums[5] += float((features > 0).sum())
-            total = flat.sum(0) if total is None else total + flat.sum(0)
-            spliced = losses.replaced(recon)
-            sums[0] += float(clean.double().sum())
-            sums[1] += float(spliced.double().sum())
-            sums[2] += float(losses.replaced(torch.zeros_like(activation)).double().sum())
-            n_scored += spliced.numel()
-            n_tokens += batch.numel()
-    variance = float(sums[4]) - float(total @ total) / n_tokens
-    clean, spliced_loss, zero = (float(v) / n_scored for v in sums[:3])
-    gap = zero - clean
-    return TransferQuality(
-        explained_variance=1 - float(sums[3]) / variance if variance > 0 else None,
-        mse=float(sums[3]) / (n_tokens * sae.cfg.d_in),
-        mean_l0=float(sums[5]) / n_tokens,
-        clean_loss=clean,
-        spliced_loss=spliced_loss,
-        zero_ablation_loss=zero,
-        loss_recovered=(zero - spliced_loss) / gap if gap > 0 else None,
-        n_tokens=n_tokens,
-    )
+            loss = model.run_with_hooks(
+                batch, return_type="loss", loss_per_token=True, fwd_hooks=sums.fwd_hooks()
+            )
+            sums.observe(batch, loss)
+    return sums.result()

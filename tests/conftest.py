@@ -92,6 +92,25 @@ def fitted_sae(model, hook_name, d_sae=128, firing_rate=0.1, seed=0):
     return sae.eval()
 
 
+def exact_sae(d_in: int, hook_name: str):
+    """An SAE that reconstructs exactly: features relu(x), relu(-x); decode adds them back.
+    Its squared error is the sum of the removed features' f_i^2, so pruning more of them
+    (the removed sets are nested) can only lower the explained variance."""
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    config = StandardSAEConfig(d_in=d_in, d_sae=2 * d_in)
+    config.metadata.hook_name = hook_name
+    sae = StandardSAE(config)
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae.eval()
+
+
 @pytest.fixture(scope="session")
 def neox_model():
     return build_model(neox_config())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import exact_sae
 
 import pytest_qdm as qdm
 from pytest_qdm.lenses import AgreementSums
@@ -153,22 +154,6 @@ def test_top_k_wider_than_the_sae_is_refused_before_any_forward(neox_model, neox
         handle.remove()
 
 
-def exact_sae(d_in: int, hook: str):
-    """An SAE whose reconstruction is exact: features relu(x), relu(-x); decode adds them back."""
-    from sae_lens import StandardSAE, StandardSAEConfig
-
-    config = StandardSAEConfig(d_in=d_in, d_sae=2 * d_in)
-    config.metadata.hook_name = hook
-    sae = StandardSAE(config)
-    eye = torch.eye(d_in)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
-
-
 def test_spliced_loss_equals_clean_loss_when_reconstruction_is_exact(neox_model, neox_tokens):
     hook = "blocks.1.hook_resid_post"
     quality = sae_transfer(
@@ -237,3 +222,20 @@ def test_resumed_forward_gives_the_losses_of_a_replacing_hook(
         expected = value if value is None else pytest.approx(value, rel=1e-5)
         assert getattr(resumed, key) == expected, key
     assert resumed.zero_ablation_loss != pytest.approx(resumed.clean_loss)
+
+
+def test_transfer_riding_on_the_chunked_perplexity_forward_equals_its_own(
+    neox_model, neox_sae, neox_tokens
+):
+    from pytest_qdm.perplexity import chunked_perplexity
+    from pytest_qdm.transfer import TransferSums
+
+    hook, tokens = "blocks.1.hook_resid_post", neox_tokens[:6]
+    alone = sae_transfer(neox_model, neox_sae, tokens, hook, batch_size=4)
+    sums = TransferSums(neox_model, neox_sae, hook)
+    ppl = chunked_perplexity(neox_model, tokens, bos_in_tokens=False, batch_size=4, observer=sums)
+    riding = sums.result()
+    assert riding.clean_loss == pytest.approx(ppl.mean_nll, rel=1e-12)
+    for key, value in alone.model_dump().items():
+        expected = value if value is None else pytest.approx(value, rel=1e-5)
+        assert getattr(riding, key) == expected, key

@@ -103,6 +103,12 @@ def test_help_stays_fast(pytester):
         (["--qdm-model", "./no/such/folder", "--qdm-sae", "x/y"], "no such checkpoint folder"),
         (["--qdm-model", "tiny", "--qdm-sae", "./missing-sae"], "no sae_lens folder"),
         (["--qdm-model", "tiny", "--qdm-baseline-fail", "survived"], "METRIC:±AMOUNT"),
+        (["--qdm-model", "tiny", "--qdm-schemes", "nf4,nf5"], "'nf5' is not a scheme; use nf4"),
+        (["--qdm-model", "tiny", "--qdm-lenses", "token,logit"], "--qdm-lenses: unknown ['logit']"),
+        (["--qdm-model", "tiny", "--qdm-sae-prune", "0.2,1.5"], "must lie in (0, 1), got [1.5]"),
+        (["--qdm-model", "tiny", "--qdm-sae-prune", "half"], "--qdm-sae-prune expects fractions"),
+        (["--qdm-model", "tiny", "--qdm-sae-prune-method", "l1"], "use one of decoder_norm_x_mean"),
+        (["--qdm-model", "tiny", "--qdm-top-k", "ten"], "--qdm-top-k expects a int"),
     ],
 )
 def test_bad_options_fail_at_configure_with_one_line(pytester, args, message):
@@ -164,6 +170,52 @@ def test_gate_fails_with_a_readable_message(pytester, gate):
         "max_damaged rtn-int8"
         not in result.stdout.str().split("QDM gate failed")[1].split("\n\n")[0]
     )
+
+
+def test_schemes_lenses_and_sae_pruning_in_the_gate(pytester, gate):
+    result = gate(
+        "--qdm-schemes",
+        "nf4,fp8-e4m3",
+        "--qdm-sae-prune",
+        "0.25",
+        "--qdm-min-survived",
+        "nf4:0.5",
+        f"--junitxml={pytester.path / 'junit.xml'}",
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*Token-level agreement and SAE transfer*", "*nf4-b64*"])
+    result.stdout.fnmatch_lines(["*SAE pruning without retraining*", "*25%*768*"])
+    result.stdout.fnmatch_lines(["*min_survived nf4-b64*PASS*"])
+    report = json.loads((pytester.path / "qdm-report" / "qdm-report.json").read_text())
+    rows = {row["condition"]: row for row in report["sweep"]}
+    assert {"nf4-b64", "fp8-e4m3"} <= set(rows) and rows["fp8-e4m3"]["sample_correlation"] > 0.9
+    assert (pytester.path / "qdm-report" / "sae_pruning.png").exists()
+    properties = {p.get("name") for p in ET.parse(pytester.path / "junit.xml").iter("property")}
+    assert {"qdm.nf4-b64.topk_agreement", "qdm.sae_prune.0.25.rtn-int6.sae_ev"} <= properties
+
+    bare = gate("--qdm-lenses", "none")
+    bare.assert_outcomes(passed=1)
+    assert "Token-level agreement" not in bare.stdout.str()
+    report = json.loads((pytester.path / "qdm-report" / "qdm-report.json").read_text())
+    assert report["transfer"] == {} and report["sweep"][1]["sample_correlation"] is None
+
+
+def test_the_examples_pass_as_a_team_would_run_them(pytester, cache_dir, monkeypatch):
+    """examples/ (its pytest.ini configures the gate on the bundled model) run as they are."""
+    import shutil
+    from pathlib import Path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    for path in examples.iterdir():
+        if path.suffix in (".py", ".ini"):
+            shutil.copy(path, pytester.path / path.name)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--qdm-cache-dir", cache_dir)
+    tests = len(list(examples.glob("test_*.py")))
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert result.parseoutcomes()["passed"] >= tests + 1  # every file's tests and the gate
 
 
 def test_github_step_summary_is_appended(pytester, gate, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import exact_sae
 
 import pytest_qdm as qdm
 from pytest_qdm.compress import Condition, applied
@@ -316,27 +317,9 @@ def test_sweep_measures_every_fraction_and_condition(
         sweep.row(0.3)
 
 
-def exact_sae(d_in: int):
-    """An SAE that reconstructs exactly: features relu(x), relu(-x); decode adds them back.
-    Its squared error is the sum of the removed features' f_i^2, so pruning more of them
-    (the removed sets are nested) can only lower the explained variance."""
-    from sae_lens import StandardSAE, StandardSAEConfig
-
-    config = StandardSAEConfig(d_in=d_in, d_sae=2 * d_in)
-    config.metadata.hook_name = HOOK
-    sae = StandardSAE(config)
-    eye = torch.eye(d_in)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae.eval()
-
-
 @pytest.mark.parametrize("method", ["decoder_norm_x_mean", "wanda"])
 def test_pruning_the_least_important_features_costs_least(neox_model, neox_tokens, method):
-    sae = exact_sae(neox_model.cfg.d_model)
+    sae = exact_sae(neox_model.cfg.d_model, HOOK)
     config = qdm.AuditConfig(progress=False)
     reference = qdm.audit(neox_model, sae, neox_tokens[:4], [qdm.Reference()], config).reference
     held_out = neox_tokens[4:8]

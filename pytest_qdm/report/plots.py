@@ -169,7 +169,7 @@ def _plot_lenses(report: ProtocolReport, plt) -> Figure:
         range(len(rows)), [r.condition for r in rows], rotation=30, ha="right", fontsize=8
     )
     ax.set_ylim(min(0.0, *(v for vs in series.values() for v in vs if v is not None)), 1.05)
-    ax.set_ylabel("value (1 = as the reference)")
+    ax.set_ylabel("value (1 = perfect agreement or reconstruction)")
     ax.set_title("Token averages hold while features fail: survival vs token-level lenses")
     ax.legend(fontsize=8, loc="lower left")
     return fig
@@ -188,7 +188,7 @@ def _plot_sae_pruning(report: ProtocolReport, plt) -> Figure:
         ax.plot(removed, recovered, "s--", color=color, label=f"loss recovered, {name}")
     ax.set_xlabel("SAE features removed (%), least important first")
     ax.set_ylabel("fraction (1 = perfect)")
-    ax.set_title(f"SAE pruning without retraining ({sweep.method}, {sweep.hook_name})")
+    ax.set_title(f"SAE pruning without retraining\n{sweep.method}, {sweep.hook_name}", fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
     return fig
 
