@@ -26,6 +26,7 @@ from pytest_qdm.report import (
     render_report,
     write_json,
 )
+from pytest_qdm.report._format import LENS_HEADERS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VERDICTS = [("rtn-int6 survived >= 60%", True, "100.0% >= 60%"), ("max damaged", False, "too many")]
@@ -286,6 +287,7 @@ def test_lens_and_sae_pruning_tables_in_terminal_and_markdown(report):
     assert reference.sample_correlation == 1.0 and reference.topk_agreement == 1.0
     quality = report.transfer["rtn-int4"]
     lens_row = next(ln for ln in markdown.splitlines() if ln.startswith("| rtn-int4 | 0."))
+    assert len(lens_row.split("|")) == len(LENS_HEADERS) + 2
     assert f"{quality.explained_variance:.3f}" in lens_row
     assert f"{quality.spliced_loss - quality.clean_loss:+.3f}" in lens_row
     kept = report.sae_pruning.row(0.25).n_features_kept

@@ -49,20 +49,22 @@ COMPACT_LEGEND = (
 
 LENS_HEADERS = (
     "condition",
-    "sample r\n(tokens)",
-    "top-k\nagreement",
-    "Procrustes\nerror",
-    "unaligned\nerror",
-    "SAE EV",
-    "SAE L0",
-    "spliced loss\n(Δ nats)",
-    "loss\nrecovered",
+    "sample\nr",
+    "top-k\nagree",
+    "Procr.\nerror",
+    "unal.\nerror",
+    "SAE\nEV",
+    "SAE\nL0",
+    "splice\nΔ nats",
+    "loss\nrec.",
 )
 LENS_LEGEND = (
-    "sample r: per-token Pearson of the feature vectors; top-k: shared top-k features; "
-    "errors: ||A R - B|| / ||B|| with the best rotation R, and without; SAE EV, L0, spliced "
-    "loss and loss recovered: the frozen SAE on each model's activations (perplexity tokens). "
-    "Token averages are dominated by strong features: read survival % for the weak ones."
+    "sample r: per-token Pearson of the feature vectors; top-k agree: shared top-k "
+    "features; Procr./unal. error: ||A R - B|| / ||B|| of the read-out with the best "
+    "rotation R, and without; SAE EV, L0, splice Δ (spliced minus clean loss) and loss rec. "
+    "(of the zero-ablation gap): the frozen SAE on each model's activations (perplexity "
+    "tokens). Token averages are dominated by strong features: read survival % for the "
+    "weak ones."
 )
 
 
@@ -126,9 +128,7 @@ def has_lenses(report: ProtocolReport) -> bool:
 def lens_cells(report: ProtocolReport, row: SweepRow) -> list[str]:
     """Token-level agreement and SAE transfer of one sweep row, in :data:`LENS_HEADERS` order."""
     quality = report.transfer.get(row.condition)
-    spliced = MISSING
-    if quality is not None:
-        spliced = f"{quality.spliced_loss:.3f} ({quality.spliced_loss - quality.clean_loss:+.3f})"
+    spliced = None if quality is None else quality.spliced_loss - quality.clean_loss
     return [
         row.condition,
         num(row.sample_correlation, ".4f"),
@@ -137,7 +137,7 @@ def lens_cells(report: ProtocolReport, row: SweepRow) -> list[str]:
         num(row.unaligned_error, ".4f"),
         num(quality.explained_variance if quality else None, ".3f"),
         num(quality.mean_l0 if quality else None, ".1f"),
-        spliced,
+        num(spliced, "+.3f"),
         num(quality.loss_recovered if quality else None, ".3f"),
     ]
 
