@@ -271,12 +271,12 @@ class _BatchReference:
     def __init__(self, sae, activations: torch.Tensor, top_k: int | None):
         self.n, self.d_sae, self.top_k = activations.shape[0], sae.cfg.d_sae, top_k
         self.activations = activations if top_k else None
-        self.blocks, self.tokens, heights = [], [], []
+        self.blocks, self.token_refs, heights = [], [], []
         for x in encode_blocks(sae, activations):
             entries = Entries.of(x)
             self.blocks.append(entries)
             if top_k:
-                self.tokens.append(TokenReference.of(x, entries, top_k))
+                self.token_refs.append(TokenReference.of(x, entries, top_k))
             heights.append(x.shape[0])
         self.entries = Entries.cat(self.blocks, heights)
         self.sums = PairedSums.reference(self.d_sae, self.entries)
@@ -291,7 +291,7 @@ class _BatchReference:
         for i, y in enumerate(encode_blocks(sae, activations)):
             pair = sums.add(self.blocks[i], y)
             if agreement is not None:
-                agreement.add_block(self.tokens[i], self.blocks[i], y, pair, self.top_k)
+                agreement.add_block(self.token_refs[i], self.blocks[i], y, pair, self.top_k)
         if agreement is not None:
             agreement.add_readout(self.activations, activations)
         return sums.stats(), agreement

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .auditing import (
     DEFAULT_BITS,
@@ -24,7 +23,7 @@ from .auditing import (
     token_summary,
 )
 from .compress import RTN, Condition, MagnitudePrune, Reference, applied
-from .config import AuditConfig
+from .config import SAE_PRUNE_METHODS, AuditConfig
 from .engine import pass_steps, resolve_hook, run_pass, validate_conditions, validate_inputs
 from .perplexity import (
     PerplexityResult,
@@ -60,7 +59,12 @@ class ProtocolConfig(BaseModel):
     )
     sliding_stride_fraction: float = Field(0.5, gt=0, le=1)
     prune_search_steps: int = Field(12, ge=1)
-    prune_rel_tolerance: float = Field(0.005, gt=0)
+    prune_rel_tolerance: float = Field(
+        0.005,
+        gt=0,
+        description="|PPL / target - 1| that ends the search (at most a tenth "
+        "of the RTN perplexity change being matched)",
+    )
     prune_high: float = Field(0.9, gt=0, lt=1)
     n_shards: int = Field(20, ge=1)
     n_subsets: int = Field(4, ge=1)
@@ -72,7 +76,7 @@ class ProtocolConfig(BaseModel):
         description="SAE pruning sweep on the perplexity tokens, on the reference and the "
         "predictor's RTN condition: fractions of features removed (empty: no sweep)",
     )
-    sae_prune_method: Literal["decoder_norm_x_mean", "wanda"] = "decoder_norm_x_mean"
+    sae_prune_method: str = Field(SAE_PRUNE_METHODS[0], description=f"one of {SAE_PRUNE_METHODS}")
     seed: int = 0
     min_explained_variance: float | None = Field(
         0.5, le=1, description="refuse an SAE that explains less at the hook (None: measure only)"
@@ -81,6 +85,13 @@ class ProtocolConfig(BaseModel):
     masks_survival_bound: float = Field(
         0.9, ge=0, le=1, description="survival below this is damage"
     )
+
+    @field_validator("sae_prune_method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method not in SAE_PRUNE_METHODS:
+            raise ValueError(f"sae_prune_method {method!r}: use one of {SAE_PRUNE_METHODS}")
+        return method
 
 
 class SweepRow(BaseModel):
@@ -304,12 +315,15 @@ def run_protocol(
                 ).perplexity
 
         target = perplexity[RTN(match_bits).name]["chunked"].perplexity
+        # A match must be closer than the change it matches, or sparsity 0 would "match"
+        # any RTN width whose perplexity moved by less than the tolerance.
+        change = abs(relative_change(target, ref_ppl["chunked"].perplexity))
         pruning = match_sparsity(
             ppl_at,
             target,
             high=cfg.prune_high,
             max_steps=cfg.prune_search_steps,
-            rel_tolerance=cfg.prune_rel_tolerance,
+            rel_tolerance=min(cfg.prune_rel_tolerance, change / 10),
             tokens_used=int(ppl_tokens.numel()),
         )
         prune = MagnitudePrune(pruning.sparsity)

@@ -29,10 +29,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from .compress import Candidate, Condition, applied
+from .config import SAE_PRUNE_METHODS as METHODS
 from .results import AuditResult, ReferenceResult
 from .transfer import sae_transfer
 
-METHODS = ("decoder_norm_x_mean", "wanda")
 #: Metadata key of a pruned SAE: the original feature ids of its features, in order.
 KEPT_FEATURES_KEY = "kept_features"
 _ROW_FIELDS = {"explained_variance", "mse", "mean_l0", "spliced_loss", "loss_recovered"}

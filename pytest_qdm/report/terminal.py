@@ -38,7 +38,10 @@ def _table(title: str, headers: Sequence[str], first_left: int = 1, **kwargs) ->
     )
     for i, header in enumerate(headers):
         left = i < first_left
-        table.add_column(header, justify="left" if left else "right", overflow="fold")
+        # condition names stay whole; the other columns wrap
+        table.add_column(
+            header, justify="left" if left else "right", overflow="fold", no_wrap=i == 0
+        )
     return table
 
 
