@@ -382,6 +382,7 @@ def run_protocol(
             method=cfg.sae_prune_method,
             hook=hook,
             batch_size=batch,
+            progress=config.progress,
         )
     overlap = None
     if pruning is not None:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .compress import Candidate, Condition, applied
 from .config import SAE_PRUNE_METHODS as METHODS
+from .progress import progress_bar
 from .results import AuditResult, ReferenceResult
 from .transfer import sae_transfer
 
@@ -238,6 +239,7 @@ def sae_pruning_sweep(
     method: str = "decoder_norm_x_mean",
     hook: str | None = None,
     batch_size: int = 8,
+    progress: bool = True,
 ) -> SaePruningSweep:
     """Prune the SAE at each fraction (and 0) and measure it on the reference model and on
     each condition with :func:`pytest_qdm.transfer.sae_transfer`. Everything is validated
@@ -254,19 +256,22 @@ def sae_pruning_sweep(
     _check_conditions(model, conditions)
     saes = [(f, select_features(sae, kept_features(sae, f, reference, method))) for f in fractions]
     found: dict[tuple[float, str], SaePruningRow] = {}
-    for condition in [None, *conditions]:
-        name = "reference" if condition is None else condition.name
-        weights = {} if condition is None else condition.compressed_weights(model)
-        with applied(model, weights):
-            for fraction, pruned in saes:
-                quality = sae_transfer(model, pruned, tokens, hook, batch_size)
-                found[fraction, name] = SaePruningRow(
-                    fraction=float(fraction),
-                    n_features_kept=int(pruned.cfg.d_sae),
-                    condition=name,
-                    **quality.model_dump(include=_ROW_FIELDS),
-                )
-        del weights
+    total = len(saes) * (1 + len(conditions))
+    with progress_bar("SAE pruning sweep", total, progress) as advance:
+        for condition in [None, *conditions]:
+            name = "reference" if condition is None else condition.name
+            weights = {} if condition is None else condition.compressed_weights(model)
+            with applied(model, weights):
+                for fraction, pruned in saes:
+                    quality = sae_transfer(model, pruned, tokens, hook, batch_size)
+                    found[fraction, name] = SaePruningRow(
+                        fraction=float(fraction),
+                        n_features_kept=int(pruned.cfg.d_sae),
+                        condition=name,
+                        **quality.model_dump(include=_ROW_FIELDS),
+                    )
+                    advance(1)
+            del weights
     names = ["reference", *(c.name for c in conditions)]
     rows = [found[f, n] for f in fractions for n in names]
     return SaePruningSweep(method=method, hook_name=hook, rows=rows)

@@ -309,3 +309,21 @@ def test_junit_properties_of_lenses_and_sae_pruning(report):
     bare = dict(junit_properties(without_lenses(report)))
     assert "qdm.rtn-int4.sample_r" not in bare
     assert not any(n.startswith("qdm.sae_prune.") for n in bare)
+
+
+def test_baselines_compare_the_token_lenses(report):
+    from pytest_qdm.baseline import compare
+    from pytest_qdm.thresholds import parse_baseline
+
+    worse = [
+        row.model_copy(update={"topk_agreement": row.topk_agreement - 0.05})
+        if row.condition == "rtn-int4"
+        else row
+        for row in report.sweep
+    ]
+    run = report.model_copy(update={"sweep": worse})
+    checks = [parse_baseline("topk:-0.02"), parse_baseline("int4.sae_ev:-0.01")]
+    failures = compare(run, report, checks)
+    assert len(failures) == 1 and failures[0].startswith("rtn-int4 topk: ")
+    assert "allowed -0.02) [topk:-0.02]" in failures[0]
+    assert compare(report, report, [parse_baseline("procrustes:+0.01")]) == []
