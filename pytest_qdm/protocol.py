@@ -298,38 +298,47 @@ def run_protocol(
         if sums is not None:
             transfer[name] = sums.result()
 
-    measure(Reference().name)
-    ref_ppl = perplexity[Reference().name]
-    for condition in [*rtn, *extra_conditions]:
-        with applied(model, condition.compressed_weights(model)):
-            measure(condition.name)
-
+    # both bracket ends, the midpoints and the final run of the matched pruning
+    n_search = 0 if match_bits is None else cfg.prune_search_steps + 3
+    n_measured = 1 + len(rtn) + len(extra_conditions)
     pruning = None
     conditions: list[Condition] = [Reference(), *rtn, *extra_conditions]
-    if match_bits is not None:
+    with progress_bar("QDM perplexity", n_measured + n_search, config.progress) as tick:
+        measure(Reference().name)
+        tick()
+        ref_ppl = perplexity[Reference().name]
+        for condition in [*rtn, *extra_conditions]:
+            with applied(model, condition.compressed_weights(model)):
+                measure(condition.name)
+            tick()
 
-        def ppl_at(sparsity: float) -> float:
-            with applied(model, MagnitudePrune(sparsity).compressed_weights(model)):
-                return chunked_perplexity(
-                    model, ppl_tokens, bos_in_tokens=bos, batch_size=batch
-                ).perplexity
+        if match_bits is not None:
 
-        target = perplexity[RTN(match_bits).name]["chunked"].perplexity
-        # A match must be closer than the change it matches, or sparsity 0 would "match"
-        # any RTN width whose perplexity moved by less than the tolerance.
-        change = abs(relative_change(target, ref_ppl["chunked"].perplexity))
-        pruning = match_sparsity(
-            ppl_at,
-            target,
-            high=cfg.prune_high,
-            max_steps=cfg.prune_search_steps,
-            rel_tolerance=min(cfg.prune_rel_tolerance, change / 10),
-            tokens_used=int(ppl_tokens.numel()),
-        )
-        prune = MagnitudePrune(pruning.sparsity)
-        conditions.append(prune)
-        with applied(model, prune.compressed_weights(model)):
-            measure(prune.name)
+            def ppl_at(sparsity: float) -> float:
+                with applied(model, MagnitudePrune(sparsity).compressed_weights(model)):
+                    result = chunked_perplexity(
+                        model, ppl_tokens, bos_in_tokens=bos, batch_size=batch
+                    )
+                tick()
+                return result.perplexity
+
+            target = perplexity[RTN(match_bits).name]["chunked"].perplexity
+            # A match must be closer than the change it matches, or sparsity 0 would "match"
+            # any RTN width whose perplexity moved by less than the tolerance.
+            change = abs(relative_change(target, ref_ppl["chunked"].perplexity))
+            pruning = match_sparsity(
+                ppl_at,
+                target,
+                high=cfg.prune_high,
+                max_steps=cfg.prune_search_steps,
+                rel_tolerance=min(cfg.prune_rel_tolerance, change / 10),
+                tokens_used=int(ppl_tokens.numel()),
+            )
+            prune = MagnitudePrune(pruning.sparsity)
+            conditions.append(prune)
+            with applied(model, prune.compressed_weights(model)):
+                measure(prune.name)
+            tick()
 
     prepared = prepare_conditions(model, conditions, hook, compute_loss=False)
     shard_tokens = _shards(tokens, cfg.n_shards, cfg.seed)
