@@ -36,11 +36,6 @@ def as_token_tensor(tokens) -> torch.Tensor:
     return getattr(tokens, "tokens", tokens)
 
 
-def lens_k(config: AuditConfig) -> int | None:
-    """The top-k of the token lenses, or None when they are off."""
-    return config.top_k if config.token_lenses else None
-
-
 def token_summary(tokens: torch.Tensor) -> TokenSummary:
     digest = hashlib.sha256(tokens.detach().cpu().to(torch.int64).numpy().tobytes()).hexdigest()
     n, ctx = tokens.shape
@@ -128,7 +123,7 @@ def audit(
     tokens = as_token_tensor(tokens)
     validate_conditions(conditions)
     hook = resolve_hook(model, sae, config)
-    validate_inputs(model, sae, tokens, hook, lens_k(config))
+    validate_inputs(model, sae, tokens, hook, config.lens_k)
     prepared = prepare_conditions(model, conditions, hook, config.compute_loss)
     steps = pass_steps(tokens, conditions, config)
     with progress_bar("QDM audit", steps, config.progress) as advance:

@@ -60,6 +60,11 @@ class AuditConfig(BaseModel):
     token_lenses: bool = True
     top_k: int = Field(10, ge=1)
 
+    @property
+    def lens_k(self) -> int | None:
+        """The top-k of the token lenses, or None when they are off."""
+        return self.top_k if self.token_lenses else None
+
     @model_validator(mode="after")
     def _bands_ordered(self) -> AuditConfig:
         if self.damage_threshold > self.survival_threshold:

@@ -278,15 +278,14 @@ class _BatchReference:
             if top_k:
                 self.token_refs.append(TokenReference.of(x, entries, top_k))
             heights.append(x.shape[0])
-        self.entries = Entries.cat(self.blocks, heights)
-        self.sums = PairedSums.reference(self.d_sae, self.entries)
-
-    def stats(self) -> ReferenceStats:
-        return ReferenceStats.of_entries(self.n, self.d_sae, self.entries)
+        self.stats = ReferenceStats.of_entries(
+            self.n, self.d_sae, Entries.cat(self.blocks, heights)
+        )
 
     def paired(self, sae, activations: torch.Tensor) -> tuple[PairedStats, AgreementSums | None]:
         """Paired statistics (and token agreement) of this reference and a condition."""
-        sums = PairedSums(self.n, *self.sums)
+        # the reference's per-feature sum x and sum x^2 are shared by every condition
+        sums = PairedSums(self.n, self.stats.total, self.stats.total_sq)
         agreement = AgreementSums() if self.top_k else None
         for i, y in enumerate(encode_blocks(sae, activations)):
             pair = sums.add(self.blocks[i], y)
@@ -319,7 +318,7 @@ def run_pass(
     )
     if config.compute_loss:
         state.loss = {name: LossSums() for name in ["reference", *state.paired]}
-    top_k = config.top_k if config.token_lenses else None
+    top_k = config.lens_k
     if top_k:
         state.agreement = {name: AgreementSums() for name in state.paired}
     with torch.inference_mode(), heap_allocations(device):
@@ -327,7 +326,7 @@ def run_pass(
             batch = batch.to(device)
             act, loss = readout(batch, "reference", index)
             reference = _BatchReference(sae, act, top_k)
-            state.reference = state.reference.merge(reference.stats())
+            state.reference = state.reference.merge(reference.stats)
             if loss:
                 state.loss["reference"] = state.loss["reference"].merge(loss)
             advance(1)

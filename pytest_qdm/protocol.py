@@ -18,7 +18,6 @@ from .auditing import (
     DEFAULT_BITS,
     as_token_tensor,
     finalize,
-    lens_k,
     prepare_conditions,
     token_summary,
 )
@@ -271,7 +270,7 @@ def run_protocol(
         raise ValueError(f"match_bits={match_bits} must be one of the audited bits {list(bits)}")
     validate_conditions([Reference(), *rtn, *extra_conditions])
     hook = resolve_hook(model, sae, config)
-    validate_inputs(model, sae, tokens, hook, lens_k(config))
+    validate_inputs(model, sae, tokens, hook, config.lens_k)
     if second_sae is not None:
         validate_inputs(
             model, second_sae, tokens[:1], resolve_hook(model, second_sae, AuditConfig())

@@ -217,8 +217,8 @@ class PairedStats:
 class PairedSums:
     """Raw float64 per-feature sums of one batch, filled block by block of tokens.
 
-    The reference side (sum x, sum x^2) is computed once per batch by :meth:`reference` and
-    shared by every condition; :meth:`add` adds one block of compressed activations y with
+    The reference side (sum x, sum x^2) is computed once per batch (:meth:`reference`, or
+    the ``total`` and ``total_sq`` of :class:`ReferenceStats`) and shared by every condition; :meth:`add` adds one block of compressed activations y with
     x's entries of the same block. Blocks added in token order sum in the same order as
     one block holding the whole batch.
     """
