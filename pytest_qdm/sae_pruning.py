@@ -30,9 +30,11 @@ from pydantic import BaseModel, ConfigDict
 
 from .compress import Candidate, Condition, applied
 from .config import SAE_PRUNE_METHODS as METHODS
+from .config import AuditConfig
+from .engine import resolve_hook
 from .progress import progress_bar
 from .results import AuditResult, ReferenceResult
-from .transfer import sae_transfer
+from .transfer import sae_transfers
 
 #: Metadata key of a pruned SAE: the original feature ids of its features, in order.
 KEPT_FEATURES_KEY = "kept_features"
@@ -242,14 +244,11 @@ def sae_pruning_sweep(
     progress: bool = True,
 ) -> SaePruningSweep:
     """Prune the SAE at each fraction (and 0) and measure it on the reference model and on
-    each condition with :func:`pytest_qdm.transfer.sae_transfer`. Everything is validated
+    each condition with :func:`pytest_qdm.transfer.sae_transfers` (one clean forward per
+    batch and condition serves every fraction). Everything is validated
     before the first forward pass; the model and SAE are left bit-identical."""
     tokens = getattr(tokens, "tokens", tokens)  # a TokenSet or a LongTensor [n, ctx]
-    hook = hook or sae.cfg.metadata.hook_name
-    if not hook:
-        raise ValueError("the SAE names no hook (sae.cfg.metadata.hook_name); pass hook=...")
-    if hook not in model.hook_dict:
-        raise ValueError(f"hook {hook!r} is not in the model")
+    hook = resolve_hook(model, sae, AuditConfig(hook_name=hook))
     check_prune_fractions(sae, fractions)
     fractions = list(dict.fromkeys([0.0, *fractions]))  # 0 first, once
     conditions = list(conditions)
@@ -262,15 +261,15 @@ def sae_pruning_sweep(
             name = "reference" if condition is None else condition.name
             weights = {} if condition is None else condition.compressed_weights(model)
             with applied(model, weights):
-                for fraction, pruned in saes:
-                    quality = sae_transfer(model, pruned, tokens, hook, batch_size)
-                    found[fraction, name] = SaePruningRow(
-                        fraction=float(fraction),
-                        n_features_kept=int(pruned.cfg.d_sae),
-                        condition=name,
-                        **quality.model_dump(include=_ROW_FIELDS),
-                    )
-                    advance(1)
+                qualities = sae_transfers(model, [p for _, p in saes], tokens, hook, batch_size)
+            for (fraction, pruned), quality in zip(saes, qualities, strict=True):
+                found[fraction, name] = SaePruningRow(
+                    fraction=float(fraction),
+                    n_features_kept=int(pruned.cfg.d_sae),
+                    condition=name,
+                    **quality.model_dump(include=_ROW_FIELDS),
+                )
+            advance(len(saes))
             del weights
     names = ["reference", *(c.name for c in conditions)]
     rows = [found[f, n] for f in fractions for n in names]

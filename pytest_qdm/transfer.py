@@ -67,6 +67,10 @@ class TransferSums:
     def observe(self, batch: torch.Tensor, nll: torch.Tensor) -> None:
         """Add a batch whose clean forward ran with :meth:`fwd_hooks`; ``nll`` [b, pos-1]."""
         activation, self._activation = self._activation, None
+        self.add(batch, nll, activation)
+
+    def add(self, batch: torch.Tensor, nll: torch.Tensor, activation: torch.Tensor) -> None:
+        """Add a batch: its clean loss ``nll`` [b, pos-1] and activation at the hook."""
         sae, d_in = self.sae, self.sae.cfg.d_in
         features = sae.encode(activation.to(sae.dtype))
         recon = sae.decode(features).to(activation.dtype)
@@ -134,16 +138,30 @@ class TransferSums:
         )
 
 
-def sae_transfer(
-    model, sae, tokens: torch.Tensor, hook: str, batch_size: int = 8
-) -> TransferQuality:
-    """Measure the SAE on ``model`` as it is (apply a condition around this call)."""
-    sums = TransferSums(model, sae, hook)
+def sae_transfers(
+    model, saes, tokens: torch.Tensor, hook: str, batch_size: int = 8
+) -> list[TransferQuality]:
+    """Measure each of ``saes`` on ``model`` as it is (apply a condition around this call);
+    one clean forward per batch serves them all."""
+    sums = [TransferSums(model, sae, hook) for sae in saes]
+    seen = {}
+
+    def keep(activation, hook):
+        seen["activation"] = activation
+
     with torch.inference_mode():
         for batch in torch.split(tokens, batch_size):
             batch = batch.to(model.cfg.device)
             loss = model.run_with_hooks(
-                batch, return_type="loss", loss_per_token=True, fwd_hooks=sums.fwd_hooks()
+                batch, return_type="loss", loss_per_token=True, fwd_hooks=[(hook, keep)]
             )
-            sums.observe(batch, loss)
-    return sums.result()
+            for each in sums:
+                each.add(batch, loss, seen["activation"])
+    return [each.result() for each in sums]
+
+
+def sae_transfer(
+    model, sae, tokens: torch.Tensor, hook: str, batch_size: int = 8
+) -> TransferQuality:
+    """Measure the SAE on ``model`` as it is (apply a condition around this call)."""
+    return sae_transfers(model, [sae], tokens, hook, batch_size)[0]
