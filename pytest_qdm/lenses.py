@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .results import TokenAgreement
-from .stats import BlockPair, Entries
+from .stats import BlockPair, Entries, PairedSums
 
 F64 = torch.float64
 
@@ -110,8 +110,6 @@ class AgreementSums:
     @classmethod
     def of_batch(cls, x, y, act_x, act_y, k: int) -> AgreementSums:
         """From dense feature activations x, y [tokens, d_sae] and read-outs [tokens, d]."""
-        from .stats import PairedSums
-
         entries = Entries.of(x)
         pair = PairedSums(x.shape[0], *PairedSums.reference(x.shape[1], entries)).add(entries, y)
         sums = cls()

@@ -125,7 +125,19 @@ def has_lenses(report: ProtocolReport) -> bool:
     return bool(report.transfer) or any(r.sample_correlation is not None for r in report.sweep)
 
 
-def lens_cells(report: ProtocolReport, row: SweepRow) -> list[str]:
+TitledTable = tuple[str, tuple[str, ...], list[list[str]]]  # title, headers, rows
+
+
+def lens_table(report: ProtocolReport) -> TitledTable | None:
+    """Token-level agreement and SAE transfer, one row per condition; None when the report
+    has neither."""
+    if not has_lenses(report):
+        return None
+    rows = [_lens_cells(report, row) for row in report.sweep]
+    return "Token-level agreement and SAE transfer", LENS_HEADERS, rows
+
+
+def _lens_cells(report: ProtocolReport, row: SweepRow) -> list[str]:
     """Token-level agreement and SAE transfer of one sweep row, in :data:`LENS_HEADERS` order."""
     quality = report.transfer.get(row.condition)
     spliced = None if quality is None else quality.spliced_loss - quality.clean_loss
@@ -142,17 +154,15 @@ def lens_cells(report: ProtocolReport, row: SweepRow) -> list[str]:
     ]
 
 
-def sae_pruning_table(report: ProtocolReport) -> tuple[list[str], list[list[str]]] | None:
-    """(headers, rows) of the SAE pruning sweep: per fraction, EV and loss recovered of the
-    pruned SAE on each model; None when the report has no sweep."""
+def sae_pruning_table(report: ProtocolReport) -> TitledTable | None:
+    """The SAE pruning sweep: per fraction, EV and loss recovered of the pruned SAE on each
+    model; None when the report has no sweep."""
     sweep = report.sae_pruning
     if sweep is None:
         return None
     conditions = list(dict.fromkeys(r.condition for r in sweep.rows))
     fractions = list(dict.fromkeys(r.fraction for r in sweep.rows))
-    headers = ["removed", "kept"]
-    for name in conditions:
-        headers += [f"EV\n{name}", f"loss rec.\n{name}"]
+    headers = ("removed", "kept", *(f"{m}\n{n}" for n in conditions for m in ("EV", "loss rec.")))
     rows = []
     for fraction in fractions:
         cells = [f"{fraction:.0%}", f"{sweep.row(fraction, conditions[0]).n_features_kept:,}"]
@@ -160,7 +170,7 @@ def sae_pruning_table(report: ProtocolReport) -> tuple[list[str], list[list[str]
             row = sweep.row(fraction, name)
             cells += [num(row.explained_variance, ".3f"), num(row.loss_recovered, ".3f")]
         rows.append(cells)
-    return headers, rows
+    return f"SAE pruning without retraining ({sweep.method})", headers, rows
 
 
 def headline(report: ProtocolReport) -> list[str]:

@@ -54,13 +54,14 @@ def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool,
     first, second = fmt.headline(report)
     out = [f"## QDM audit: `{report.audit.hook_name}`", "", f"{first}; {second}.", ""]
     out += [_table(fmt.WIDE_HEADERS, [fmt.sweep_cells(r) for r in report.sweep], 2), ""]
-    if fmt.has_lenses(report):
-        rows = [fmt.lens_cells(report, r) for r in report.sweep]
-        out += ["### Token-level agreement and SAE transfer", ""]
-        out += [_table(fmt.LENS_HEADERS, rows, 1), "", fmt.LENS_LEGEND, ""]
-    if (pruning := fmt.sae_pruning_table(report)) is not None:
-        out += [f"### SAE pruning without retraining ({report.sae_pruning.method})", ""]
-        out += [_table(*pruning, 1), ""]
+    for table, legend in [
+        (fmt.lens_table(report), fmt.LENS_LEGEND),
+        (fmt.sae_pruning_table(report), None),
+    ]:
+        if table is not None:
+            title, headers, rows = table
+            out += [f"### {title}", "", _table(headers, rows, 1), ""]
+            out += [legend, ""] if legend else []
     out += ["### Findings", ""]
     for finding in report.findings:
         bold = finding.kind == fmt.MASKS_DAMAGE

@@ -10,8 +10,9 @@ e.g. ``reference``, ``rtn-int6``, ``prune-0.175``):
   (relative, PPL_C / PPL_FP - 1), ``sae_ev``, ``sae_loss_recovered`` (SAE transfer
   quality on the perplexity tokens), ``sample_r``, ``topk_agreement``,
   ``procrustes_error``, ``unaligned_error`` (token lenses), ``budget_spread_pp``,
-  ``subsets_spread_pp`` (percentage points). A bare audit (:func:`audit_properties`) adds ``n_active`` and
-  ``survived_count``/``degraded_count``/``damaged_count`` and has no perplexity.
+  ``subsets_spread_pp`` (percentage points). A bare audit (:func:`audit_properties`)
+  adds ``n_active`` and ``survived_count``/``degraded_count``/``damaged_count`` and has no
+  perplexity.
 - ``qdm.predictor.``: ``status`` (string), ``auc``, ``auc_std``, ``n_features``,
   ``n_survived``.
 - ``qdm.pruning.``: ``sparsity``, ``target_ppl``, ``achieved_ppl``, ``rel_error``,

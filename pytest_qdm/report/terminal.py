@@ -60,24 +60,13 @@ def _sweep_table(report: ProtocolReport, compact: bool) -> Table:
     return table
 
 
-def _lens_table(report: ProtocolReport) -> Table | None:
-    if not fmt.has_lenses(report):
-        return None
-    title = "Token-level agreement and SAE transfer"
-    table = _table(title, fmt.LENS_HEADERS, caption=fmt.LENS_LEGEND)
-    table.caption_justify = "left"
-    for row in report.sweep:
-        table.add_row(*(Text(c) for c in fmt.lens_cells(report, row)))
-    return table
-
-
-def _sae_pruning_table(report: ProtocolReport) -> Table | None:
-    table = fmt.sae_pruning_table(report)
+def _titled_table(table: fmt.TitledTable | None, caption: str | None = None) -> Table | None:
+    """A (title, headers, rows) table from ``_format``; None stays None."""
     if table is None:
         return None
-    headers, rows = table
-    title = f"SAE pruning without retraining ({report.sae_pruning.method})"
-    out = _table(title, headers, first_left=1)
+    title, headers, rows = table
+    out = _table(title, headers, caption=caption)
+    out.caption_justify = "left"
     for cells in rows:
         out.add_row(*(Text(c) for c in cells))
     return out
@@ -154,8 +143,8 @@ def render_report(
     console.print()
     sections = [
         _sweep_table(report, console.width < WIDE_MIN_WIDTH),
-        _lens_table(report),
-        _sae_pruning_table(report),
+        _titled_table(fmt.lens_table(report), caption=fmt.LENS_LEGEND),
+        _titled_table(fmt.sae_pruning_table(report)),
         _pruning(report),
         _predictor(report),
         _stability(report),
