@@ -35,7 +35,7 @@ from straightforward import straightforward_audit  # noqa: E402
 from workloads import workload_g, workload_p  # noqa: E402
 
 import pytest_qdm as qdm  # noqa: E402
-import pytest_qdm.engine as engine  # noqa: E402
+import pytest_qdm.stream.engine as engine  # noqa: E402
 
 BITS = (8, 7, 6, 5, 4)
 SWEEP_TOKENS = {"P": 200_000, "G": 500_000}

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 import pytest_qdm as qdm
-from pytest_qdm.protocol import ProtocolConfig
-from pytest_qdm.schemes import scheme_condition
+from pytest_qdm.compress.schemes import scheme_condition
+from pytest_qdm.settings import ProtocolConfig
 
 SCHEMES = ("nf4-b64", "fp8-e4m3", "fp8-e5m2", "absmax-int8")
 

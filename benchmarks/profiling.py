@@ -81,8 +81,8 @@ class Timers:
 def engine_timers(engine=None, stats=None):
     """Yield a :class:`Timers` that accumulates while the engine runs inside the block."""
     if engine is None:
-        import pytest_qdm.engine as engine
-        import pytest_qdm.stats as stats
+        import pytest_qdm.stream.engine as engine
+        import pytest_qdm.stream.stats as stats
     timers = Timers()
     parts = _parts(engine, stats)
     saved = [(owner, name, vars(owner)[name]) for owner, name, _ in parts]

@@ -12,30 +12,30 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "AuditConfig": "config",
-    "RTN": "compress",
-    "MagnitudePrune": "compress",
-    "Candidate": "compress",
-    "Reference": "compress",
-    "NF4": "schemes",
-    "FP8": "schemes",
-    "AbsmaxINT8": "schemes",
-    "audit": "auditing",
-    "AuditResult": "results",
-    "ConditionResult": "results",
+    "AuditConfig": "settings",
+    "RTN": "compress.conditions",
+    "MagnitudePrune": "compress.conditions",
+    "Candidate": "compress.conditions",
+    "Reference": "compress.conditions",
+    "NF4": "compress.schemes",
+    "FP8": "compress.schemes",
+    "AbsmaxINT8": "compress.schemes",
+    "audit": "run.audit",
+    "AuditResult": "schema.audit",
+    "ConditionResult": "schema.audit",
     "assert_feature_survival": "assertions",
     "assert_max_damaged": "assertions",
     "assert_features_survive": "assertions",
-    "fit_survival_predictor": "predictor",
-    "PredictorResult": "predictor",
-    "compare_damage": "pruning",
-    "OverlapResult": "pruning",
-    "run_protocol": "protocol",
-    "ProtocolReport": "protocol",
-    "load_preset": "loading",
-    "prune_sae": "sae_pruning",
-    "sae_pruning_sweep": "sae_pruning",
-    "TokenAgreement": "results",
+    "fit_survival_predictor": "analyse.predictor",
+    "PredictorResult": "schema.analyses",
+    "compare_damage": "analyse.overlap",
+    "OverlapResult": "schema.analyses",
+    "run_protocol": "run.protocol",
+    "ProtocolReport": "schema.protocol",
+    "load_preset": "load.subject",
+    "prune_sae": "analyse.sae_pruning",
+    "sae_pruning_sweep": "analyse.sae_pruning",
+    "TokenAgreement": "schema.audit",
 }
 
 __all__ = [
@@ -67,21 +67,23 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .assertions import (
+    from pytest_qdm.analyse.overlap import compare_damage
+    from pytest_qdm.analyse.predictor import fit_survival_predictor
+    from pytest_qdm.analyse.sae_pruning import prune_sae, sae_pruning_sweep
+    from pytest_qdm.assertions import (
         assert_feature_survival,
         assert_features_survive,
         assert_max_damaged,
     )
-    from .auditing import audit
-    from .compress import RTN, Candidate, MagnitudePrune, Reference
-    from .config import AuditConfig
-    from .loading import load_preset
-    from .predictor import PredictorResult, fit_survival_predictor
-    from .protocol import ProtocolReport, run_protocol
-    from .pruning import OverlapResult, compare_damage
-    from .results import AuditResult, ConditionResult, TokenAgreement
-    from .sae_pruning import prune_sae, sae_pruning_sweep
-    from .schemes import FP8, NF4, AbsmaxINT8
+    from pytest_qdm.compress.conditions import RTN, Candidate, MagnitudePrune, Reference
+    from pytest_qdm.compress.schemes import FP8, NF4, AbsmaxINT8
+    from pytest_qdm.load.subject import load_preset
+    from pytest_qdm.run.audit import audit
+    from pytest_qdm.run.protocol import run_protocol
+    from pytest_qdm.schema.analyses import OverlapResult, PredictorResult
+    from pytest_qdm.schema.audit import AuditResult, ConditionResult, TokenAgreement
+    from pytest_qdm.schema.protocol import ProtocolReport
+    from pytest_qdm.settings import AuditConfig
 
 
 def __getattr__(name: str):

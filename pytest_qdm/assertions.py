@@ -10,9 +10,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .compress import RTN
-from .config import AuditConfig
-from .results import AuditResult, ConditionResult
+from pytest_qdm.compress.conditions import RTN
+from pytest_qdm.schema.audit import AuditResult, ConditionResult
+from pytest_qdm.settings import AuditConfig
 
 DEFAULT_TOKENS = 20_000
 
@@ -35,7 +35,7 @@ def condition_report(condition: ConditionResult, worst: int = 5) -> str:
 
 def default_tokens(model, n_tokens: int = DEFAULT_TOKENS):
     """Tokens of the built-in corpus, tokenized with the model's own tokenizer."""
-    from .data import load_tokens
+    from pytest_qdm.load.tokens import load_tokens
 
     if getattr(model, "tokenizer", None) is None:
         raise ValueError("the model has no tokenizer attached; pass tokens=LongTensor [n, ctx]")
@@ -64,7 +64,7 @@ def condition_at(
     if result is None:
         if model is None or sae is None:
             raise ValueError("pass result=AuditResult or both model and sae")
-        from .auditing import audit
+        from pytest_qdm.run.audit import audit
 
         tokens = default_tokens(model) if tokens is None else tokens
         result = audit(model, sae, tokens, [condition], config)

@@ -8,8 +8,8 @@ import torch
 from conftest import build_model, fitted_sae, neox_config
 
 import pytest_qdm as qdm
-from pytest_qdm.auditing import finalize, prepare_conditions, token_summary
-from pytest_qdm.engine import run_pass
+from pytest_qdm.run.audit import finalize, prepare_conditions, token_summary
+from pytest_qdm.stream.engine import run_pass
 
 QUIET = qdm.AuditConfig(progress=False)
 SWEEP = [qdm.RTN(bits) for bits in (8, 7, 6, 5, 4)]
@@ -123,7 +123,7 @@ def test_batch_size_does_not_change_results(neox_model, neox_sae, neox_tokens):
 
 
 def test_correlations_equal_a_dense_computation(neox_model, neox_sae, neox_tokens):
-    from pytest_qdm.compress import applied
+    from pytest_qdm.compress.conditions import applied
 
     hook = "blocks.1.hook_resid_post"
     result = qdm.audit(neox_model, neox_sae, neox_tokens, [qdm.RTN(4)], QUIET)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import build_model, gemma_like_config, neox_config
 
-from pytest_qdm.compress import (
+from pytest_qdm.compress.conditions import (
     RTN,
     Candidate,
     MagnitudePrune,
@@ -18,7 +18,7 @@ from pytest_qdm.compress import (
 
 
 def rtn_numpy(weight: np.ndarray, bits: int, group: int | None = None) -> np.ndarray:
-    """Per-row RTN of an HF nn.Linear weight [out, in], written from DESIGN.md directly."""
+    """Per-row RTN of an HF nn.Linear weight [out, in], written from docs/definitions.md directly."""
     qmax = 2 ** (bits - 1) - 1
     out = np.empty_like(weight)
     group = group or weight.shape[1]
@@ -201,7 +201,7 @@ def test_pruning_zeroes_exactly_the_requested_count(neox_model, sparsity):
 
 
 def test_pruning_ties_are_deterministic():
-    from pytest_qdm.compress import prune_smallest
+    from pytest_qdm.compress.conditions import prune_smallest
 
     weight = torch.tensor([1.0, -1.0, 1.0, 2.0, 1.0])
     assert prune_smallest(weight, 0.4).tolist() == [0.0, 0.0, 1.0, 2.0, 1.0]

@@ -12,7 +12,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 torch = pytest.importorskip("torch")
 
-from pytest_qdm import data  # noqa: E402
+from pytest_qdm.load import corpus
+from pytest_qdm.load import tokens as data
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WIKITEXT_TEST = SHARED_DATA / "wikitext-2-raw" / "wiki.test.txt"
@@ -34,10 +35,10 @@ def neox_tokenizer():
 
 
 def test_builtin_corpus_is_deterministic():
-    first = data.builtin_corpus("train")
-    data.builtin_corpus.cache_clear()
-    data._all_builtin_documents.cache_clear()
-    second = data.builtin_corpus("train")
+    first = corpus.builtin_corpus("train")
+    corpus.builtin_corpus.cache_clear()
+    corpus._all_builtin_documents.cache_clear()
+    second = corpus.builtin_corpus("train")
     assert first is not second
     assert first.sha256 == second.sha256
     assert first.text == second.text
@@ -46,22 +47,22 @@ def test_builtin_corpus_is_deterministic():
 
 
 def test_builtin_splits_are_disjoint_and_heldout_is_about_a_tenth():
-    train = data.builtin_documents("train")
-    heldout = data.builtin_documents("heldout")
+    train = corpus.builtin_documents("train")
+    heldout = corpus.builtin_documents("heldout")
     assert {k for k, _ in train}.isdisjoint(k for k, _ in heldout)
     assert {t for _, t in train}.isdisjoint(t for _, t in heldout)
     assert 0.05 < len(heldout) / (len(train) + len(heldout)) < 0.15
     assert any(k.startswith("topic:") for k, _ in heldout)
-    h = data.builtin_corpus("heldout")
-    assert h.sha256 != data.builtin_corpus("train").sha256
+    h = corpus.builtin_corpus("heldout")
+    assert h.sha256 != corpus.builtin_corpus("train").sha256
     assert h.text.startswith(heldout[0][1])
 
 
 def test_builtin_corpus_rejects_unknown_split():
     with pytest.raises(ValueError, match="split must be one of"):
-        data.builtin_corpus("test")
+        corpus.builtin_corpus("test")
     with pytest.raises(ValueError, match="'validation'"):
-        data.read_corpus("builtin", split="validation")
+        corpus.read_corpus("builtin", split="validation")
 
 
 # ----------------------------------------------------------------------------- chunking
@@ -130,32 +131,32 @@ def test_chunk_errors(kwargs, error, match):
 def test_missing_file_names_the_path(tmp_path):
     missing = tmp_path / "nope.txt"
     with pytest.raises(FileNotFoundError, match="nope.txt"):
-        data.read_corpus(str(missing))
+        corpus.read_corpus(str(missing))
 
 
 def test_local_text_file(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("alpha beta\ngamma\n", encoding="utf-8")
-    corpus = data.read_corpus(str(path), split="heldout")  # split is ignored for files
-    assert corpus.text == "alpha beta\ngamma\n"
-    assert len(corpus.sha256) == 64
+    text = corpus.read_corpus(str(path), split="heldout")  # split is ignored for files
+    assert text.text == "alpha beta\ngamma\n"
+    assert len(text.sha256) == 64
 
 
 def test_bad_source_type():
     with pytest.raises(TypeError, match="source must be"):
-        data.read_corpus(3)  # type: ignore[arg-type]
+        corpus.read_corpus(3)  # type: ignore[arg-type]
 
 
 def test_hf_dataset_offline_fails_fast_with_local_file_hint():
     start = time.perf_counter()
     with pytest.raises((RuntimeError, ValueError)) as info:
-        data.read_corpus("wikitext:wikitext-2-raw-v1:test")
+        corpus.read_corpus("wikitext:wikitext-2-raw-v1:test")
     assert time.perf_counter() - start < 5
     message = str(info.value)
     assert "wikitext" in message
     assert "local text file" in message
     with pytest.raises((RuntimeError, ValueError), match="local text file"):
-        data.read_corpus("hf:wikitext:wikitext-2-raw-v1:test")
+        corpus.read_corpus("hf:wikitext:wikitext-2-raw-v1:test")
 
 
 def test_prepend_bos_without_bos_token_raises():

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import pytest_qdm as qdm
-import pytest_qdm.engine as engine
-from pytest_qdm.stats import Entries, PairedStats, PairedSums, ReferenceStats
+import pytest_qdm.stream.engine as engine
+from pytest_qdm.stream.stats import Entries, PairedStats, PairedSums, ReferenceStats
 
 FIELDS = ("mean_x", "mean_y", "m2_x", "m2_y", "c_xy", "fire_count_y")
 

@@ -8,8 +8,8 @@ import torch
 from conftest import exact_sae
 
 import pytest_qdm as qdm
-from pytest_qdm.lenses import AgreementSums
-from pytest_qdm.transfer import sae_transfer
+from pytest_qdm.analyse.transfer import sae_transfer
+from pytest_qdm.stream.lenses import AgreementSums
 
 
 @pytest.fixture
@@ -98,8 +98,8 @@ def audit_agreement(model, sae, tokens, condition, **settings):
 def test_engine_token_lenses_equal_a_dense_computation(
     neox_model, neox_sae, neox_tokens, monkeypatch, block_rows
 ):
-    from pytest_qdm import engine
-    from pytest_qdm.compress import applied
+    from pytest_qdm.compress.conditions import applied
+    from pytest_qdm.stream import engine as engine
 
     if block_rows:
         monkeypatch.setitem(engine.ENCODE_BLOCK_ELEMENTS, "cpu", block_rows * neox_sae.cfg.d_sae)
@@ -184,8 +184,8 @@ def test_transfer_explained_variance_equals_dense(neox_model, neox_sae, neox_tok
 
 
 def test_engine_agreement_of_merged_shards_equals_one_pass(neox_model, neox_sae, neox_tokens):
-    from pytest_qdm.auditing import prepare_conditions
-    from pytest_qdm.engine import run_pass
+    from pytest_qdm.run.audit import prepare_conditions
+    from pytest_qdm.stream.engine import run_pass
 
     conditions, hook = [qdm.RTN(3)], "blocks.1.hook_resid_post"
     config = qdm.AuditConfig(progress=False, top_k=4)
@@ -210,7 +210,7 @@ def test_resumed_forward_gives_the_losses_of_a_replacing_hook(
     they must equal full forwards with a hook that replaces the activation."""
     from conftest import fitted_sae, random_tokens
 
-    from pytest_qdm import transfer
+    from pytest_qdm.analyse import transfer as transfer
 
     model = request.getfixturevalue(model_fixture)
     sae, tokens = fitted_sae(model, hook), random_tokens(model, n_sequences=4)
@@ -227,8 +227,8 @@ def test_resumed_forward_gives_the_losses_of_a_replacing_hook(
 def test_transfer_riding_on_the_chunked_perplexity_forward_equals_its_own(
     neox_model, neox_sae, neox_tokens
 ):
-    from pytest_qdm.perplexity import chunked_perplexity
-    from pytest_qdm.transfer import TransferSums
+    from pytest_qdm.analyse.perplexity import chunked_perplexity
+    from pytest_qdm.analyse.transfer import TransferSums
 
     hook, tokens = "blocks.1.hook_resid_post", neox_tokens[:6]
     alone = sae_transfer(neox_model, neox_sae, tokens, hook, batch_size=4)

@@ -17,19 +17,14 @@ import pytest
 import torch
 
 import pytest_qdm
-from pytest_qdm import presets
-from pytest_qdm.compress import RTN, Candidate, applied, target_weights
-from pytest_qdm.loading import (
-    SUPPORTED_ARCHITECTURES,
-    HubUnavailableError,
-    hub_reachable,
-    load_model,
-    load_model_from_disk,
-    load_preset,
-    load_sae,
-    split_sae_spec,
-)
-from pytest_qdm.presets import Preset, get_preset, preset_names, register_preset
+from pytest_qdm.compress.conditions import RTN, Candidate, applied, target_weights
+from pytest_qdm.load import presets as presets
+from pytest_qdm.load.architectures import SUPPORTED_ARCHITECTURES
+from pytest_qdm.load.hub import HubUnavailableError, hub_reachable
+from pytest_qdm.load.models import load_model, load_model_from_disk
+from pytest_qdm.load.presets import Preset, get_preset, preset_names, register_preset
+from pytest_qdm.load.saes import load_sae, split_sae_spec
+from pytest_qdm.load.subject import load_preset
 
 TEXT = "Hello world, the quick brown fox"
 TEXT_IDS = [12092, 1533, 13, 253, 3158, 8516, 30013]  # GPT-NeoX-20B tokenizer
@@ -141,7 +136,7 @@ def sample_tokens(seed=0, shape=(2, 24)):
 
 
 def rtn_numpy(weight, bits):
-    """DESIGN.md RTN of a [out, in] matrix, one scale per row, in float32 like the HF tensor."""
+    """docs/definitions.md RTN of a [out, in] matrix, one scale per row, in float32 like the HF tensor."""
     w = weight.detach().numpy().astype(np.float32)
     qmax = np.float32(2 ** (bits - 1) - 1)
     scale = np.abs(w).max(axis=1, keepdims=True) / qmax
@@ -431,7 +426,7 @@ def test_entry_point_presets(monkeypatch):
 
 def test_presets_import_is_light():
     code = (
-        "import sys, pytest_qdm.presets as p; p.get_preset('gemma-2-2b'); p.preset_names(); "
+        "import sys, pytest_qdm.load.presets as p; p.get_preset('gemma-2-2b'); p.preset_names(); "
         "print(sorted(m for m in ('torch', 'transformer_lens', 'sae_lens', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -463,7 +458,7 @@ def test_tiny_preset_loads():
 
 
 def test_loaded_preset_tokens_use_the_preset_settings(neox, tmp_path):
-    from pytest_qdm.loading import LoadedPreset
+    from pytest_qdm.load.subject import LoadedPreset
 
     folder, _, model = neox
     corpus = tmp_path / "corpus.txt"
@@ -525,7 +520,7 @@ def test_hub_preset_offline_fails_fast_and_clearly(empty_hub_cache):
 
 
 def test_unreachable_hub_switches_to_offline(empty_hub_cache, monkeypatch):
-    from pytest_qdm import loading
+    from pytest_qdm.load import hub as loading
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)

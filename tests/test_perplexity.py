@@ -8,14 +8,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_qdm.compress import RTN, MagnitudePrune, applied  # noqa: E402
-from pytest_qdm.perplexity import (  # noqa: E402
-    PerplexityResult,
+from pytest_qdm.analyse.perplexity import (
     chunked_perplexity,
     perplexity_under,
     relative_change,
     sliding_window_perplexity,
 )
+from pytest_qdm.compress.conditions import RTN, MagnitudePrune, applied
+from pytest_qdm.schema.analyses import PerplexityResult
 
 BOS = 0
 
@@ -194,8 +194,8 @@ def test_result_is_frozen_and_json(neox_model, neox_tokens):
 
 @pytest.mark.parametrize("bos", [None, BOS])
 def test_sliding_matches_chunked_on_data_chunk_tokens(neox_model, bos):
-    """The blocks that pytest_qdm.data.chunk_tokens cuts are the non-overlapping windows."""
-    data = pytest.importorskip("pytest_qdm.data")
+    """The blocks that pytest_qdm.load.tokens.chunk_tokens cuts are the non-overlapping windows."""
+    data = pytest.importorskip("pytest_qdm.load.tokens")
     span = 16 - (bos is not None)
     ids = stream(neox_model, 4 * span)
     blocks = data.chunk_tokens(ids, 16, bos_token_id=bos)

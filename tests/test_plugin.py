@@ -28,7 +28,7 @@ QUICK = [
 ]
 
 COUNTING_CONFTEST = """
-import pytest_qdm.protocol as protocol
+import pytest_qdm.run.protocol as protocol
 
 _run = protocol.run_protocol
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 from conftest import build_model, neox_config, random_tokens
 
-from pytest_qdm.precheck import SaeFit, check_sae_fit, hook_activations, require_sae_fit
+from pytest_qdm.analyse.sae_fit import check_sae_fit, require_sae_fit
+from pytest_qdm.schema.analyses import SaeFit
+from pytest_qdm.stream.hooks import hook_activations
 
 HOOK = "blocks.1.hook_resid_post"
 

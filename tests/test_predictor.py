@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_qdm.predictor import (
+from pytest_qdm.analyse.predictor import (
     INPUT_NAMES,
-    PredictorResult,
     fit_survival_predictor,
     predictor_inputs,
     quantile_bins,
     variance_inflation,
 )
+from pytest_qdm.schema.analyses import PredictorResult
 
 
 def synthetic(n=2000, seed=0):
@@ -62,7 +62,7 @@ def test_scaler_is_fitted_inside_each_fold():
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from pytest_qdm.predictor import _pipeline
+    from pytest_qdm.analyse.predictor import _pipeline
 
     steps = _pipeline().steps
     assert isinstance(_pipeline(), Pipeline)

@@ -7,10 +7,15 @@ import pytest
 import torch
 
 import pytest_qdm as qdm
-from pytest_qdm.auditing import prepare_conditions
-from pytest_qdm.engine import run_pass
-from pytest_qdm.protocol import ProtocolConfig
-from pytest_qdm.stability import _scaled, bootstrap_survival, merge_all, survival_by_condition
+from pytest_qdm.analyse.stability import (
+    _scaled,
+    bootstrap_survival,
+    merge_all,
+    survival_by_condition,
+)
+from pytest_qdm.run.audit import prepare_conditions
+from pytest_qdm.settings import ProtocolConfig
+from pytest_qdm.stream.engine import run_pass
 from pytest_qdm.zoo import TINY_SECOND_HOOK
 
 QUIET = qdm.AuditConfig(progress=False)

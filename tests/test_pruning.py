@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from pytest_qdm.pruning import OverlapResult, PruningMatch, compare_damage, match_sparsity
+from pytest_qdm.analyse.matched_pruning import match_sparsity
+from pytest_qdm.analyse.overlap import compare_damage
+from pytest_qdm.schema.analyses import OverlapResult, PruningMatch
 
 
 def cubic(s):
@@ -144,8 +146,8 @@ def test_matching_on_a_tiny_model(neox_model, neox_tokens):
     fresh run at the returned sparsity gives, and the model is left untouched."""
     import torch
 
-    from pytest_qdm.compress import RTN, MagnitudePrune
-    from pytest_qdm.perplexity import perplexity_under
+    from pytest_qdm.analyse.perplexity import perplexity_under
+    from pytest_qdm.compress.conditions import RTN, MagnitudePrune
 
     before = {k: v.clone() for k, v in neox_model.state_dict().items()}
     tokens = neox_tokens[:8]

@@ -41,8 +41,7 @@ def report():
     import torch
 
     from pytest_qdm import run_protocol
-    from pytest_qdm.config import AuditConfig
-    from pytest_qdm.protocol import ProtocolConfig
+    from pytest_qdm.settings import AuditConfig, ProtocolConfig
 
     model = build_model(neox_config())
     sae = fitted_sae(model, "blocks.1.hook_resid_post")
@@ -69,7 +68,7 @@ def report():
 
 @pytest.fixture(scope="module")
 def with_finding(report):
-    from pytest_qdm.protocol import Finding
+    from pytest_qdm.schema.protocol import Finding
 
     finding = Finding(kind="perplexity_masks_damage", condition="rtn-int4", message=MESSAGE)
     return report.model_copy(update={"findings": [finding]})
@@ -140,7 +139,7 @@ def test_terminal_styles_when_color_is_on(with_finding):
 
 
 def test_terminal_prints_none_as_dash_and_text_literally(report):
-    from pytest_qdm.protocol import Finding
+    from pytest_qdm.schema.protocol import Finding
 
     row = report.sweep[1].model_copy(update={"ppl_chunked": None, "ppl_chunked_change": None})
     odd = Finding(kind="other", condition="x", message="literal [bold]brackets[/bold]")
@@ -175,8 +174,8 @@ def test_render_audit_lists_every_condition(report):
 
 
 def test_write_json_is_atomic_and_round_trips(report, tmp_path):
-    from pytest_qdm.protocol import ProtocolReport
-    from pytest_qdm.results import AuditResult
+    from pytest_qdm.schema.audit import AuditResult
+    from pytest_qdm.schema.protocol import ProtocolReport
 
     path = write_json(report, tmp_path / "out" / "report.json")
     assert path == tmp_path / "out" / "report.json"
@@ -312,8 +311,8 @@ def test_junit_properties_of_lenses_and_sae_pruning(report):
 
 
 def test_baselines_compare_the_token_lenses(report):
-    from pytest_qdm.baseline import compare
-    from pytest_qdm.thresholds import parse_baseline
+    from pytest_qdm.gate.baseline import compare
+    from pytest_qdm.gate.thresholds import parse_baseline
 
     worse = [
         row.model_copy(update={"topk_agreement": row.topk_agreement - 0.05})

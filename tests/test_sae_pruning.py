@@ -8,17 +8,17 @@ import torch
 from conftest import exact_sae
 
 import pytest_qdm as qdm
-from pytest_qdm.compress import Condition, applied
-from pytest_qdm.results import ReferenceResult
-from pytest_qdm.sae_pruning import (
-    SaePruningSweep,
+from pytest_qdm.analyse.sae_pruning import (
     feature_importance,
     kept_features,
     prune_sae,
     sae_pruning_sweep,
     select_features,
 )
-from pytest_qdm.transfer import sae_transfer
+from pytest_qdm.analyse.transfer import sae_transfer
+from pytest_qdm.compress.conditions import Condition, applied
+from pytest_qdm.schema.analyses import SaePruningSweep
+from pytest_qdm.schema.audit import ReferenceResult
 
 HOOK = "blocks.1.hook_resid_post"
 

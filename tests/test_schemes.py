@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import pytest_qdm as qdm
-from pytest_qdm.compress import target_weights, to_rows
-from pytest_qdm.schemes import NF4_CODEBOOK
+from pytest_qdm.compress.conditions import target_weights, to_rows
+from pytest_qdm.compress.schemes import NF4_CODEBOOK
 
 # QLoRA's NF4 values (Dettmers et al. 2023, appendix E), as printed there.
 PUBLISHED_NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
@@ -116,8 +116,8 @@ def test_schemes_on_the_bundled_model_sit_where_their_bit_budgets_say():
     ],
 )
 def test_scheme_names_from_the_command_line(text, name, condition):
-    from pytest_qdm.config import scheme_name
-    from pytest_qdm.schemes import scheme_condition
+    from pytest_qdm.compress.names import scheme_name
+    from pytest_qdm.compress.schemes import scheme_condition
 
     assert scheme_name(text) == name
     assert scheme_condition(name) == condition and condition.name == name
@@ -125,7 +125,7 @@ def test_scheme_names_from_the_command_line(text, name, condition):
 
 @pytest.mark.parametrize("text", ["nf5", "fp8-e3m4", "int9-g64", "nf4-b0", "int4", "rtn"])
 def test_unknown_scheme_names_are_refused(text):
-    from pytest_qdm.config import scheme_name
+    from pytest_qdm.compress.names import scheme_name
 
     with pytest.raises(ValueError, match="is not a scheme; use nf4, nf4-b128"):
         scheme_name(text)

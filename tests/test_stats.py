@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_qdm.stats import PairedStats, ReferenceStats
+from pytest_qdm.stream.stats import PairedStats, ReferenceStats
 
 
 def stream(x: torch.Tensor, y: torch.Tensor, batch: int) -> PairedStats:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_qdm.thresholds import condition_name, parse_baseline, parse_gate
+from pytest_qdm.compress.names import condition_name
+from pytest_qdm.gate.thresholds import parse_baseline, parse_gate
 
 
 @pytest.mark.parametrize(

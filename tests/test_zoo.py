@@ -17,7 +17,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 torch = pytest.importorskip("torch")
 
-from pytest_qdm import data, zoo  # noqa: E402
+from pytest_qdm import zoo
+from pytest_qdm.load import corpus
+from pytest_qdm.load import tokens as data
 
 N_HELDOUT_ROWS = 160  # x 128 tokens = 20,480 held-out tokens
 
@@ -120,7 +122,7 @@ def test_model_beats_unigram_on_heldout(model, tokenizer, heldout):
     with torch.no_grad():
         losses = [model(b, return_type="loss", loss_per_token=True) for b in heldout.split(32)]
     heldout_loss = float(torch.cat([x.flatten() for x in losses]).mean())
-    train_ids = torch.tensor(data.encode_text(tokenizer, data.builtin_corpus("train").text))
+    train_ids = torch.tensor(data.encode_text(tokenizer, corpus.builtin_corpus("train").text))
     counts = torch.bincount(train_ids, minlength=len(tokenizer)).double() + 1.0
     logp = counts.log() - counts.sum().log()
     unigram = float(-logp[heldout[:, 1:].flatten()].mean())

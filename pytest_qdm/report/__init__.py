@@ -6,10 +6,10 @@ Importing this package loads rich and numpy only: matplotlib is imported inside
 
 from __future__ import annotations
 
-from .files import append_github_step_summary, markdown_summary, write_json
-from .plots import plot_report
-from .properties import audit_properties, junit_properties
-from .terminal import render_audit, render_report
+from pytest_qdm.report.files import append_github_step_summary, markdown_summary, write_json
+from pytest_qdm.report.plots import plot_report
+from pytest_qdm.report.properties import audit_properties, junit_properties
+from pytest_qdm.report.terminal import render_audit, render_report
 
 __all__ = [
     "append_github_step_summary",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..protocol import ProtocolReport, SweepRow
+    from pytest_qdm.schema.protocol import ProtocolReport, SweepRow
 
 MISSING = "—"
 NULL_LABEL = "null check"

@@ -8,12 +8,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import _format as fmt
+from pytest_qdm.report import _format as fmt
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from ..protocol import ProtocolReport
+    from pytest_qdm.schema.protocol import ProtocolReport
 
 
 def write_json(report: BaseModel, path: Path) -> Path:

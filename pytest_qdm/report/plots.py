@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _format as fmt
+from pytest_qdm.report import _format as fmt
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ..protocol import ProtocolReport
+    from pytest_qdm.schema.protocol import ProtocolReport
 
 
 def _pyplot():
@@ -107,7 +107,7 @@ def _plot_correlation_hist(report: ProtocolReport, plt) -> Figure:
 
 
 def _plot_survival_by_peak_quartile(report: ProtocolReport, plt) -> Figure:
-    from ..predictor import quantile_bins
+    from pytest_qdm.analyse.predictor import quantile_bins
 
     audit, focus = report.audit, fmt.focus_condition(report)
     active = audit.reference.active

@@ -35,8 +35,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..protocol import ProtocolReport
-    from ..results import AuditResult
+    from pytest_qdm.schema.audit import AuditResult
+    from pytest_qdm.schema.protocol import ProtocolReport
 
 Property = tuple[str, str | float | int]
 

@@ -16,11 +16,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from . import _format as fmt
+from pytest_qdm.report import _format as fmt
 
 if TYPE_CHECKING:
-    from ..protocol import ProtocolReport
-    from ..results import AuditResult
+    from pytest_qdm.schema.audit import AuditResult
+    from pytest_qdm.schema.protocol import ProtocolReport
 
 Verdict = tuple[str, bool, str]
 WIDE_MIN_WIDTH = 116  # narrower consoles get the compact sweep table

@@ -2,7 +2,7 @@
 
 qdm-tiny is a small GPT-NeoX/Pythia-style language model (rotary attention, parallel
 attention + MLP, LayerNorm, GELU) trained from scratch by this project on the built-in
-corpus (Python's own documentation, see ``pytest_qdm.data``), with a byte-level BPE tokenizer
+corpus (Python's own documentation, see ``pytest_qdm.load.corpus``), with a byte-level BPE tokenizer
 and two sae_lens ``StandardSAE``s on residual-stream hooks. Everything is read from
 ``weights_dir()``; nothing touches the network. ``python -m pytest_qdm.zoo.train``
 reproduces the weights; ``MODEL_CARD.md`` beside this file has the measured quality.

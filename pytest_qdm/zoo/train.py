@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pytest_qdm import data
+from pytest_qdm.load import tokens as data
 from pytest_qdm.zoo import (
     MODEL_CONFIG_FILE,
     MODEL_WEIGHTS_FILE,

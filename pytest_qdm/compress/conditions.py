@@ -1,0 +1,264 @@
+"""Compression operators and the context that applies and restores weights.
+
+Only transformer-block linear weights are compressed (docs/definitions.md, "Compressed weights"):
+attention W_Q, W_K, W_V, W_O (``_W_K``/``_W_V`` under grouped-query attention) and MLP
+W_in, W_out, W_gate. Every operator works on the Hugging Face ``nn.Linear`` layout
+[out, in]: TransformerLens tensors are viewed as rows of output channels, compressed row by
+row, and viewed back, so per-channel RTN here equals per-row RTN of the HF checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pytest_qdm.schema.audit import ConditionSpec
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+_TARGET = re.compile(r"^blocks\.(\d+)\.(attn\.(W_Q|_?W_K|_?W_V|W_O)|mlp\.(W_in|W_out|W_gate))$")
+
+
+def target_weights(
+    model: HookedTransformer, layers: Iterable[int] | None = None
+) -> dict[str, torch.nn.Parameter]:
+    """The block linear weights that compression touches, by parameter name.
+
+    ``layers`` restricts the result to those block indices (None: every block).
+    """
+    wanted = None if layers is None else set(layers)
+    found = {}
+    for name, param in model.named_parameters():
+        match = _TARGET.match(name)
+        if match and (wanted is None or int(match.group(1)) in wanted):
+            found[name] = param
+    return found
+
+
+def _kind(name: str) -> str:
+    return name.rsplit(".", 1)[-1].lstrip("_")
+
+
+def to_rows(name: str, weight: torch.Tensor) -> torch.Tensor:
+    """View a TransformerLens weight as the HF ``nn.Linear`` layout [out, in]."""
+    kind = _kind(name)
+    if kind in (
+        "W_Q",
+        "W_K",
+        "W_V",
+    ):  # [heads, d_model, d_head] -> [heads*d_head, d_model]
+        heads, d_model, d_head = weight.shape
+        return weight.permute(0, 2, 1).reshape(heads * d_head, d_model)
+    if kind == "W_O":  # [heads, d_head, d_model] -> [d_model, heads*d_head]
+        return weight.reshape(-1, weight.shape[-1]).T
+    if kind in ("W_in", "W_gate", "W_out"):  # [in, out] -> [out, in]
+        return weight.T
+    raise ValueError(f"{name!r} is not a compressible block weight")
+
+
+def from_rows(name: str, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_rows`: back to the TransformerLens layout of ``like``."""
+    kind = _kind(name)
+    if kind in ("W_Q", "W_K", "W_V"):
+        heads, d_model, d_head = like.shape
+        return rows.reshape(heads, d_head, d_model).permute(0, 2, 1).contiguous()
+    if kind == "W_O":
+        return rows.T.reshape(like.shape).contiguous()
+    return rows.T.contiguous()
+
+
+def rtn_rows(rows: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
+    """Symmetric round-to-nearest of a [out, in] matrix, one scale per row (or per group).
+
+    qmax = 2^(bits-1) - 1; scale = max|w| / qmax; w' = clamp(round(w / scale), -qmax, qmax)
+    * scale, computed in float32 and returned in the input dtype. All-zero rows stay zero.
+    """
+    out_features, in_features = rows.shape
+    group = in_features if group_size is None else group_size
+    if in_features % group:
+        raise ValueError(
+            f"group_size={group_size} does not divide the input width {in_features}; "
+            "choose a divisor of every compressed weight's input width"
+        )
+    qmax = 2 ** (bits - 1) - 1
+    grouped = rows.float().reshape(out_features, in_features // group, group)
+    scale = grouped.abs().amax(dim=-1, keepdim=True) / qmax
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    quantized = torch.clamp(torch.round(grouped / safe), -qmax, qmax) * scale
+    return quantized.reshape(out_features, in_features).to(rows.dtype)
+
+
+def prune_smallest(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Zero the ``round(sparsity * numel)`` smallest-magnitude entries (stable ties)."""
+    count = round(sparsity * weight.numel())
+    flat = weight.flatten().clone()
+    if count:
+        order = torch.argsort(flat.abs().float(), stable=True)
+        flat[order[:count]] = 0
+    return flat.reshape(weight.shape)
+
+
+class Condition:
+    """One compressed version of the model, identified by a stable ``name``."""
+
+    name: str
+
+    def compressed_weights(
+        self, model: HookedTransformer, layers: Iterable[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """New tensors for the parameters this condition changes (model untouched)."""
+        raise NotImplementedError
+
+    def describe(self) -> ConditionSpec:
+        """Typed parameters of this condition, for reports and fingerprints."""
+        return ConditionSpec(kind=type(self).__name__, name=self.name)
+
+
+def _check_bits(bits: int) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an integer in 2..8, got {bits!r}")
+
+
+@dataclass(frozen=True)
+class RTN(Condition):
+    """Round-to-nearest quantization per output channel (or per group of ``group_size``)."""
+
+    bits: int
+    group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits)
+        if self.group_size is not None and (
+            not isinstance(self.group_size, int) or self.group_size < 1
+        ):
+            raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.group_size is None else f"-g{self.group_size}"
+        return f"rtn-int{self.bits}{suffix}"
+
+    def compressed_weights(self, model, layers=None):
+        return {
+            name: from_rows(name, rtn_rows(to_rows(name, p.data), self.bits, self.group_size), p)
+            for name, p in target_weights(model, layers).items()
+        }
+
+    def describe(self):
+        return (
+            super().describe().model_copy(update={"bits": self.bits, "group_size": self.group_size})
+        )
+
+
+@dataclass(frozen=True)
+class MagnitudePrune(Condition):
+    """Unstructured magnitude pruning, per tensor, at ``sparsity`` in [0, 1)."""
+
+    sparsity: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sparsity, bool) or not 0 <= float(self.sparsity) < 1:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
+
+    @property
+    def name(self) -> str:
+        return f"prune-{self.sparsity:.4g}"
+
+    def compressed_weights(self, model, layers=None):
+        return {
+            name: prune_smallest(p.data, self.sparsity)
+            for name, p in target_weights(model, layers).items()
+        }
+
+    def describe(self):
+        return super().describe().model_copy(update={"sparsity": float(self.sparsity)})
+
+
+@dataclass(frozen=True)
+class Reference(Condition):
+    """The null condition: the reference weights themselves (every active r must be 1)."""
+
+    name: str = "reference"
+
+    def compressed_weights(self, model, layers=None):
+        return {}
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate(Condition):
+    """A compressed model the user already has, with the reference's architecture.
+
+    Its parameters replace the reference's; names and shapes must match (checked by
+    :meth:`check_compatible` before any forward pass).
+    """
+
+    model: Any = field(repr=False)
+    name: str = "candidate"
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str, name: str | None = None, **load_kwargs):
+        """Load a compressed checkpoint (local folder or Hub name) as a candidate."""
+        from pytest_qdm.load.models import load_model
+
+        model = load_model(path_or_name, **load_kwargs)
+        return cls(model=model, name=name or f"candidate:{path_or_name}")
+
+    def check_compatible(self, reference: HookedTransformer) -> None:
+        ours = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
+        theirs = {n: tuple(p.shape) for n, p in reference.named_parameters()}
+        if ours != theirs:
+            missing = sorted(set(theirs) - set(ours))[:3]
+            extra = sorted(set(ours) - set(theirs))[:3]
+            shapes = [(n, theirs[n], ours[n]) for n in theirs if n in ours and theirs[n] != ours[n]]
+            raise ValueError(
+                f"candidate {self.name!r} does not match the reference architecture: "
+                f"missing {missing}, unexpected {extra}, shape (name, reference, candidate) "
+                f"mismatches {shapes[:3]}; audit a checkpoint of the same model"
+            )
+
+    def compressed_weights(self, model, layers=None):
+        """Every candidate parameter (in ``layers`` for block parameters), not only the
+        block linear weights: a user's checkpoint may differ anywhere."""
+        self.check_compatible(model)
+        wanted = None if layers is None else set(layers)
+        weights = {}
+        for name, param in self.model.named_parameters():
+            block = re.match(r"^blocks\.(\d+)\.", name)
+            if block and wanted is not None and int(block.group(1)) not in wanted:
+                continue
+            weights[name] = param.data
+        return weights
+
+
+@contextmanager
+def applied(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Swap ``weights`` into ``model`` by parameter name; restore the originals on exit.
+
+    The original tensors are kept, not copied, so restoring is bit-exact, also when the body
+    raises.
+    """
+    params = dict(model.named_parameters())
+    unknown = sorted(set(weights) - set(params))
+    if unknown:
+        raise ValueError(f"no parameters named {unknown[:3]} in the model")
+    originals: dict[str, torch.Tensor] = {}
+    try:
+        for name, tensor in weights.items():
+            param = params[name]
+            if tensor.shape != param.shape:
+                raise ValueError(
+                    f"weight {name!r} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(param.shape)}"
+                )
+            originals[name] = param.data
+            param.data = tensor.to(device=param.device, dtype=param.dtype)
+        yield
+    finally:
+        for name, original in originals.items():
+            params[name].data = original

@@ -1,0 +1,86 @@
+"""Fingerprints and baselines (pytest-regressions style).
+
+A fingerprint names everything a result depends on: model and SAE weights, tokens, settings
+and library versions. A baseline is a saved protocol report with its fingerprint; a run
+compares against it only when the fingerprints agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import metadata
+from pathlib import Path
+
+from pytest_qdm.gate.thresholds import BASELINE_METRICS, BaselineCheck
+from pytest_qdm.schema.gate import Baseline, Fingerprint
+from pytest_qdm.schema.protocol import ProtocolReport
+
+LIBRARIES = ("pytest-qdm", "torch", "transformer-lens", "sae-lens", "numpy", "scikit-learn")
+
+
+def state_sha256(module) -> str:
+    """sha256 over a module's state_dict (names, dtypes, shapes and bytes)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def write_baseline(path: Path, fingerprint: Fingerprint, report: ProtocolReport) -> Path:
+    from pytest_qdm.report import write_json
+
+    return write_json(Baseline(fingerprint=fingerprint, report=report), path)
+
+
+def read_baseline(path: Path) -> Baseline:
+    try:
+        return Baseline.model_validate_json(Path(path).read_text())
+    except ValueError as error:
+        raise ValueError(
+            f"baseline {path} is not a pytest-qdm baseline ({error.__class__.__name__}); "
+            "delete it or rerun with --qdm-update-baseline"
+        ) from error
+
+
+def _metric(report: ProtocolReport, condition: str, metric: str) -> float | None:
+    path = BASELINE_METRICS[metric]
+    if "." in path:  # report-level metric, e.g. predictor.auc_mean
+        owner, field = path.split(".")
+        part = getattr(report, owner)
+        return None if part is None else getattr(part, field)
+    row = next((r for r in report.sweep if r.condition == condition), None)
+    return None if row is None else getattr(row, path)
+
+
+def compare(
+    report: ProtocolReport, baseline: ProtocolReport, checks: list[BaselineCheck]
+) -> list[str]:
+    """Messages for every check the run fails against the baseline (empty: all fine)."""
+    failures = []
+    shared = [
+        r.condition for r in report.sweep if any(b.condition == r.condition for b in baseline.sweep)
+    ]
+    for check in checks:
+        report_level = "." in BASELINE_METRICS[check.metric]
+        names = ["report"] if report_level else [check.condition] if check.condition else shared
+        for name in names:
+            message = check.compare(
+                name, _metric(report, name, check.metric), _metric(baseline, name, check.metric)
+            )
+            if message:
+                failures.append(message)
+    return failures

@@ -1,0 +1,36 @@
+"""The on-disk result cache: one protocol report per fingerprint, shared across workers.
+
+A file lock makes parallel workers (pytest-xdist) wait for the one that computes; the
+others read its JSON. Files are written atomically (see :func:`pytest_qdm.report.write_json`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pytest_qdm.schema.protocol import ProtocolReport
+
+LOCK_TIMEOUT_S = 6 * 3600
+
+
+def cache_path(cache_dir: str | Path, key: str) -> Path:
+    return Path(cache_dir) / f"protocol-{key}.json"
+
+
+def cached_report(
+    cache_dir: str | Path, key: str, compute: Callable[[], ProtocolReport]
+) -> tuple[ProtocolReport, bool]:
+    """(report, hit): the cached report for ``key``, else ``compute()`` stored under it."""
+    from filelock import FileLock
+
+    path = cache_path(cache_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+        if path.exists():
+            return ProtocolReport.from_json(path.read_text()), True
+        from pytest_qdm.report import write_json
+
+        report = compute()
+        write_json(report, path)
+        return report, False

@@ -1,0 +1,109 @@
+"""Everything the gate can check before any model loads, each failure one line.
+
+Run at ``pytest_configure`` when ``--qdm-model`` is set: the model and SAE names
+(:mod:`pytest_qdm.load.specs`), the token source and budget, gate thresholds that name
+conditions the run does not audit, the device, and the report, cache and baseline paths.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from pytest_qdm.compress.names import SCHEME_NAME
+from pytest_qdm.load.corpus import source_problem
+from pytest_qdm.load.specs import check_specs
+from pytest_qdm.options import QdmOptions
+
+
+def preflight(options: QdmOptions) -> None:
+    """Raise ValueError with one line for the first problem found."""
+    check_specs(options)
+    _check_dataset(options)
+    _check_gated_conditions(options)
+    _check_device(options.device)
+    check_writable_dir(options.report_dir, "--qdm-report-dir")
+    if options.cache:
+        check_writable_dir(options.cache_dir, "--qdm-cache-dir")
+    if options.baseline:
+        _check_baseline(Path(options.baseline), options.update_baseline)
+
+
+def _check_dataset(options: QdmOptions) -> None:
+    from pytest_qdm.load.presets import get_preset, preset_names
+
+    if options.dataset and (problem := source_problem(options.dataset)):
+        raise ValueError(f"--qdm-dataset {problem}")
+    preset = get_preset(options.model) if options.model in preset_names() else None
+    context = options.context_length or (preset.context_length if preset else None)
+    if options.tokens is not None and context and options.tokens < context:
+        raise ValueError(
+            f"--qdm-tokens {options.tokens} is less than one sequence of {context} tokens; "
+            f"ask for at least {context} (or a shorter --qdm-context)"
+        )
+
+
+def audited_names(options: QdmOptions) -> set[str]:
+    return {f"rtn-int{b}" for b in options.bits} | set(options.schemes)
+
+
+def _check_gated_conditions(options: QdmOptions) -> None:
+    """A bound on an RTN width or scheme that the run does not audit would only fail late."""
+    audited = audited_names(options)
+    checks = [*options.gates, *(c for c in options.baseline_checks if c.condition)]
+    for check in checks:
+        name = check.condition
+        if name == "*" or name in audited:
+            continue
+        bits = re.fullmatch(r"rtn-int(\d+)", name)
+        if bits or SCHEME_NAME.match(name):
+            fix = f"add {bits[1]} to --qdm-bits" if bits else f"add {name} to --qdm-schemes"
+            option = getattr(check, "option", "baseline_fail").replace("_", "-")
+            raise ValueError(f"--qdm-{option} names {name}, which this run does not audit: {fix}")
+
+
+def _check_device(device: str | None) -> None:
+    if not device or device == "cpu":
+        return
+    import torch
+
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "no visible GPU"
+        raise ValueError(
+            f"--qdm-device {device}: torch {torch.__version__} has {build}; "
+            "use --qdm-device cpu or install a CUDA build of torch"
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--qdm-device {device}: MPS is not available here; use cpu")
+
+
+def check_writable_dir(path: str | os.PathLike, option: str) -> None:
+    """A folder that exists and is writable, or can be created; never a file."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a file, not a folder; name a folder")
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {str(path)!r}: {str(existing)!r} is not writable")
+
+
+def _check_baseline(path: Path, update: bool) -> None:
+    from pytest_qdm.schema.gate import Baseline
+
+    if path.is_dir():
+        raise ValueError(f"--qdm-baseline {str(path)!r} is a folder; name a JSON file")
+    check_writable_dir(path.parent if str(path.parent) else ".", "--qdm-baseline folder")
+    if not path.exists() or update:
+        return  # written (or rewritten) after the run
+    try:
+        Baseline.model_validate_json(path.read_text())
+    except (OSError, ValueError, ValidationError) as error:
+        reason = "empty" if path.exists() and not path.stat().st_size else type(error).__name__
+        raise ValueError(
+            f"--qdm-baseline {str(path)!r} is not a pytest-qdm baseline ({reason}); "
+            "delete it or rerun with --qdm-update-baseline to rewrite it"
+        ) from None

@@ -1,0 +1,140 @@
+"""The compression gate of one test session, independent of pytest.
+
+A :class:`GateSession` loads the model, SAE(s) and tokens the options name (once), runs the
+protocol (once; cached on disk by fingerprint and guarded by a file lock, so parallel
+workers share one run), judges the gate thresholds and the baseline, and writes the
+reports.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from pytest_qdm.gate.baseline import (
+    library_versions,
+    state_sha256,
+)
+from pytest_qdm.gate.cache import cached_report
+from pytest_qdm.load.subject import Subject, load_subject
+from pytest_qdm.options import QdmOptions, validated_overrides
+from pytest_qdm.schema.audit import AuditResult
+from pytest_qdm.schema.gate import Fingerprint
+from pytest_qdm.schema.protocol import ProtocolReport
+from pytest_qdm.settings import ProtocolConfig
+
+
+@dataclass
+class GateSession:
+    options: QdmOptions
+    _audits: dict[tuple, AuditResult] = field(default_factory=dict)
+    _protocol: ProtocolReport | None = None
+    cache_hit: bool = False
+
+    @cached_property
+    def subject(self) -> Subject:
+        return load_subject(self.options)
+
+    @cached_property
+    def protocol_config(self) -> ProtocolConfig:
+        options = self.options
+        return ProtocolConfig(
+            sae_transfer="transfer" in options.lenses,
+            sae_prune_fractions=options.sae_prune,
+            sae_prune_method=options.sae_prune_method,
+        )
+
+    @cached_property
+    def fingerprint(self) -> Fingerprint:
+        s, options = self.subject, self.options
+        settings = {
+            "audit": json.loads(options.audit_config().model_dump_json(exclude={"progress"})),
+            "protocol": json.loads(self.protocol_config.model_dump_json()),
+            "bits": list(options.bits),
+            "match_bits": options.match_bits,
+            "schemes": list(options.schemes),
+        }
+        from pytest_qdm.run.audit import token_summary
+
+        return Fingerprint(
+            model=s.name,
+            model_sha256=state_sha256(s.model),
+            sae=s.sae_name,
+            sae_sha256=state_sha256(s.sae),
+            hook=options.hook or s.sae.cfg.metadata.hook_name,
+            tokens_sha256=token_summary(s.tokens.tokens).sha256,
+            corpus_sha256=getattr(s.tokens.info, "corpus_sha256", None),
+            settings=json.dumps(settings, sort_keys=True),
+            versions=library_versions(),
+        )
+
+    def protocol(self) -> ProtocolReport:
+        """The protocol report: from the cache when this fingerprint ran before."""
+        if self._protocol is None:
+            if self.options.cache:
+                key = self.fingerprint.key()
+                self._protocol, self.cache_hit = cached_report(
+                    self.options.cache_dir, key, self._run_protocol
+                )
+            else:
+                self._protocol = self._run_protocol()
+        return self._protocol
+
+    def _run_protocol(self) -> ProtocolReport:
+        from pytest_qdm.compress.schemes import scheme_condition
+        from pytest_qdm.run.protocol import run_protocol
+
+        s = self.subject
+        return run_protocol(
+            s.model,
+            s.sae,
+            s.tokens,
+            bits=self.options.bits,
+            match_bits=self.options.match_bits,
+            config=self.options.audit_config(),
+            protocol=self.protocol_config,
+            second_sae=s.second_sae,
+            extra_conditions=[scheme_condition(name) for name in self.options.schemes],
+        )
+
+    def audit(self, bits=None, tokens=None, **overrides) -> AuditResult:
+        """The session's audit; per-test settings (a ``qdm`` marker) get their own run."""
+        if bits is None and tokens is None and not overrides:
+            return self.protocol().audit
+        config = marker_config(self.options, overrides)
+        key = (tuple(bits or self.options.bits), tokens, tuple(sorted(overrides.items())))
+        if key not in self._audits:
+            from pytest_qdm.compress.conditions import RTN
+            from pytest_qdm.run.audit import audit
+
+            token_rows = self.subject.tokens.tokens
+            if tokens:
+                token_rows = token_rows[: max(1, -(-tokens // token_rows.shape[1]))]
+            conditions = [RTN(b) for b in key[0]]
+            self._audits[key] = audit(
+                self.subject.model, self.subject.sae, token_rows, conditions, config
+            )
+        return self._audits[key]
+
+
+MARKER_KEYS = ("bits", "tokens")
+
+
+def marker_config(options: QdmOptions, overrides: dict):
+    """The AuditConfig that ``@pytest.mark.qdm(**overrides)`` asks for, validated."""
+    return validated_overrides(
+        options.audit_config(), overrides, "@pytest.mark.qdm", also=MARKER_KEYS
+    )
+
+
+def check_marker(options: QdmOptions, kwargs: dict) -> None:
+    """Refuse a bad ``qdm`` marker before any model loads (ValueError, one line; a
+    misspelled keyword is answered with the closest valid one)."""
+    bits = kwargs.get("bits") or ()
+    if any(not isinstance(b, int) or not 2 <= b <= 8 for b in bits):
+        raise ValueError(f"@pytest.mark.qdm: bits must be integers in 2..8, got {list(bits)}")
+    tokens = kwargs.get("tokens")
+    if tokens is not None and (not isinstance(tokens, int) or tokens < 1):
+        raise ValueError(f"@pytest.mark.qdm: tokens must be a positive integer, got {tokens!r}")
+    marker_config(options, {k: v for k, v in kwargs.items() if k not in MARKER_KEYS})

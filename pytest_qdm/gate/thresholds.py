@@ -1,0 +1,135 @@
+"""Threshold expressions, parsed into small checks whose failure names metric, value, bound.
+
+Gate expressions (``--qdm-min-survived int6:0.6``): ``CONDITION:BOUND`` where CONDITION is
+``int6`` / ``rtn-int6`` (any condition name) or ``*`` for every RTN condition, and BOUND is a
+fraction (``0.6``) or a percentage (``60%``). Perplexity change bounds are relative
+(``int6:0.05`` or ``int6:5%`` = at most +5%).
+
+Baseline expressions (``--qdm-baseline-fail survived:-2%``): ``[CONDITION.]METRIC:±AMOUNT``;
+the sign says which direction is bad (``-``: a drop, ``+``: a rise) and AMOUNT is in the
+metric's own unit (percentage points for ``*_pct`` metrics, so ``-2%`` and ``-2`` agree).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pytest_qdm.compress.names import condition_name
+
+GATE_METRICS = {
+    "min_survived": ("survived_pct", "min"),
+    "max_damaged": ("damaged_pct", "max"),
+    "max_ppl_change": ("ppl_chunked_change", "max"),
+}
+BASELINE_METRICS = {
+    "survived": "survived_pct",
+    "degraded": "degraded_pct",
+    "damaged": "damaged_pct",
+    "mean_r": "mean_correlation",
+    "ppl_change": "ppl_chunked_change",
+    "sample_r": "sample_correlation",
+    "topk": "topk_agreement",
+    "procrustes": "procrustes_error",
+    "sae_ev": "sae_explained_variance",
+    "auc": "predictor.auc_mean",
+    "jaccard": "overlap.jaccard_not_survived",
+    "spearman": "overlap.spearman_damage",
+}
+_NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
+_GATE = re.compile(rf"^(?P<cond>\*|[\w.-]+):(?P<value>{_NUMBER})(?P<pct>%?)$")
+_BASELINE = re.compile(
+    rf"^(?:(?P<cond>[\w-]+)\.)?(?P<metric>\w+):(?P<sign>[-+])(?P<value>{_NUMBER})%?$"
+)
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """A bound on one metric of one condition (``*``: every RTN condition)."""
+
+    option: str
+    condition: str
+    metric: str
+    direction: Literal["min", "max"]
+    bound: float  # in the metric's unit (percent for *_pct, a fraction for ppl change)
+
+    def describe(self, value: float | None) -> tuple[bool, str]:
+        """(passed, message) for an observed ``value``."""
+        unit = "%" if self.metric.endswith("_pct") else ""
+        shown = "missing" if value is None else f"{value:.4g}{unit}"
+        if value is None:
+            return (
+                False,
+                f"{self.condition} {self.metric} is missing (bound {self.bound:.4g}{unit})",
+            )
+        ok = value >= self.bound if self.direction == "min" else value <= self.bound
+        relation = ">=" if self.direction == "min" else "<="
+        verdict = "ok" if ok else "FAILED"
+        return (
+            ok,
+            f"{self.condition} {self.metric} = {shown}, required {relation} {self.bound:.4g}{unit}: {verdict}",
+        )
+
+
+def parse_gate(option: str, text: str) -> GateCheck:
+    """Parse one gate expression for ``option`` (a key of GATE_METRICS)."""
+    metric, direction = GATE_METRICS[option]
+    match = _GATE.match(text.strip())
+    if not match:
+        raise ValueError(
+            f"--qdm-{option.replace('_', '-')} {text!r} is not CONDITION:BOUND "
+            "(e.g. int6:0.6 or int6:60%)"
+        )
+    value = float(match["value"]) / (100 if match["pct"] else 1)
+    if metric.endswith("_pct"):
+        if value > 1:
+            raise ValueError(f"{text!r}: a fraction in [0, 1] or a percentage is expected")
+        value *= 100
+    condition = "*" if match["cond"] == "*" else condition_name(match["cond"])
+    _check_bits_in_name(condition, text)
+    return GateCheck(option, condition, metric, direction, value)
+
+
+def _check_bits_in_name(condition: str, text: str) -> None:
+    bits = re.fullmatch(r"rtn-int(\d+)(-g\d+)?", condition)
+    if bits and not 2 <= int(bits[1]) <= 8:
+        raise ValueError(f"{text!r}: bits must be in 2..8")
+
+
+@dataclass(frozen=True)
+class BaselineCheck:
+    """Allowed movement of one metric against the saved baseline."""
+
+    text: str
+    condition: str | None  # None: every condition present in both
+    metric: str  # a key of BASELINE_METRICS
+    bad_direction: Literal["-", "+"]
+    amount: float
+
+    def compare(self, name: str, current: float | None, baseline: float | None) -> str | None:
+        """None if fine, else a message naming the metric, both values and the bound."""
+        if current is None or baseline is None:
+            return None
+        moved = current - baseline
+        if (self.bad_direction == "-" and moved < -self.amount) or (
+            self.bad_direction == "+" and moved > self.amount
+        ):
+            return (
+                f"{name} {self.metric}: {current:.4g} vs baseline {baseline:.4g} "
+                f"({moved:+.4g}, allowed {self.bad_direction}{self.amount:g}) [{self.text}]"
+            )
+        return None
+
+
+def parse_baseline(text: str) -> BaselineCheck:
+    match = _BASELINE.match(text.strip())
+    if not match or match["metric"] not in BASELINE_METRICS:
+        raise ValueError(
+            f"--qdm-baseline-fail {text!r} is not [CONDITION.]METRIC:±AMOUNT with METRIC in "
+            f"{sorted(BASELINE_METRICS)} (e.g. survived:-2%, int6.damaged:+3, auc:-0.02)"
+        )
+    condition = condition_name(match["cond"]) if match["cond"] else None
+    if condition:
+        _check_bits_in_name(condition, text)
+    return BaselineCheck(text, condition, match["metric"], match["sign"], float(match["value"]))

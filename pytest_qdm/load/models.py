@@ -1,0 +1,184 @@
+"""Loading models, SAEs and presets, from the Hugging Face Hub or a local folder.
+
+The only module that touches the network, and only in ``*from_hub`` functions (plus the
+dispatchers ``load_model`` / ``load_sae`` / ``load_preset`` that call them). Weights are
+never processed: no layer-norm folding, no centring, no value-bias folding (docs/definitions.md,
+"Weight processing"), so compression rounds the checkpoint's own numbers.
+
+Local-or-Hub rule for a string ``spec``: an existing directory is local; a string that
+looks like a path (absolute, starts with ``.`` or ``~``, or has more than one ``/``) but
+does not exist raises FileNotFoundError; anything else is a Hub name. Hub ids have one
+``/`` (``org/name``), so ``load_sae`` resolves ``"release/sae_id"`` by the longest known
+sae_lens release that prefixes the string (Gemma Scope ids contain slashes); prefer the
+tuple form ``(release, sae_id)``.
+
+Offline: with ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``), ``offline=True``, or a
+failed 2-second reachability check of the Hub, loading runs in huggingface_hub's offline
+mode (the local cache still works) and a miss raises :class:`HubUnavailableError` at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_qdm.load.architectures import SUPPORTED_ARCHITECTURES, _converters
+from pytest_qdm.load.hub import from_hub, local_dir, quiet_deprecations
+from pytest_qdm.load.presets import Preset, preset_for_model
+
+if TYPE_CHECKING:
+    import torch
+    from transformer_lens import HookedTransformer
+
+
+# ---------------------------------------------------------------- device, dtype, offline
+
+
+def resolve_device(device: str | None = None) -> str:
+    """``device``, or "cuda" when available, else "cpu"."""
+    if device is not None:
+        return str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: Any, device: str, preset: Preset | None = None) -> torch.dtype:
+    """``dtype`` (a torch dtype or its name), else the preset's dtype for ``device``, else
+    float32."""
+    import torch
+
+    if dtype is None:
+        dtype = preset.dtype_for(device) if preset is not None else "float32"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise TypeError(f"unknown dtype {dtype!r}; expected e.g. 'float32' or torch.bfloat16")
+    return resolved
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    offline: bool | None = None,
+) -> HookedTransformer:
+    """A HookedTransformer with unprocessed weights: ``"tiny"`` (bundled), a local Hugging
+    Face checkpoint folder, or a Hub model name (see the module doc for the rule; "tiny"
+    always means the bundled model, "./tiny" a folder). Device None: cuda if available,
+    else cpu; dtype None: the dtype of a preset using this model, else float32."""
+    if name_or_path == "tiny":
+        from pytest_qdm.zoo import load_tiny_model
+
+        model = load_tiny_model(device=resolve_device(device))
+        return model if dtype is None else model.to(resolve_dtype(dtype, str(model.cfg.device)))
+    local = local_dir(name_or_path)
+    if local is not None:
+        return load_model_from_disk(local, device=device, dtype=dtype)
+    return load_model_from_hub(str(name_or_path), device=device, dtype=dtype, offline=offline)
+
+
+def load_model_from_hub(
+    name: str,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    offline: bool | None = None,
+) -> HookedTransformer:
+    """Download (or take from the cache) ``name`` and load it without weight processing.
+
+    Names (or aliases) in TransformerLens' official list go through
+    ``from_pretrained_no_processing``; any other Hub repo (e.g. a user's compressed
+    checkpoint) is downloaded (json, safetensors, tokenizer.model) and read by
+    :func:`load_model_from_disk`.
+    """
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device, preset_for_model(name))
+    instead = (
+        f"`hf download {name} --local-dir DIR` where the Hub is reachable, "
+        "then load_model('DIR') (any Hugging Face checkpoint folder works)"
+    )
+    with from_hub(f"model {name!r}", instead, offline), quiet_deprecations():
+        from transformer_lens import HookedTransformer
+        from transformer_lens.loading_from_pretrained import make_model_alias_map
+
+        if name.lower() not in make_model_alias_map():
+            from huggingface_hub import snapshot_download
+
+            patterns = ["*.json", "*.safetensors", "tokenizer.model"]
+            folder = snapshot_download(name, allow_patterns=patterns)
+            return load_model_from_disk(folder, device=device, dtype=torch_dtype)
+        model = HookedTransformer.from_pretrained_no_processing(
+            name, device=device, dtype=torch_dtype
+        )
+    return model.eval()
+
+
+def load_model_from_disk(
+    path: str | Path, *, device: str | None = None, dtype: Any = None
+) -> HookedTransformer:
+    """A local Hugging Face checkpoint folder (``save_pretrained``: config.json, weights,
+    optionally tokenizer files) as a HookedTransformer. No network, no weight processing.
+    Architectures: see ``SUPPORTED_ARCHITECTURES``; the dimensions are read from the
+    folder's config, so the model need not be in TransformerLens' list."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"local model folder {str(path)!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} has no config.json; expected a Hugging Face checkpoint folder "
+            "(written by model.save_pretrained)"
+        )
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+    architecture = (getattr(hf_config, "architectures", None) or [None])[0]
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"{str(path)!r}: architecture {architecture!r} (model_type "
+            f"{getattr(hf_config, 'model_type', None)!r}) is not supported by "
+            f"load_model_from_disk; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    to_config, convert = _converters(architecture)
+    cfg = HookedTransformerConfig(
+        **to_config(hf_config),
+        original_architecture=architecture,
+        model_name=path.name,
+        tokenizer_name=None,  # never fetched: the tokenizer comes from the folder
+        init_weights=False,
+        device=device,
+        dtype=torch_dtype,
+    )
+    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
+    tokenizer = (
+        AutoTokenizer.from_pretrained(path, local_files_only=True, add_bos_token=True)
+        if has_tokenizer
+        else None
+    )
+    hf_model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch_dtype)
+    with quiet_deprecations():
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        convert(hf_model, cfg),
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    model.move_model_modules_to_device()
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------- SAEs
+
+
+# ---------------------------------------------------------------------------- presets

@@ -1,0 +1,73 @@
+"""Configure-time checks of ``--qdm-model`` / ``--qdm-sae`` from config files alone.
+
+They catch an unknown preset, a missing folder or an SAE made for another width or layer in
+milliseconds, before any weights load (Hub models are checked when they load).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from pytest_qdm.load.hub import looks_like_path
+from pytest_qdm.options import QdmOptions
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def model_shape(options: QdmOptions) -> tuple[int | None, int | None]:
+    """(d_model, n_layers) from the model's config file, or (None, None) if unknown."""
+    from pytest_qdm.load.presets import get_preset, preset_names
+
+    spec = options.model
+    if spec in preset_names() and get_preset(spec).model == "tiny":
+        from pytest_qdm.zoo import weights_dir
+
+        config = _json(weights_dir() / "model_config.json")
+        return config.get("d_model"), config.get("n_layers")
+    if looks_like_path(spec):
+        config = _json(Path(spec).expanduser() / "config.json")
+        return config.get("hidden_size"), config.get("num_hidden_layers")
+    return None, None
+
+
+def check_specs(options: QdmOptions) -> None:
+    """Raise ValueError with one clear line when the model or SAE option cannot work."""
+    from pytest_qdm.load.presets import preset_names
+
+    model = options.model
+    if model not in preset_names():
+        if looks_like_path(model):
+            if not Path(model).expanduser().is_dir():
+                raise ValueError(f"--qdm-model {model!r}: no such checkpoint folder")
+        elif not _HUB_ID.match(model):
+            raise ValueError(
+                f"--qdm-model {model!r} is not a preset ({', '.join(preset_names())}), "
+                "a local checkpoint folder or a Hub id like org/name"
+            )
+        if not options.sae:
+            raise ValueError(f"--qdm-model {model!r} is not a preset: name its SAE with --qdm-sae")
+    if options.sae and looks_like_path(options.sae, slashes_mean_path=False):
+        folder = Path(options.sae).expanduser()
+        if not (folder / "cfg.json").is_file():
+            raise ValueError(f"--qdm-sae {options.sae!r}: no sae_lens folder (cfg.json) there")
+        sae_config = _json(folder / "cfg.json")
+        d_model, n_layers = model_shape(options)
+        d_in = sae_config.get("d_in")
+        hook = options.hook or (sae_config.get("metadata") or {}).get("hook_name") or ""
+        layer = re.match(r"blocks\.(\d+)\.", hook)
+        if d_model and d_in and hook.endswith("resid_post") and d_in != d_model:
+            raise ValueError(
+                f"--qdm-sae {options.sae!r} reads width {d_in} but the model's residual "
+                f"stream has width {d_model}: this SAE belongs to another model"
+            )
+        if n_layers and layer and int(layer[1]) >= n_layers:
+            raise ValueError(f"--qdm-sae hook {hook!r} is beyond the model's {n_layers} layers")

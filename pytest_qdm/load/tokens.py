@@ -1,0 +1,203 @@
+"""Token sources: the built-in corpus, local text files and Hugging Face datasets.
+
+Everything an audit reads as text ends up here and leaves as a ``TokenSet``: a LongTensor of
+shape ``[n_sequences, context_length]`` (abbreviated ``[n, ctx]``) plus a ``TokenInfo``
+record that says where the tokens came from, so that a report can name its token set exactly.
+
+Sources (the ``source`` string of ``read_corpus`` / ``load_tokens``):
+
+- ``"builtin"``: English text that ships with every CPython install, read at run time and
+  never copied into the repository: the pydoc help topics (``pydoc_data.topics.topics``)
+  and the docstrings of the standard-library modules, parsed with ``ast`` (never imported,
+  so no import side effects). Documents are cleaned deterministically, de-duplicated, and
+  split by a stable key: a document whose ``sha256(key)`` is 0 mod 10 is held out. The
+  held-out split is used for perplexity and SAE quality numbers. The corpus depends on the
+  Python version, so every ``Corpus`` carries the sha256 of its text.
+- a path to a local text file (e.g. WikiText-2-raw ``wiki.test.txt``); ``split`` is ignored.
+- a Hugging Face dataset ``"hf:NAME:CONFIG:SPLIT"`` or ``"NAME:CONFIG:SPLIT"`` (e.g.
+  ``"wikitext:wikitext-2-raw-v1:test"``), loaded with ``datasets``, the ``text`` column
+  joined with ``"\\n"``. Offline it fails fast and says to pass a local file instead.
+
+This module imports torch only inside functions, so importing it stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from pytest_qdm.load.corpus import read_corpus
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "TokenInfo",
+    "TokenSet",
+    "chunk_tokens",
+    "encode_text",
+    "load_tokens",
+    "prepend_bos_from_sae",
+]
+
+
+class TokenInfo(pydantic.BaseModel, frozen=True):
+    """Where a token set came from and how it was cut (JSON-serializable)."""
+
+    source: str
+    corpus_sha256: str
+    n_sequences: int
+    context_length: int
+    n_tokens: int
+    prepend_bos: bool
+    bos_token_id: int | None
+    seed: int | None
+    split: str
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """Tokens as a LongTensor ``[n_sequences, context_length]`` and their provenance."""
+
+    tokens: torch.Tensor
+    info: TokenInfo
+
+
+# --------------------------------------------------------------------------- built-in corpus
+
+
+# --------------------------------------------------------------------------- other sources
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def chunk_tokens(
+    ids: Any,
+    context_length: int,
+    *,
+    bos_token_id: int | None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """Cut a token stream into non-overlapping rows ``[n, context_length]`` (LongTensor).
+
+    With ``bos_token_id`` each row is ``[bos] + (context_length - 1)`` corpus tokens, else
+    ``context_length`` corpus tokens. The ragged tail is dropped. ``max_tokens`` keeps
+    ``max(1, max_tokens // context_length)`` rows: the first ones when ``seed`` is None,
+    else a seeded random subset, kept in corpus order.
+    """
+    import torch
+
+    context_length = _check_int("context_length", context_length, 2)
+    if bos_token_id is not None:
+        _check_int("bos_token_id", bos_token_id, 0)
+    if seed is not None:
+        _check_int("seed", seed, 0)
+    flat = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+    body = context_length - (bos_token_id is not None)
+    n_rows = flat.numel() // body
+    if n_rows == 0:
+        raise ValueError(
+            f"corpus too short: {flat.numel()} tokens, need at least {body} for one row of "
+            f"context_length={context_length}"
+        )
+    want = n_rows
+    if max_tokens is not None:
+        want = max(1, _check_int("max_tokens", max_tokens, 1) // context_length)
+        if want > n_rows:
+            raise ValueError(
+                f"corpus too short: max_tokens={max_tokens} needs {want} rows of "
+                f"context_length={context_length}, the corpus ({flat.numel()} tokens) gives {n_rows}"
+            )
+    rows = flat[: n_rows * body].reshape(n_rows, body)
+    if seed is None:
+        rows = rows[:want]
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(n_rows, generator=gen)[:want].sort().values
+        rows = rows[pick]
+    if bos_token_id is not None:
+        bos = torch.full((rows.shape[0], 1), bos_token_id, dtype=torch.long)
+        rows = torch.cat([bos, rows], dim=1)
+    return rows.contiguous()
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens (fast path for ``tokenizers`` backends)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.encode(text, add_special_tokens=False).ids
+    if not callable(getattr(tokenizer, "encode", None)):
+        raise TypeError(
+            f"tokenizer must be a transformers tokenizer with .encode, got {type(tokenizer).__name__}"
+        )
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def load_tokens(
+    source: str,
+    tokenizer: Any,
+    *,
+    context_length: int,
+    max_tokens: int | None = None,
+    prepend_bos: bool,
+    seed: int | None = None,
+    split: str = "train",
+) -> TokenSet:
+    """Read ``source`` (see ``read_corpus``), tokenize it, and cut it with ``chunk_tokens``."""
+    if not isinstance(prepend_bos, bool):
+        raise TypeError(f"prepend_bos must be a bool, got {prepend_bos!r}")
+    bos_token_id = getattr(tokenizer, "bos_token_id", None) if prepend_bos else None
+    if prepend_bos and bos_token_id is None:
+        raise ValueError(
+            f"prepend_bos=True but the tokenizer ({type(tokenizer).__name__}) has no "
+            "bos_token_id; pass prepend_bos=False or a tokenizer with a BOS token"
+        )
+    corpus = read_corpus(source, split)
+    ids = encode_text(tokenizer, corpus.text)
+    tokens = chunk_tokens(
+        ids, context_length, bos_token_id=bos_token_id, max_tokens=max_tokens, seed=seed
+    )
+    if source == "builtin":
+        applied_split = split
+    elif corpus.name.startswith("hf:"):
+        applied_split = corpus.name.rsplit(":", 1)[-1]
+    else:
+        applied_split = "all"  # a text file is read whole
+    info = TokenInfo(
+        source=str(source),
+        corpus_sha256=corpus.sha256,
+        n_sequences=int(tokens.shape[0]),
+        context_length=int(tokens.shape[1]),
+        n_tokens=int(tokens.numel()),
+        prepend_bos=prepend_bos,
+        bos_token_id=bos_token_id,
+        seed=seed,
+        split=applied_split,
+    )
+    return TokenSet(tokens=tokens, info=info)
+
+
+def prepend_bos_from_sae(sae: Any, default: bool) -> bool:
+    """The SAE's ``cfg.metadata.prepend_bos`` when it is set, else ``default``."""
+    if not isinstance(default, bool):
+        raise TypeError(f"default must be a bool, got {default!r}")
+    cfg = getattr(sae, "cfg", None)
+    if cfg is None:
+        raise TypeError(f"sae must have a .cfg (a sae_lens SAE), got {type(sae).__name__}")
+    metadata = getattr(cfg, "metadata", None)
+    value = getattr(metadata, "prepend_bos", None) if metadata is not None else None
+    if value is None:
+        value = getattr(cfg, "prepend_bos", None)  # older sae_lens configs
+    return default if value is None else bool(value)

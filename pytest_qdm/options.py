@@ -1,0 +1,364 @@
+"""The plugin's options: one pydantic model, from which the ``--qdm-*`` flags and ini keys
+are generated (name, metavar, default and help come from the field), so they cannot drift.
+
+Every field of :class:`QdmOptions` that carries ``cli`` metadata is one flag
+``--qdm-<flag>`` and one ini key ``qdm_<flag with _>``; the command line wins over the ini
+file. Values arrive as strings and are parsed by the field's ``kind``; everything is then
+validated by pydantic, and the first error becomes one line that names its option.
+Defaults shared with :class:`~pytest_qdm.settings.AuditConfig` are read from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from pytest_qdm.compress.names import scheme_name
+from pytest_qdm.gate.thresholds import BaselineCheck, GateCheck, parse_baseline, parse_gate
+from pytest_qdm.settings import (
+    DEFAULT_BITS,
+    DEFAULT_MATCH_BITS,
+    LENSES,
+    SAE_PRUNE_METHODS,
+    AuditConfig,
+)
+
+Kind = Literal["str", "int", "float", "flag", "not-flag", "list", "ints", "floats", "names"]
+_AUDIT = AuditConfig.model_fields
+
+
+def cli(flag: str, kind: Kind = "str", metavar: str | None = None, shown: str | None = None):
+    """Metadata that makes a field a ``--qdm-<flag>`` option (``shown``: the default as
+    the help prints it, when the field's own default would not say it)."""
+    return {"cli": {"flag": flag, "kind": kind, "metavar": metavar, "shown": shown}}
+
+
+def _gates(option: str):
+    def parse(values: Any) -> tuple[GateCheck, ...]:
+        return tuple(v if isinstance(v, GateCheck) else parse_gate(option, v) for v in values)
+
+    return BeforeValidator(parse)
+
+
+def _baseline_checks(values: Any) -> tuple[BaselineCheck, ...]:
+    return tuple(v if isinstance(v, BaselineCheck) else parse_baseline(v) for v in values)
+
+
+def _schemes(values: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(scheme_name(v) for v in values))
+
+
+def _lenses(values: Any) -> tuple[str, ...]:
+    lenses = tuple(v for v in values if v != "none")
+    unknown = sorted(set(lenses) - set(LENSES))
+    if unknown:
+        raise ValueError(f"unknown {unknown}; use {','.join(LENSES)} or none")
+    return lenses
+
+
+class QdmOptions(BaseModel):
+    """The plugin's options, built once in ``pytest_configure`` (command line over ini).
+
+    ``model`` None means the plugin is idle: no gate item, and qdm fixtures skip.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | None = Field(
+        None,
+        description="model to gate: tiny (bundled), a preset (pythia-70m-deduped, gemma-2-2b) "
+        "or a local HF checkpoint folder",
+        json_schema_extra=cli("model", metavar="NAME|PATH", shown="none: the plugin stays idle"),
+    )
+    sae: str | None = Field(
+        None,
+        description="SAE: sae_lens release/sae_id or a local sae_lens folder",
+        json_schema_extra=cli("sae", metavar="RELEASE/ID|PATH", shown="the preset's"),
+    )
+    hook: str | None = Field(
+        None,
+        description="read-out hook, e.g. blocks.4.hook_resid_post",
+        json_schema_extra=cli("hook", metavar="HOOK", shown="the SAE's hook_name"),
+    )
+    bits: tuple[int, ...] = Field(
+        DEFAULT_BITS,
+        min_length=1,
+        description="RTN bit widths to audit (2..8)",
+        json_schema_extra=cli("bits", "ints", "B,B,..."),
+    )
+    match_bits: int | None = Field(
+        DEFAULT_MATCH_BITS,
+        description="bit width whose perplexity the pruning comparison matches (0: skip)",
+        json_schema_extra=cli("match-bits", "int", "B"),
+    )
+    dataset: str | None = Field(
+        None,
+        description="token source: builtin, a text file, or hf:NAME:CONFIG:SPLIT "
+        "(Hugging Face datasets)",
+        json_schema_extra=cli("dataset", metavar="SOURCE", shown="the preset's (tiny: builtin)"),
+    )
+    tokens: int | None = Field(
+        None,
+        ge=1,
+        description="token budget of the audit",
+        json_schema_extra=cli("tokens", "int", "N", shown="the preset's budget"),
+    )
+    context_length: int | None = Field(
+        None,
+        ge=2,
+        description="tokens per sequence",
+        json_schema_extra=cli("context", "int", "N", shown="the preset's"),
+    )
+    batch_size: int = Field(
+        _AUDIT["batch_size"].default,
+        ge=1,
+        description="sequences per forward pass (memory is bounded by it)",
+        json_schema_extra=cli("batch-size", "int", "N"),
+    )
+    device: str | None = Field(
+        None,
+        description="device for the forward passes",
+        json_schema_extra=cli("device", metavar="DEVICE", shown="cuda if available, else cpu"),
+    )
+    dtype: str | None = Field(
+        None,
+        description="model dtype, e.g. float32 or bfloat16",
+        json_schema_extra=cli("dtype", metavar="DTYPE", shown="the preset's for the device"),
+    )
+    survival_threshold: float = Field(
+        _AUDIT["survival_threshold"].default,
+        gt=-1,
+        le=1,
+        description="r above this counts as survived",
+        json_schema_extra=cli("survival-threshold", "float", "R"),
+    )
+    damage_threshold: float = Field(
+        _AUDIT["damage_threshold"].default,
+        ge=-1,
+        lt=1,
+        description="r below this counts as damaged",
+        json_schema_extra=cli("damage-threshold", "float", "R"),
+    )
+    active_threshold: float = Field(
+        _AUDIT["active_threshold"].default,
+        ge=0,
+        lt=1,
+        description="reference firing rate above which a feature is active",
+        json_schema_extra=cli("active-threshold", "float", "P"),
+    )
+    report_dir: str = Field(
+        "qdm-report",
+        description="where the JSON report, markdown and plots go",
+        json_schema_extra=cli("report-dir", metavar="DIR"),
+    )
+    min_survived: Annotated[tuple[GateCheck, ...], _gates("min_survived")] = Field(
+        (),
+        description="gate: fail when survival is below, e.g. int6:0.6 (repeatable; "
+        "* = every bit width)",
+        json_schema_extra=cli("min-survived", "list", "COND:FRAC", shown="none"),
+    )
+    max_damaged: Annotated[tuple[GateCheck, ...], _gates("max_damaged")] = Field(
+        (),
+        description="gate: fail when the damaged share is above, e.g. int4:0.4 (repeatable)",
+        json_schema_extra=cli("max-damaged", "list", "COND:FRAC", shown="none"),
+    )
+    max_ppl_change: Annotated[tuple[GateCheck, ...], _gates("max_ppl_change")] = Field(
+        (),
+        description="gate: fail when the perplexity rises more, e.g. int6:0.05 (repeatable)",
+        json_schema_extra=cli("max-ppl-change", "list", "COND:FRAC", shown="none"),
+    )
+    baseline: str | None = Field(
+        None,
+        description="compare with a saved baseline; a missing one is written and the gate fails",
+        json_schema_extra=cli("baseline", metavar="PATH", shown="none"),
+    )
+    baseline_checks: Annotated[tuple[BaselineCheck, ...], BeforeValidator(_baseline_checks)] = (
+        Field(
+            (),
+            description="allowed movement vs the baseline, e.g. survived:-2%, auc:-0.02 "
+            "(repeatable)",
+            json_schema_extra=cli("baseline-fail", "list", "EXPR", shown="none"),
+        )
+    )
+    update_baseline: bool = Field(
+        False,
+        description="rewrite a failing, foreign or unreadable baseline (the gate still fails)",
+        json_schema_extra=cli("update-baseline", "flag"),
+    )
+    schemes: Annotated[tuple[str, ...], BeforeValidator(_schemes)] = Field(
+        (),
+        description="deployed schemes audited beside RTN: nf4, nf4-bN, fp8-e4m3, fp8-e5m2, "
+        "absmax-int8, intB-gG (group-wise RTN)",
+        json_schema_extra=cli("schemes", "names", "S,S,...", shown="none"),
+    )
+    lenses: Annotated[tuple[str, ...], BeforeValidator(_lenses)] = Field(
+        LENSES,
+        description="lenses beside per-feature survival: token (sample correlation, top-k "
+        "agreement, Procrustes), transfer (SAE explained variance, spliced loss); none: neither",
+        json_schema_extra=cli("lenses", "names", "L,L,..."),
+    )
+    top_k: int = Field(
+        _AUDIT["top_k"].default,
+        ge=1,
+        description="k of the top-k feature agreement (token lens)",
+        json_schema_extra=cli("top-k", "int", "K"),
+    )
+    sae_prune: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = Field(
+        (),
+        description="SAE pruning sweep: fractions of SAE features to remove without "
+        "retraining, e.g. 0.1,0.25,0.5, measured on the reference and the --qdm-match-bits model",
+        json_schema_extra=cli("sae-prune", "floats", "F,F,...", shown="none"),
+    )
+    sae_prune_method: Literal[SAE_PRUNE_METHODS] = Field(  # type: ignore[valid-type]
+        SAE_PRUNE_METHODS[0],
+        description="SAE feature importance for --qdm-sae-prune: " + " or ".join(SAE_PRUNE_METHODS),
+        json_schema_extra=cli("sae-prune-method", metavar="METHOD"),
+    )
+    cache: bool = Field(
+        True,
+        description="do not read or write the on-disk result cache",
+        json_schema_extra=cli("no-cache", "not-flag"),
+    )
+    cache_dir: str = Field(
+        ".qdm/cache",
+        description="cache of protocol results keyed by fingerprint",
+        json_schema_extra=cli("cache-dir", metavar="DIR"),
+    )
+    plots: bool = Field(
+        True, description="skip the PNG plots", json_schema_extra=cli("no-plots", "not-flag")
+    )
+    progress: bool = True  # from pytest's verbosity (-q -q turns it off)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QdmOptions:
+        bad = [b for b in self.bits if not 2 <= b <= 8]
+        if bad:
+            raise ValueError(f"--qdm-bits must list bit widths in 2..8, got {list(self.bits)}")
+        if self.match_bits is not None and self.match_bits not in self.bits:
+            raise ValueError(
+                f"--qdm-match-bits {self.match_bits} is not among --qdm-bits {list(self.bits)}"
+            )
+        if self.damage_threshold > self.survival_threshold:
+            raise ValueError(
+                f"--qdm-damage-threshold {self.damage_threshold} must not exceed "
+                f"--qdm-survival-threshold {self.survival_threshold}"
+            )
+        return self
+
+    @property
+    def gates(self) -> tuple[GateCheck, ...]:
+        return self.min_survived + self.max_damaged + self.max_ppl_change
+
+    def audit_config(self, hook: str | None = None) -> AuditConfig:
+        """The audit settings these options name (shared fields by name)."""
+        shared = set(_AUDIT) & set(type(self).model_fields)
+        return AuditConfig(
+            **self.model_dump(include=shared),
+            hook_name=hook or self.hook,
+            token_lenses="token" in self.lenses,
+        )
+
+
+def option_fields() -> list[tuple[str, dict[str, Any], Any]]:
+    """(field name, cli metadata, field info) of every command-line option, in order."""
+    return [
+        (name, info.json_schema_extra["cli"], info)
+        for name, info in QdmOptions.model_fields.items()
+        if isinstance(info.json_schema_extra, dict) and "cli" in info.json_schema_extra
+    ]
+
+
+def dest(flag: str) -> str:
+    return "qdm_" + flag.replace("-", "_")
+
+
+def help_text(cli_meta: dict[str, Any], info: Any) -> str:
+    default = cli_meta["shown"]
+    if default is None:
+        value = info.default
+        if isinstance(value, bool):
+            value = "off"
+        elif isinstance(value, tuple):
+            value = ",".join(map(str, value)) or "none"
+        default = value
+    return f"{info.description} (default: {default})"
+
+
+def _split(value: Any) -> list[str]:
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _parse(flag: str, kind: Kind, value: Any) -> Any:
+    """The raw command-line/ini value of ``--qdm-<flag>`` as the field expects it."""
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "ints":
+            return tuple(int(v) for v in _split(value))
+        if kind == "floats":
+            return tuple(float(v) for v in _split(value))
+        if kind == "names":
+            return tuple(v.lower() for v in _split(value))
+        if kind == "list":
+            return tuple(value)
+        if kind == "not-flag":
+            return not value
+        return bool(value) if kind == "flag" else str(value)
+    except ValueError:
+        example = {"int": "an integer", "float": "a number", "ints": "integers like 8,6,4"}
+        wanted = example.get(kind, "numbers like 0.1,0.25")
+        raise ValueError(f"--qdm-{flag} expects {wanted}, got {value!r}") from None
+
+
+def build_options(raw: dict[str, Any], **extra: Any) -> QdmOptions:
+    """QdmOptions from raw values keyed by flag (None or empty: not given); ValueError with
+    one line naming the option otherwise."""
+    settings = dict(extra)
+    flags = {}
+    for name, meta, _ in option_fields():
+        flags[name] = meta["flag"]
+        value = raw.get(meta["flag"])
+        if value in (None, "", []) or (meta["kind"] in ("flag", "not-flag") and not value):
+            continue
+        settings[name] = _parse(meta["flag"], meta["kind"], value)
+    if settings.get("match_bits") == 0:
+        settings["match_bits"] = None
+    try:
+        return QdmOptions(**settings)
+    except ValidationError as error:
+        raise ValueError(one_line(error, flags)) from None
+
+
+def one_line(error: ValidationError, flags: dict[str, str] | None = None) -> str:
+    """The first pydantic error as one line that names its option."""
+    first = error.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    field = first["loc"][0] if first["loc"] else None
+    if message.startswith("--qdm-") or field is None:
+        return message
+    name = f"--qdm-{flags[field]}" if flags and field in flags else str(field)
+    given = first.get("input")
+    shown = "" if isinstance(given, (dict, BaseModel)) else f" (got {given!r})"
+    return f"{name}: {message}{shown}"
+
+
+def validated_overrides(
+    config: BaseModel, overrides: dict[str, Any], where: str, also: tuple[str, ...] = ()
+) -> BaseModel:
+    """``config`` with ``overrides`` applied and validated (``model_copy(update=)`` would
+    skip validation); an unknown key is refused with the closest valid name (``also``:
+    further keys the caller handles itself)."""
+    fields = [*also, *type(config).model_fields]
+    for key in overrides:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(fields)}"
+            raise ValueError(f"{where}: unknown setting {key!r}{hint}")
+    try:
+        return type(config).model_validate({**config.model_dump(), **overrides})
+    except ValidationError as error:
+        raise ValueError(f"{where}: {one_line(error)}") from None

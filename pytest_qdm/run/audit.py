@@ -1,0 +1,128 @@
+"""The QDM audit: per-feature Pearson survival of a frozen SAE under compression."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from pytest_qdm.compress.conditions import RTN, Condition
+from pytest_qdm.progress import progress_bar
+from pytest_qdm.schema.audit import (
+    AuditResult,
+    ConditionResult,
+    ReferenceResult,
+    TokenSummary,
+    summarize,
+)
+from pytest_qdm.settings import DEFAULT_BITS, AuditConfig
+from pytest_qdm.stream.engine import (
+    EngineState,
+    pass_steps,
+    run_pass,
+    validate_conditions,
+    validate_inputs,
+)
+from pytest_qdm.stream.hooks import resolve_hook, stop_layer
+
+
+def as_token_tensor(tokens) -> torch.Tensor:
+    """Accept a LongTensor [n, ctx] or anything with a ``.tokens`` tensor (a TokenSet)."""
+    return getattr(tokens, "tokens", tokens)
+
+
+def token_summary(tokens: torch.Tensor) -> TokenSummary:
+    digest = hashlib.sha256(tokens.detach().cpu().to(torch.int64).numpy().tobytes()).hexdigest()
+    n, ctx = tokens.shape
+    return TokenSummary(n_sequences=n, context_length=ctx, n_tokens=n * ctx, sha256=digest)
+
+
+def prepare_conditions(
+    model, conditions: Sequence[Condition], hook: str, compute_loss: bool
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Compressed weights of every condition, computed once, before any forward pass.
+
+    Feature statistics only need the blocks up to the read-out layer; loss needs all.
+    """
+    stop = None if compute_loss else stop_layer(hook)
+    layers = None if stop is None else range(stop)
+    return {c.name: c.compressed_weights(model, layers) for c in conditions}
+
+
+def finalize(
+    state: EngineState,
+    conditions: Sequence[Condition],
+    hook: str,
+    tokens: TokenSummary,
+    config: AuditConfig,
+) -> AuditResult:
+    """Turn accumulated statistics into bands and a typed result."""
+    ref = state.reference
+    firing = ref.firing_rate()
+    active = firing > config.active_threshold
+    results = {}
+    for condition in conditions:
+        paired = state.paired[condition.name]
+        r, silenced = paired.correlation()
+        correlation = np.where(active, r, np.nan)
+        firing_c = (paired.fire_count_y / max(paired.n, 1)).cpu().numpy()
+        emergent = ~active & (firing_c > config.active_threshold)
+        loss = state.loss.get(condition.name)
+        agreement = state.agreement.get(condition.name)
+        results[condition.name] = ConditionResult(
+            name=condition.name,
+            spec=condition.describe(),
+            correlation=correlation,
+            silenced=silenced & active,
+            emergent=emergent,
+            firing_rate=firing_c,
+            summary=summarize(correlation, active, silenced, emergent, config),
+            mean_nll=loss.nll / loss.count if loss and loss.count else None,
+            n_loss_tokens=loss.count if loss else None,
+            agreement=agreement.result(config.top_k) if agreement is not None else None,
+        )
+    ref_loss = state.loss.get("reference")
+    return AuditResult(
+        hook_name=hook,
+        d_sae=int(firing.size),
+        config=config,
+        tokens=tokens,
+        reference=ReferenceResult(
+            n_tokens=ref.n_tokens,
+            firing_rate=firing,
+            mean_activation=ref.mean_activation(),
+            max_activation=ref.max_activation(),
+            active=active,
+            rms_activation=ref.rms_activation(),
+        ),
+        reference_mean_nll=ref_loss.nll / ref_loss.count if ref_loss and ref_loss.count else None,
+        conditions=results,
+    )
+
+
+def audit(
+    model,
+    sae,
+    tokens,
+    conditions: Sequence[Condition] | None = None,
+    config: AuditConfig | None = None,
+) -> AuditResult:
+    """Run the QDM audit of ``conditions`` (default RTN INT8..INT4) against the reference.
+
+    ``model`` is a TransformerLens HookedTransformer, ``sae`` a sae_lens SAE (frozen: it
+    encodes reference and compressed activations alike), ``tokens`` a LongTensor
+    [n, ctx] or a TokenSet. Neither the model nor the SAE is modified.
+    """
+    config = config or AuditConfig()
+    conditions = list(conditions) if conditions is not None else [RTN(b) for b in DEFAULT_BITS]
+    tokens = as_token_tensor(tokens)
+    validate_conditions(conditions)
+    hook = resolve_hook(model, sae, config)
+    validate_inputs(model, sae, tokens, hook, config.lens_k)
+    prepared = prepare_conditions(model, conditions, hook, config.compute_loss)
+    steps = pass_steps(tokens, conditions, config)
+    with progress_bar("QDM audit", steps, config.progress) as advance:
+        state = run_pass(model, sae, tokens, conditions, prepared, hook, config, advance)
+    return finalize(state, conditions, hook, token_summary(tokens), config)

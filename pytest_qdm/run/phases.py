@@ -1,0 +1,379 @@
+"""The protocol's phases, each a function with typed input and output (see
+:mod:`pytest_qdm.run.protocol` for the order they run in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from pytest_qdm.analyse.matched_pruning import match_sparsity
+from pytest_qdm.analyse.overlap import compare_damage
+from pytest_qdm.analyse.perplexity import (
+    chunked_perplexity,
+    relative_change,
+    sliding_window_perplexity,
+)
+from pytest_qdm.analyse.predictor import fit_survival_predictor
+from pytest_qdm.analyse.sae_fit import ADVICE, check_sae_fit
+from pytest_qdm.analyse.sae_pruning import check_prune_fractions, sae_pruning_sweep
+from pytest_qdm.analyse.stability import (
+    bootstrap_survival,
+    budget_sensitivity,
+    disjoint_subsets,
+    merge_all,
+    null_check,
+    threshold_grid,
+)
+from pytest_qdm.analyse.transfer import TransferSums
+from pytest_qdm.compress.conditions import RTN, Condition, MagnitudePrune, Reference, applied
+from pytest_qdm.progress import progress_bar
+from pytest_qdm.run.audit import as_token_tensor, audit, finalize, prepare_conditions, token_summary
+from pytest_qdm.schema.analyses import (
+    OverlapResult,
+    PerplexityResult,
+    PredictorResult,
+    PruningMatch,
+    SaeFit,
+    SaePruningSweep,
+    StabilityReport,
+    TransferQuality,
+)
+from pytest_qdm.schema.audit import AuditResult
+from pytest_qdm.schema.protocol import Finding, SweepRow
+from pytest_qdm.settings import AuditConfig, ProtocolConfig
+from pytest_qdm.stream.engine import (
+    EngineState,
+    pass_steps,
+    run_pass,
+    validate_conditions,
+    validate_inputs,
+)
+from pytest_qdm.stream.hooks import resolve_hook
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every phase reads: checked once by :func:`check_inputs`."""
+
+    model: object
+    sae: object
+    tokens: torch.Tensor  # [n, ctx]
+    bos: bool  # column 0 is BOS
+    hook: str
+    rtn: list[RTN]
+    extra: list[Condition]
+    match_bits: int | None
+    focus: str  # the RTN condition the predictor, overlap and SAE pruning are about
+    config: AuditConfig
+    cfg: ProtocolConfig
+
+    @property
+    def ppl_tokens(self) -> torch.Tensor:
+        return self.tokens[: max(1, -(-self.cfg.ppl_tokens // self.tokens.shape[1]))]
+
+
+@dataclass
+class Perplexities:
+    """Perplexity (chunked, sliding) and SAE transfer per condition, on ``ppl_tokens``."""
+
+    perplexity: dict[str, dict[str, PerplexityResult]] = field(default_factory=dict)
+    transfer: dict[str, TransferQuality] = field(default_factory=dict)
+
+    @property
+    def reference(self) -> dict[str, PerplexityResult]:
+        return self.perplexity[Reference().name]
+
+
+@dataclass(frozen=True)
+class FeaturePass:
+    shards: list[EngineState]
+    result: AuditResult
+
+
+def focus_condition(rtn: Sequence[RTN], match_bits: int | None) -> str:
+    """The RTN condition the predictor and overlap study: the matched width, else the middle."""
+    names = [c.name for c in rtn]
+    return RTN(match_bits).name if match_bits is not None else names[len(names) // 2]
+
+
+def check_inputs(
+    model, sae, tokens, bits, match_bits, config, cfg, second_sae, extra
+) -> tuple[Inputs, SaeFit]:
+    """Every check that needs no long work, then the SAE fit (refused below its bound)."""
+    bos = bool(getattr(getattr(tokens, "info", None), "prepend_bos", False))
+    tokens = as_token_tensor(tokens)
+    rtn = [RTN(b) for b in bits]
+    if match_bits is not None and match_bits not in bits:
+        raise ValueError(f"match_bits={match_bits} must be one of the audited bits {list(bits)}")
+    validate_conditions([Reference(), *rtn, *extra])
+    hook = resolve_hook(model, sae, config)
+    validate_inputs(model, sae, tokens, hook, config.lens_k)
+    if second_sae is not None:
+        validate_inputs(
+            model, second_sae, tokens[:1], resolve_hook(model, second_sae, AuditConfig())
+        )
+    check_prune_fractions(sae, cfg.sae_prune_fractions)
+    fit = check_sae_fit(
+        model, sae, tokens, hook_name=hook, min_explained_variance=cfg.min_explained_variance
+    )
+    if not fit.ok:
+        raise ValueError(
+            f"{fit.reason}. {ADVICE} (ProtocolConfig(min_explained_variance=None) audits anyway)"
+        )
+    focus = focus_condition(rtn, match_bits)
+    inputs = Inputs(model, sae, tokens, bos, hook, rtn, list(extra), match_bits, focus, config, cfg)
+    return inputs, fit
+
+
+def measure(inputs: Inputs, into: Perplexities, name: str) -> None:
+    """Perplexities (and SAE transfer quality) of the model as it currently is."""
+    cfg, model = inputs.cfg, inputs.model
+    sums = TransferSums(model, inputs.sae, inputs.hook) if cfg.sae_transfer else None
+    into.perplexity[name] = _perplexities(
+        model, inputs.ppl_tokens, inputs.bos, cfg, inputs.config.batch_size, sums
+    )
+    if sums is not None:
+        into.transfer[name] = sums.result()
+
+
+def search_steps(inputs: Inputs) -> int:
+    """Progress steps of the pruning match: both bracket ends, the midpoints, the final run."""
+    return 0 if inputs.match_bits is None else inputs.cfg.prune_search_steps + 3
+
+
+def perplexity_phase(inputs: Inputs, tick) -> Perplexities:
+    """The reference and every RTN / extra condition on the perplexity tokens."""
+    measured = Perplexities()
+    measure(inputs, measured, Reference().name)
+    tick()
+    for condition in [*inputs.rtn, *inputs.extra]:
+        with applied(inputs.model, condition.compressed_weights(inputs.model)):
+            measure(inputs, measured, condition.name)
+        tick()
+    return measured
+
+
+def pruning_phase(inputs: Inputs, measured: Perplexities, tick) -> PruningMatch | None:
+    """Magnitude pruning at the perplexity of RTN at ``match_bits`` (bisection), measured."""
+    if inputs.match_bits is None:
+        return None
+    model, cfg, ppl_tokens = inputs.model, inputs.cfg, inputs.ppl_tokens
+
+    def ppl_at(sparsity: float) -> float:
+        with applied(model, MagnitudePrune(sparsity).compressed_weights(model)):
+            result = chunked_perplexity(
+                model, ppl_tokens, bos_in_tokens=inputs.bos, batch_size=inputs.config.batch_size
+            )
+        tick()
+        return result.perplexity
+
+    target = measured.perplexity[RTN(inputs.match_bits).name]["chunked"].perplexity
+    # A match must be closer than the change it matches, or sparsity 0 would "match" any
+    # RTN width whose perplexity moved by less than the tolerance.
+    change = abs(relative_change(target, measured.reference["chunked"].perplexity))
+    pruning = match_sparsity(
+        ppl_at,
+        target,
+        high=cfg.prune_high,
+        max_steps=cfg.prune_search_steps,
+        rel_tolerance=min(cfg.prune_rel_tolerance, change / 10),
+        tokens_used=int(ppl_tokens.numel()),
+    )
+    prune = MagnitudePrune(pruning.sparsity)
+    with applied(model, prune.compressed_weights(model)):
+        measure(inputs, measured, prune.name)
+    tick()
+    return pruning
+
+
+def feature_phase(inputs: Inputs, conditions: list[Condition]) -> FeaturePass:
+    """ONE sharded pass over the audit tokens for every condition; shards merge exactly."""
+    model, config = inputs.model, inputs.config
+    prepared = prepare_conditions(model, conditions, inputs.hook, compute_loss=False)
+    shard_tokens = _shards(inputs.tokens, inputs.cfg.n_shards, inputs.cfg.seed)
+    steps = sum(pass_steps(t, conditions, config) for t in shard_tokens)
+    with progress_bar("QDM protocol", steps, config.progress) as advance:
+        shards = [
+            run_pass(model, inputs.sae, t, conditions, prepared, inputs.hook, config, advance)
+            for t in shard_tokens
+        ]
+    result = finalize(
+        merge_all(shards), conditions, inputs.hook, token_summary(inputs.tokens), config
+    )
+    return FeaturePass(shards, result)
+
+
+def second_layer_phase(inputs: Inputs, second_sae) -> AuditResult | None:
+    """The same RTN sweep read by an SAE at another layer (a stability check)."""
+    if second_sae is None:
+        return None
+    config = inputs.config.model_copy(update={"hook_name": None, "token_lenses": False})
+    return audit(inputs.model, second_sae, inputs.tokens, inputs.rtn, config)
+
+
+def stability_phase(
+    inputs: Inputs, features: FeaturePass, conditions: list[Condition], second: AuditResult | None
+) -> StabilityReport:
+    """Null, budget, subsets, threshold grid and bootstrap, all from the shard states."""
+    cfg, config, shards = inputs.cfg, inputs.config, features.shards
+    bootstrap = (
+        bootstrap_survival(shards, config, cfg.n_bootstrap, cfg.seed) if cfg.n_bootstrap else {}
+    )
+    return StabilityReport(
+        null=null_check(features.result),
+        budget=budget_sensitivity(shards, cfg.budget_fractions, config),
+        subsets=disjoint_subsets(shards, cfg.n_subsets, config),
+        threshold_grid=threshold_grid(features.result, [c.name for c in conditions[1:]]),
+        bootstrap=bootstrap,
+        second_layer=second,
+    )
+
+
+def predictor_phase(inputs: Inputs, result: AuditResult) -> PredictorResult:
+    """Does the reference alone (rarity, mean, max) predict which features fail at focus?"""
+    ref = result.reference
+    active = ref.active
+    survived = (
+        result.conditions[inputs.focus].correlation[active] > inputs.config.survival_threshold
+    )
+    return fit_survival_predictor(
+        ref.firing_rate[active], ref.mean_activation[active], ref.max_activation[active], survived
+    )
+
+
+def overlap_phase(inputs: Inputs, result: AuditResult, pruned: str | None) -> OverlapResult | None:
+    """Do RTN at focus and the matched pruning damage the same features?"""
+    if pruned is None:
+        return None
+    ref, config = result.reference, inputs.config
+    return compare_damage(
+        result.conditions[inputs.focus].correlation,
+        result.conditions[pruned].correlation,
+        ref.active,
+        firing_rate=ref.firing_rate,
+        survival_threshold=config.survival_threshold,
+        damage_threshold=config.damage_threshold,
+        labels=(inputs.focus, pruned),
+    )
+
+
+def sae_pruning_phase(inputs: Inputs, result: AuditResult) -> SaePruningSweep | None:
+    """SAE pruning without retraining, on the reference and the focus condition."""
+    cfg = inputs.cfg
+    if not cfg.sae_prune_fractions:
+        return None
+    return sae_pruning_sweep(
+        inputs.model,
+        inputs.sae,
+        inputs.ppl_tokens,
+        result.reference,
+        cfg.sae_prune_fractions,
+        conditions=[c for c in inputs.rtn if c.name == inputs.focus],
+        method=cfg.sae_prune_method,
+        hook=inputs.hook,
+        batch_size=inputs.config.batch_size,
+        progress=inputs.config.progress,
+    )
+
+
+def sweep_rows(
+    conditions: list[Condition], result: AuditResult, measured: Perplexities, bootstrap
+) -> list[SweepRow]:
+    return [
+        _row(
+            c.name,
+            result.conditions[c.name],
+            measured.perplexity.get(c.name, {}),
+            measured.reference,
+            bootstrap.get(c.name),
+            measured.transfer.get(c.name),
+        )
+        for c in conditions
+    ]
+
+
+def _perplexities(
+    model, ppl_tokens: torch.Tensor, bos: bool, cfg: ProtocolConfig, batch: int, observer=None
+):
+    """Chunked and sliding-window perplexity of the model as it currently is
+    (``observer`` rides on the chunked forwards)."""
+    ctx = ppl_tokens.shape[1]
+    stream = (ppl_tokens[:, 1:] if bos else ppl_tokens).reshape(-1)
+    bos_id = int(ppl_tokens[0, 0]) if bos else None
+    stride = max(1, int(ctx * cfg.sliding_stride_fraction))
+    return {
+        "chunked": chunked_perplexity(
+            model, ppl_tokens, bos_in_tokens=bos, batch_size=batch, observer=observer
+        ),
+        "sliding": sliding_window_perplexity(
+            model, stream, window=ctx, stride=stride, bos_token_id=bos_id, batch_size=batch
+        ),
+    }
+
+
+def _shards(tokens: torch.Tensor, n_shards: int, seed: int) -> list[torch.Tensor]:
+    order = torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(seed))
+    return [
+        tokens[idx.sort().values]
+        for idx in torch.tensor_split(order, min(n_shards, tokens.shape[0]))
+    ]
+
+
+def findings_phase(report_rows: list[SweepRow], cfg: ProtocolConfig) -> list[Finding]:
+    """The study's central result, stated per condition: perplexity held, features did not."""
+    findings = []
+    for row in report_rows:
+        change, survived = row.ppl_chunked_change, row.survived_pct
+        if change is None or survived is None or row.kind == "Reference":
+            continue
+        if change <= cfg.masks_ppl_tolerance and survived < 100 * cfg.masks_survival_bound:
+            verb = "improved" if change < 0 else "rose only"
+            findings.append(
+                Finding(
+                    kind="perplexity_masks_damage",
+                    condition=row.condition,
+                    message=(
+                        f"{row.condition}: perplexity {verb} {change:+.2%} while only "
+                        f"{survived:.1f}% of active SAE features survived "
+                        f"({row.degraded_pct:.1f}% degraded, {row.damaged_pct:.1f}% damaged): "
+                        "perplexity masks feature damage."
+                    ),
+                )
+            )
+    return findings
+
+
+def _row(name, cond, ppl, ref_ppl, ci, quality) -> SweepRow:
+    s, agreement = cond.summary, cond.agreement
+    chunked, sliding = (ppl.get(k) for k in ("chunked", "sliding"))
+
+    def change(result, key):
+        return relative_change(result.perplexity, ref_ppl[key].perplexity) if result else None
+
+    return SweepRow(
+        condition=name,
+        kind=cond.spec.kind,
+        bits=cond.spec.bits,
+        sparsity=cond.spec.sparsity,
+        ppl_chunked=chunked.perplexity if chunked else None,
+        ppl_chunked_change=change(chunked, "chunked"),
+        ppl_sliding=sliding.perplexity if sliding else None,
+        ppl_sliding_change=change(sliding, "sliding"),
+        mean_correlation=s.mean_correlation,
+        median_correlation=s.median_correlation,
+        survived_pct=s.survived_pct,
+        degraded_pct=s.degraded_pct,
+        damaged_pct=s.damaged_pct,
+        silenced_count=s.silenced_count,
+        emergent_count=s.emergent_count,
+        sae_explained_variance=quality.explained_variance if quality else None,
+        sae_loss_recovered=quality.loss_recovered if quality else None,
+        sample_correlation=agreement.sample_correlation if agreement else None,
+        topk_agreement=agreement.topk_agreement if agreement else None,
+        procrustes_error=agreement.procrustes_aligned_error if agreement else None,
+        unaligned_error=agreement.unaligned_error if agreement else None,
+        survived_ci=(ci.low, ci.high) if ci else None,
+    )

@@ -1,0 +1,83 @@
+"""The full QDM protocol as a pipeline of named phases (:mod:`pytest_qdm.run.phases`).
+
+1. check inputs and the SAE's fit at its hook (refused below the bound);
+2. perplexity of the reference and every condition on a fixed token set (SAE transfer rides
+   on the same forwards);
+3. the matched-perplexity pruning search on that same set;
+4. ONE sharded feature pass over the audit tokens for the reference null, every condition
+   and the matched pruning;
+5. stability (null, budget, subsets, grid, bootstrap) from the shard states, and the
+   second-layer audit;
+6. the fragility predictor, the overlap with pruning and the SAE-pruning sweep at the focus
+   condition;
+7. findings (perplexity masking feature damage) from the sweep rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from pytest_qdm.compress.conditions import Condition, MagnitudePrune, Reference
+from pytest_qdm.progress import progress_bar
+from pytest_qdm.run import phases
+from pytest_qdm.schema.protocol import ProtocolReport
+from pytest_qdm.settings import DEFAULT_BITS, DEFAULT_MATCH_BITS, AuditConfig, ProtocolConfig
+
+
+def run_protocol(
+    model,
+    sae,
+    tokens,
+    bits: Sequence[int] = DEFAULT_BITS,
+    match_bits: int | None = DEFAULT_MATCH_BITS,
+    *,
+    config: AuditConfig | None = None,
+    protocol: ProtocolConfig | None = None,
+    second_sae=None,
+    extra_conditions: Sequence[Condition] = (),
+) -> ProtocolReport:
+    """Run the full protocol. ``match_bits=None`` skips the pruning comparison.
+
+    ``tokens`` is a LongTensor [n, ctx] or a TokenSet (whose BOS policy is then known;
+    for a bare tensor column 0 is taken as a corpus token, not BOS).
+    """
+    started = time.perf_counter()
+    config, cfg = config or AuditConfig(), protocol or ProtocolConfig()
+    inputs, fit = phases.check_inputs(
+        model, sae, tokens, bits, match_bits, config, cfg, second_sae, extra_conditions
+    )
+    n_measured = 1 + len(inputs.rtn) + len(inputs.extra) + phases.search_steps(inputs)
+    with progress_bar("QDM perplexity", n_measured, config.progress) as tick:
+        measured = phases.perplexity_phase(inputs, tick)
+        pruning = phases.pruning_phase(inputs, measured, tick)
+    conditions: list[Condition] = [Reference(), *inputs.rtn, *inputs.extra]
+    if pruning is not None:
+        conditions.append(MagnitudePrune(pruning.sparsity))
+    features = phases.feature_phase(inputs, conditions)
+    result = features.result
+    second = phases.second_layer_phase(inputs, second_sae)
+    stability = phases.stability_phase(inputs, features, conditions, second)
+    predictor = phases.predictor_phase(inputs, result)
+    sae_pruning = phases.sae_pruning_phase(inputs, result)
+    pruned = conditions[-1].name if pruning is not None else None
+    overlap = phases.overlap_phase(inputs, result, pruned)
+    rows = phases.sweep_rows(conditions, result, measured, stability.bootstrap)
+    return ProtocolReport(
+        config=cfg,
+        match_bits=match_bits,
+        audit=result,
+        reference_perplexity=measured.reference,
+        perplexity=measured.perplexity,
+        transfer=measured.transfer,
+        sweep=rows,
+        predictor=predictor,
+        predictor_condition=inputs.focus,
+        pruning=pruning,
+        overlap=overlap,
+        stability=stability,
+        findings=phases.findings_phase(rows, cfg),
+        sae_fit=fit,
+        elapsed_seconds=time.perf_counter() - started,
+        sae_pruning=sae_pruning,
+    )

@@ -1,0 +1,1 @@
+"""The JSON contract: typed, schema-versioned results and reports (pydantic; no torch)."""

@@ -1,0 +1,87 @@
+"""The protocol report: the JSON contract of one gate run (sweep rows, findings, and every
+analysis's typed result). Pydantic only; no torch.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from pytest_qdm.schema.analyses import (
+    OverlapResult,
+    PerplexityResult,
+    PredictorResult,
+    PruningMatch,
+    SaeFit,
+    SaePruningSweep,
+    StabilityReport,
+    TransferQuality,
+)
+from pytest_qdm.schema.audit import SCHEMA_VERSION, AuditResult
+from pytest_qdm.settings import ProtocolConfig
+
+
+class SweepRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    condition: str
+    kind: str
+    bits: int | None
+    sparsity: float | None
+    ppl_chunked: float | None
+    ppl_chunked_change: float | None
+    ppl_sliding: float | None
+    ppl_sliding_change: float | None
+    mean_correlation: float | None
+    median_correlation: float | None
+    survived_pct: float | None
+    degraded_pct: float | None
+    damaged_pct: float | None
+    silenced_count: int
+    emergent_count: int
+    sae_explained_variance: float | None = None
+    sae_loss_recovered: float | None = None
+    sample_correlation: float | None = None  # token lenses (AuditConfig.token_lenses)
+    topk_agreement: float | None = None
+    procrustes_error: float | None = None
+    unaligned_error: float | None = None
+    survived_ci: tuple[float | None, float | None] | None
+
+
+class Finding(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    condition: str
+    message: str
+
+
+class ProtocolReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    config: ProtocolConfig
+    match_bits: int | None
+    audit: AuditResult
+    reference_perplexity: dict[str, PerplexityResult]
+    perplexity: dict[str, dict[str, PerplexityResult]]
+    transfer: dict[str, TransferQuality]
+    sweep: list[SweepRow]
+    predictor: PredictorResult
+    predictor_condition: str  # the RTN condition the predictor and the overlap are about
+    pruning: PruningMatch | None
+    overlap: OverlapResult | None
+    stability: StabilityReport
+    findings: list[Finding]
+    sae_fit: SaeFit
+    elapsed_seconds: float
+    sae_pruning: SaePruningSweep | None = None  # ProtocolConfig.sae_prune_fractions
+
+    def to_json(self, **kwargs) -> str:
+        return self.model_dump_json(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> ProtocolReport:
+        return cls.model_validate_json(text)
+
+    def row(self, condition: str) -> SweepRow:
+        return next(r for r in self.sweep if r.condition == condition)

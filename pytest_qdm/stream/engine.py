@@ -1,0 +1,279 @@
+"""The one-pass engine: reference once per batch, every condition on the same batch.
+
+For each batch of token sequences the reference forward (stopped after the read-out
+layer) and the SAE encode run once; then each condition's prepared weights are swapped in,
+the same batch goes through, and the paired statistics are updated. Memory is bounded by
+the batch size: no [tokens x d_sae] matrix is ever kept.
+
+Performance, and what is exact (measurements: benchmarks/README.md):
+
+- The SAE encodes each batch in row blocks of about ``ENCODE_BLOCK_ELEMENTS`` outputs
+  (CPU) and only the reference's nonzero entries are kept across conditions, never a dense
+  [batch tokens x d_sae] matrix. Rows are encoded independently, so this is exact up to the
+  matrix-multiply kernel: on CPU (MKL) blocks of >= 64 rows give bit-identical activations
+  to one call (pinned by tests/test_engine_perf_equivalence.py); other backends may pick
+  another kernel per block size and agree to float32 rounding, as with another batch size.
+- Statistics use each side's nonzeros (stream/stats.py): x's once per batch, y's per condition,
+  sum xy at x's nonzeros. The float64 sums add the same nonzero terms in the same order as
+  a pass over the union of nonzeros: bit-identical.
+- CPU with glibc: during the pass, large temporaries are served from malloc's heap and
+  reused, instead of fresh mmap'd pages that fault on first touch (page faults took about
+  a third of CPU time). Restored and trimmed afterwards; no effect on any number. Skipped
+  where the user set MALLOC_* or GLIBC_TUNABLES, or with ``TUNE_CPU_ALLOCATOR = False``.
+- The full SAE width is always encoded (emergent features need it).
+- Token lenses (``config.token_lenses``, see stream/lenses.py) reuse the same encode blocks and
+  sparse entries: per block one top-k of x and of y and a few row sums, and one
+  A^T B product per batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from pytest_qdm.compress.conditions import Condition, applied
+from pytest_qdm.settings import AuditConfig
+from pytest_qdm.stream.hooks import hook_width, run_to_hook
+from pytest_qdm.stream.lenses import AgreementSums, TokenReference
+from pytest_qdm.stream.stats import Entries, PairedStats, PairedSums, ReferenceStats
+
+ENCODE_BLOCK_ELEMENTS = {"cpu": 1 << 24}  # other devices: the whole batch in one block
+MIN_BLOCK_ROWS = 64  # MKL uses another kernel for very few rows (not bit-identical)
+TUNE_CPU_ALLOCATOR = True
+
+
+def validate_inputs(model, sae, tokens: torch.Tensor, hook: str, top_k: int | None = None) -> None:
+    """Raise ValueError/TypeError for bad input, before any long work (``top_k``: the
+    token lenses' k, when they are on)."""
+    if not hasattr(model, "hook_dict") or not hasattr(model, "cfg"):
+        raise TypeError(f"model must be a TransformerLens HookedTransformer, got {type(model)}")
+    if not hasattr(sae, "encode") or not hasattr(sae, "cfg"):
+        raise TypeError(f"sae must be a sae_lens SAE, got {type(sae)}")
+    width = hook_width(model, hook)
+    if sae.cfg.d_in != width:
+        raise ValueError(
+            f"SAE d_in={sae.cfg.d_in} but the activation at {hook!r} has width {width}; "
+            "use the SAE trained for this model and hook"
+        )
+    if top_k is not None and top_k > sae.cfg.d_sae:
+        raise ValueError(
+            f"top_k={top_k} exceeds the SAE's {sae.cfg.d_sae} features; "
+            "pass AuditConfig(top_k=...) of at most d_sae, or token_lenses=False"
+        )
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"tokens must be a torch.LongTensor [n, ctx], got {type(tokens)}")
+    if tokens.ndim != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise TypeError(
+            f"tokens must be a 2-D integer tensor [n, ctx], got {tokens.dtype} {tuple(tokens.shape)}"
+        )
+    if tokens.numel() == 0:
+        raise ValueError(f"tokens is empty (shape {tuple(tokens.shape)}); pass at least one row")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= model.cfg.d_vocab:
+        raise ValueError(
+            f"token ids must lie in [0, {model.cfg.d_vocab}) (the model's vocabulary), "
+            f"got ids from {low} to {high}; was the text tokenized for another model?"
+        )
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise ValueError(
+            f"sequences of {tokens.shape[1]} tokens exceed the model's context {model.cfg.n_ctx}"
+        )
+
+
+def validate_conditions(conditions: Sequence[Condition]) -> None:
+    if not conditions:
+        raise ValueError("no conditions given; pass e.g. [qdm.RTN(bits=6)]")
+    for condition in conditions:
+        if not isinstance(condition, Condition):
+            raise TypeError(
+                f"conditions must be qdm.RTN/MagnitudePrune/Candidate/Reference, got {condition!r}"
+            )
+    names = [c.name for c in conditions]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"condition names must be unique, got duplicates {duplicates}")
+
+
+@dataclass
+class LossSums:
+    """Summed next-token negative log-likelihood (float64) and the count of scored tokens."""
+
+    nll: float = 0.0
+    count: int = 0
+
+    def merge(self, other: LossSums) -> LossSums:
+        return LossSums(self.nll + other.nll, self.count + other.count)
+
+
+@dataclass
+class EngineState:
+    """Mergeable state of a (partial) pass: shards merged equal one pass."""
+
+    reference: ReferenceStats
+    paired: dict[str, PairedStats]
+    loss: dict[str, LossSums] = field(default_factory=dict)  # "reference" + condition names
+    agreement: dict[str, AgreementSums] = field(default_factory=dict)  # token lenses
+
+    def merge(self, other: EngineState) -> EngineState:
+        if set(self.paired) != set(other.paired):
+            raise ValueError(f"cannot merge shards of {set(self.paired)} and {set(other.paired)}")
+        return EngineState(
+            self.reference.merge(other.reference),
+            {n: self.paired[n].merge(other.paired[n]) for n in self.paired},
+            {n: s.merge(other.loss.get(n, LossSums())) for n, s in self.loss.items()},
+            {
+                n: s.merge(other.agreement.get(n, AgreementSums()))
+                for n, s in self.agreement.items()
+            },
+        )
+
+
+class _Readout:
+    """Runs a batch to the read-out hook, returning activations [tokens, width] (and loss)."""
+
+    def __init__(self, model, hook: str, compute_loss: bool):
+        self.model, self.hook, self.compute_loss = model, hook, compute_loss
+
+    def __call__(self, batch: torch.Tensor, label: str, index: int):
+        act, out = run_to_hook(self.model, batch, self.hook, loss=self.compute_loss)
+        if not torch.isfinite(act).all():
+            raise ValueError(
+                f"non-finite activations (NaN/inf) at {self.hook!r} for condition {label!r} "
+                f"in batch {index}; the compressed weights or the model overflow in its dtype"
+            )
+        loss = None
+        if self.compute_loss:
+            loss = LossSums(float(out.double().sum()), int(out.numel()))
+        return act, loss
+
+
+def pass_steps(tokens: torch.Tensor, conditions: Sequence[Condition], config: AuditConfig) -> int:
+    """Forward passes :func:`run_pass` makes (for progress bars)."""
+    return -(-tokens.shape[0] // config.batch_size) * (1 + len(conditions))
+
+
+def encode(sae, activations: torch.Tensor) -> torch.Tensor:
+    """SAE feature activations [tokens, d_sae] in float32."""
+    return sae.encode(activations.to(sae.dtype)).float()
+
+
+def encode_blocks(sae, activations: torch.Tensor) -> Iterator[torch.Tensor]:
+    """:func:`encode` of ``activations`` [tokens, d_in] block by block of rows, in order."""
+    budget = ENCODE_BLOCK_ELEMENTS.get(activations.device.type)
+    rows = activations.shape[0]
+    if budget is not None:
+        rows = max(budget // sae.cfg.d_sae, MIN_BLOCK_ROWS)
+    for block in activations.tensor_split(max(1, activations.shape[0] // rows)):
+        yield encode(sae, block)
+
+
+@contextmanager
+def heap_allocations(device: torch.device) -> Iterator[None]:
+    """On CPU with glibc, keep freed memory in malloc's heap for reuse while the block runs."""
+    libc = _glibc() if device.type == "cpu" and TUNE_CPU_ALLOCATOR else None
+    if libc is None or any(k.startswith(("MALLOC_", "GLIBC_TUNABLES")) for k in os.environ):
+        yield
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+    try:
+        yield
+    finally:  # glibc's defaults, and give the heap back
+        libc.mallopt(m_mmap_max, 65536)
+        libc.mallopt(m_trim_threshold, 128 * 1024)
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return None
+        return ctypes.CDLL("libc.so.6")
+    except (AttributeError, ValueError, OSError):  # not glibc, or no confstr (Windows)
+        return None
+
+
+class _BatchReference:
+    """The reference side of one batch: x's nonzero entries per encode block (and, with
+    the token lenses, its per-token sums, top-k and read-out activations)."""
+
+    def __init__(self, sae, activations: torch.Tensor, top_k: int | None):
+        self.n, self.d_sae, self.top_k = activations.shape[0], sae.cfg.d_sae, top_k
+        self.activations = activations if top_k else None
+        self.blocks, self.token_refs, heights = [], [], []
+        for x in encode_blocks(sae, activations):
+            entries = Entries.of(x)
+            self.blocks.append(entries)
+            if top_k:
+                self.token_refs.append(TokenReference.of(x, entries, top_k))
+            heights.append(x.shape[0])
+        self.stats = ReferenceStats.of_entries(
+            self.n, self.d_sae, Entries.cat(self.blocks, heights)
+        )
+
+    def paired(self, sae, activations: torch.Tensor) -> tuple[PairedStats, AgreementSums | None]:
+        """Paired statistics (and token agreement) of this reference and a condition."""
+        # the reference's per-feature sum x and sum x^2 are shared by every condition
+        sums = PairedSums(self.n, self.stats.total, self.stats.total_sq)
+        agreement = AgreementSums() if self.top_k else None
+        for i, y in enumerate(encode_blocks(sae, activations)):
+            pair = sums.add(self.blocks[i], y)
+            if agreement is not None:
+                agreement.add_block(self.token_refs[i], self.blocks[i], y, pair, self.top_k)
+        if agreement is not None:
+            agreement.add_readout(self.activations, activations)
+        return sums.stats(), agreement
+
+
+def run_pass(
+    model,
+    sae,
+    tokens: torch.Tensor,
+    conditions: Sequence[Condition],
+    prepared: dict[str, dict[str, torch.Tensor]],
+    hook: str,
+    config: AuditConfig,
+    advance: Callable[[int], None] = lambda n: None,
+) -> EngineState:
+    """One pass over ``tokens`` in batches; ``prepared`` holds each condition's weights.
+
+    ``advance(n)`` is called as work completes (one unit per forward pass).
+    """
+    device = torch.device(config.device or model.cfg.device)
+    readout = _Readout(model, hook, config.compute_loss)
+    state = EngineState(
+        ReferenceStats.empty(sae.cfg.d_sae, device),
+        {c.name: PairedStats.empty(sae.cfg.d_sae, device) for c in conditions},
+    )
+    if config.compute_loss:
+        state.loss = {name: LossSums() for name in ["reference", *state.paired]}
+    top_k = config.lens_k
+    if top_k:
+        state.agreement = {name: AgreementSums() for name in state.paired}
+    with torch.inference_mode(), heap_allocations(device):
+        for index, batch in enumerate(torch.split(tokens, config.batch_size)):
+            batch = batch.to(device)
+            act, loss = readout(batch, "reference", index)
+            reference = _BatchReference(sae, act, top_k)
+            state.reference = state.reference.merge(reference.stats)
+            if loss:
+                state.loss["reference"] = state.loss["reference"].merge(loss)
+            advance(1)
+            for condition in conditions:
+                with applied(model, prepared[condition.name]):
+                    act, loss = readout(batch, condition.name, index)
+                name = condition.name
+                pair, agreement = reference.paired(sae, act)
+                state.paired[name] = state.paired[name].merge(pair)
+                if agreement is not None:
+                    state.agreement[name] = state.agreement[name].merge(agreement)
+                if loss:
+                    state.loss[name] = state.loss[name].merge(loss)
+                advance(1)
+    return state
