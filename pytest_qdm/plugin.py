@@ -6,12 +6,12 @@ only when a gate runs or a qdm fixture is used.
 
 from __future__ import annotations
 
-import io
-import json
+import contextlib
 import time
 from pathlib import Path
 
 import pytest
+from _pytest import junitxml
 
 OPTIONS_KEY = pytest.StashKey["object"]()
 SESSION_KEY = pytest.StashKey["object"]()
@@ -86,43 +86,59 @@ class QdmGateFailure(Exception):
     """A missed gate threshold (reported without a traceback)."""
 
 
-class QdmGateItem(pytest.Item):
-    """Runs the full protocol once and judges the gate thresholds and the baseline."""
+class QdmGate(pytest.Collector):
+    """``qdm-gate``: the audit, then one item per gate check (``min_survived[rtn-int6]``,
+    ``baseline``), so JUnit dashboards and ``-k`` see each on its own."""
 
-    def runtest(self) -> None:
-        from pytest_qdm.gate.outputs import write_outputs
-        from pytest_qdm.gate.verdicts import baseline_verdicts, gate_verdicts
-        from pytest_qdm.report import junit_properties
+    def collect(self):
+        from pytest_qdm.gate.verdicts import planned_checks
 
+        yield QdmAuditItem.from_parent(self, name="audit")
+        for name in planned_checks(_options(self.config)):
+            yield QdmCheckItem.from_parent(self, name=name)
+
+
+class _GateItem(pytest.Item):
+    def judged(self):
         session = _session(self.config)
         capture = self.config.pluginmanager.getplugin("capturemanager")
-        with capture.global_and_fixture_disabled() if capture else _null():
-            report = session.protocol()
-        verdicts = gate_verdicts(report, session.options.gates) + baseline_verdicts(session, report)
-        write_outputs(report, verdicts, session.options)
-        self.user_properties.extend(junit_properties(report))
-        self.user_properties.extend(
-            (f"qdm.gate.{v.name}", "pass" if v.passed else "fail") for v in verdicts
-        )
-        failed = [v for v in verdicts if not v.passed]
-        if failed:
-            raise QdmGateFailure("\n".join(f"FAIL {v.name}: {v.message}" for v in failed))
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            return session.judged()
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, QdmGateFailure):
-            return f"QDM gate failed for {_options(self.config).model}:\n{excinfo.value}"
+            return f"QDM gate {self.name} failed for {_options(self.config).model}: {excinfo.value}"
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
-        return Path(self.config.rootpath), None, f"qdm gate: {_options(self.config).model}"
+        return Path(self.config.rootpath), None, f"qdm-gate::{self.name}"
 
 
-class _null:
-    def __enter__(self):
-        return self
+class QdmAuditItem(_GateItem):
+    """Runs the full protocol once (or reads it from the cache); its metrics become JUnit
+    properties, the run's metadata suite-level ones."""
 
-    def __exit__(self, *exc):
-        return False
+    def runtest(self) -> None:
+        from pytest_qdm.report import junit_properties, suite_properties
+
+        report, _ = self.judged()
+        self.user_properties.extend(junit_properties(report))
+        xml = self.config.stash.get(junitxml.xml_key, None)
+        if xml is not None:
+            for name, value in suite_properties(report, _session(self.config)):
+                xml.add_global_property(name, value)
+
+
+class QdmCheckItem(_GateItem):
+    """One gate threshold on one condition, or the baseline comparison."""
+
+    def runtest(self) -> None:
+        _, verdicts = self.judged()
+        verdict = next(v for v in verdicts if v.name == self.name)
+        self.user_properties.append(("qdm.verdict", "pass" if verdict.passed else "fail"))
+        self.user_properties.append(("qdm.message", verdict.message))
+        if not verdict.passed:
+            raise QdmGateFailure(verdict.message)
 
 
 def _uses_qdm(item: pytest.Item) -> bool:
@@ -130,6 +146,7 @@ def _uses_qdm(item: pytest.Item) -> bool:
     return any(f.startswith("qdm_") for f in fixtures) or item.get_closest_marker("qdm") is not None
 
 
+@pytest.hookimpl(tryfirst=True)  # before -k / -m deselect, so they see the gate items
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
@@ -149,38 +166,24 @@ def pytest_collection_modifyitems(
         if unrelated:
             config.hook.pytest_deselected(items=unrelated)
             items[:] = [item for item in items if _uses_qdm(item)]
-    items.insert(0, QdmGateItem.from_parent(session, name="qdm-gate", nodeid="qdm-gate"))
+    gate = QdmGate.from_parent(session, name="qdm-gate", nodeid="qdm-gate")
+    items[:0] = list(gate.collect())
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     options = _options(config)
     if not options.model or hasattr(config, "workerinput"):
         return
-    out = Path(options.report_dir)
-    path = out / "qdm-report.json"
-    if not path.exists() or path.stat().st_mtime < config.stash[STARTED_KEY]:
-        return
-    from rich.console import Console
+    from pytest_qdm.gate.outputs import summary_text
 
-    from pytest_qdm.report import render_report
-    from pytest_qdm.schema.protocol import ProtocolReport
-
-    report = ProtocolReport.from_json(path.read_text())
-    verdicts_path = out / "verdicts.json"
-    verdicts = (
-        [tuple(v) for v in json.loads(verdicts_path.read_text())] if verdicts_path.exists() else []
+    text = summary_text(
+        options,
+        since=config.stash[STARTED_KEY],
+        width=terminalreporter._tw.fullwidth,
+        markup=terminalreporter.hasmarkup,
     )
-    buffer = io.StringIO()
-    width = terminalreporter._tw.fullwidth
-    console = Console(
-        file=buffer,
-        width=width,
-        force_terminal=terminalreporter.hasmarkup,
-        color_system="auto" if terminalreporter.hasmarkup else None,
-    )
-    render_report(report, console, verdicts=verdicts)
-    terminalreporter.write(buffer.getvalue())
-    terminalreporter.write_line(f"reports: {out.resolve()}")
+    if text:
+        terminalreporter.write(text)
 
 
 # Fixtures -------------------------------------------------------------------------------

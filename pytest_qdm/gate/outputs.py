@@ -12,9 +12,14 @@ from pytest_qdm.schema.protocol import ProtocolReport
 
 
 def write_outputs(
-    report: ProtocolReport, verdicts: list[Verdict], options: QdmOptions
+    report: ProtocolReport,
+    verdicts: list[Verdict],
+    options: QdmOptions,
+    provenance: dict | None = None,
 ) -> list[Path]:
-    """JSON report, verdicts, markdown, plots; markdown also to $GITHUB_STEP_SUMMARY."""
+    """JSON report, verdicts, markdown, plots; markdown also to $GITHUB_STEP_SUMMARY.
+    ``provenance`` (where the result came from: computed or cached, fingerprint) goes to
+    run.json."""
     from pytest_qdm.report import (
         append_github_step_summary,
         markdown_summary,
@@ -28,8 +33,58 @@ def write_outputs(
     (out / "verdicts.json").write_text(json.dumps(rows, indent=1))
     markdown = markdown_summary(report, rows)
     (out / "qdm-summary.md").write_text(markdown)
-    written += [out / "verdicts.json", out / "qdm-summary.md"]
+    (out / "run.json").write_text(json.dumps(provenance or {}, indent=1))
+    written += [out / "verdicts.json", out / "qdm-summary.md", out / "run.json"]
     if options.plots:
         written += plot_report(report, out)
     append_github_step_summary(markdown, os.environ)
     return written
+
+
+def summary_notes(options: QdmOptions, out: Path) -> list[str]:
+    """Lines under the terminal report: a cache hit, and a run that gated nothing."""
+    lines = []
+    run = out / "run.json"
+    provenance = json.loads(run.read_text()) if run.exists() else {}
+    if provenance.get("cached"):
+        lines.append(
+            f"cached result from {provenance.get('cached_at', '?')} (fingerprint "
+            f"{provenance.get('fingerprint')}); --qdm-no-cache recomputes"
+        )
+    if not options.gates and not options.baseline:
+        lines.append(
+            "nothing was gated: this run measured but set no bound. Add e.g. "
+            "--qdm-min-survived int6:0.6, --qdm-max-damaged int4:0.4, "
+            "--qdm-max-ppl-change int6:0.05 or --qdm-baseline FILE to fail on feature damage."
+        )
+    return lines
+
+
+def summary_text(options: QdmOptions, since: float, width: int, markup: bool) -> str | None:
+    """The end-of-session report from the files this run wrote (also on the xdist
+    controller, which never ran the gate itself); None when this run wrote none."""
+    import io
+
+    from rich.console import Console
+
+    from pytest_qdm.report import render_report
+
+    out = Path(options.report_dir)
+    path = out / "qdm-report.json"
+    if not path.exists() or path.stat().st_mtime < since:
+        return None
+    report = ProtocolReport.from_json(path.read_text())
+    verdicts_path = out / "verdicts.json"
+    verdicts = (
+        [tuple(v) for v in json.loads(verdicts_path.read_text())] if verdicts_path.exists() else []
+    )
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width,
+        force_terminal=markup,
+        color_system="auto" if markup else None,
+    )
+    render_report(report, console, verdicts=verdicts)
+    lines = [*summary_notes(options, out), f"reports: {out.resolve()}"]
+    return buffer.getvalue() + "".join(line + "\n" for line in lines)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 
 from pytest_qdm.gate.baseline import (
     library_versions,
     state_sha256,
 )
-from pytest_qdm.gate.cache import cached_report
+from pytest_qdm.gate.cache import cache_path, cached_report
 from pytest_qdm.load.subject import Subject, load_subject
 from pytest_qdm.options import QdmOptions, validated_overrides
 from pytest_qdm.schema.audit import AuditResult
@@ -31,6 +32,7 @@ class GateSession:
     _audits: dict[tuple, AuditResult] = field(default_factory=dict)
     _protocol: ProtocolReport | None = None
     cache_hit: bool = False
+    _verdicts: list | None = None
 
     @cached_property
     def subject(self) -> Subject:
@@ -68,6 +70,31 @@ class GateSession:
             settings=json.dumps(settings, sort_keys=True),
             versions=library_versions(),
         )
+
+    def judged(self) -> tuple[ProtocolReport, list]:
+        """The report and every verdict (gate thresholds, baseline), with the output files
+        written once."""
+        if self._verdicts is None:
+            from pytest_qdm.gate.outputs import write_outputs
+            from pytest_qdm.gate.verdicts import baseline_verdicts, gate_verdicts
+
+            report = self.protocol()
+            verdicts = gate_verdicts(report, self.options.gates)
+            self._verdicts = verdicts + baseline_verdicts(self, report)
+            write_outputs(report, self._verdicts, self.options, self.provenance())
+        return self.protocol(), self._verdicts
+
+    def provenance(self) -> dict:
+        """Where the report came from, for the summary and run.json."""
+        info = {"cached": self.cache_hit}
+        if self.options.cache:
+            path = cache_path(self.options.cache_dir, self.fingerprint.key())
+            info["fingerprint"] = self.fingerprint.key()
+            if self.cache_hit and path.exists():
+                info["cached_at"] = datetime.fromtimestamp(path.stat().st_mtime).isoformat(
+                    sep=" ", timespec="seconds"
+                )
+        return info
 
     def protocol(self) -> ProtocolReport:
         """The protocol report: from the cache when this fingerprint ran before."""

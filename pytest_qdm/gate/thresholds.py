@@ -54,21 +54,22 @@ class GateCheck:
     direction: Literal["min", "max"]
     bound: float  # in the metric's unit (percent for *_pct, a fraction for ppl change)
 
-    def describe(self, value: float | None) -> tuple[bool, str]:
-        """(passed, message) for an observed ``value``."""
-        unit = "%" if self.metric.endswith("_pct") else ""
-        shown = "missing" if value is None else f"{value:.4g}{unit}"
+    def describe(self, value: float | None, condition: str | None = None) -> tuple[bool, str]:
+        """(passed, message) for an observed ``value`` of ``condition`` (default: the
+        check's own); both sides in percent."""
+        condition = condition or self.condition
+        scale = 1 if self.metric.endswith("_pct") else 100
+        sign = "" if self.metric.endswith("_pct") else "+"
+        bound = f"{self.bound * scale:{sign}.4g}%"
         if value is None:
-            return (
-                False,
-                f"{self.condition} {self.metric} is missing (bound {self.bound:.4g}{unit})",
-            )
+            return False, f"{condition} {self.metric} is missing (bound {bound})"
         ok = value >= self.bound if self.direction == "min" else value <= self.bound
         relation = ">=" if self.direction == "min" else "<="
         verdict = "ok" if ok else "FAILED"
+        shown = f"{value * scale:{sign}.4g}%"
         return (
             ok,
-            f"{self.condition} {self.metric} = {shown}, required {relation} {self.bound:.4g}{unit}: {verdict}",
+            f"{condition} {self.metric} = {shown}, required {relation} {bound}: {verdict}",
         )
 
 

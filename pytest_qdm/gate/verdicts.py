@@ -5,35 +5,48 @@ missing, refuse a foreign one, compare otherwise).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_qdm.gate.baseline import compare, read_baseline, write_baseline
-from pytest_qdm.gate.session import GateSession
 from pytest_qdm.gate.thresholds import GateCheck
 from pytest_qdm.schema.gate import Verdict
 from pytest_qdm.schema.protocol import ProtocolReport
 
+if TYPE_CHECKING:
+    from pytest_qdm.gate.session import GateSession
+    from pytest_qdm.options import QdmOptions
+
+
+def named_checks(gates: tuple[GateCheck, ...], rtn: list[str]) -> list[tuple[str, GateCheck, str]]:
+    """(name, check, condition) per verdict, ``*`` expanded over the RTN conditions. Names
+    are ``min_survived[rtn-int6]``, with ``-2``, ``-3`` ... where two checks meet."""
+    out, seen = [], {}
+    for gate in gates:
+        for condition in rtn if gate.condition == "*" else [gate.condition]:
+            name = f"{gate.option}[{condition}]"
+            seen[name] = seen.get(name, 0) + 1
+            out.append((name if seen[name] == 1 else f"{name}-{seen[name]}", gate, condition))
+    return out
+
+
+def planned_checks(options: QdmOptions) -> list[str]:
+    """Every verdict the run will give, by name, known before it runs."""
+    rtn = [f"rtn-int{b}" for b in options.bits]
+    names = [name for name, _, _ in named_checks(options.gates, rtn)]
+    return names + (["baseline"] if options.baseline else [])
+
 
 def gate_verdicts(report: ProtocolReport, gates: tuple[GateCheck, ...]) -> list[Verdict]:
+    rtn = [r.condition for r in report.sweep if r.kind == "RTN"]
     verdicts = []
-    for gate in gates:
-        names = (
-            [r.condition for r in report.sweep if r.kind == "RTN"]
-            if gate.condition == "*"
-            else [gate.condition]
-        )
-        for name in names:
-            row = next((r for r in report.sweep if r.condition == name), None)
-            if row is None:
-                verdicts.append(
-                    Verdict(
-                        gate.option,
-                        False,
-                        f"{name} was not audited (see --qdm-bits, --qdm-schemes)",
-                    )
-                )
-                continue
-            passed, message = gate.describe(getattr(row, gate.metric))
-            verdicts.append(Verdict(f"{gate.option} {name}", passed, message))
+    for name, gate, condition in named_checks(gates, rtn):
+        row = next((r for r in report.sweep if r.condition == condition), None)
+        if row is None:
+            message = f"{condition} was not audited (see --qdm-bits, --qdm-schemes)"
+            verdicts.append(Verdict(name, False, message))
+            continue
+        passed, message = gate.describe(getattr(row, gate.metric), condition)
+        verdicts.append(Verdict(name, passed, message))
     return verdicts
 
 
@@ -53,7 +66,13 @@ def baseline_verdicts(
                 "baseline", False, f"baseline written to {path}; commit it and rerun to compare"
             )
         ]
-    saved = read_baseline(path)
+    try:
+        saved = read_baseline(path)
+    except ValueError as error:
+        if not options.update_baseline:
+            return [Verdict("baseline", False, str(error))]
+        write_baseline(path, fingerprint, report)
+        return [Verdict("baseline", False, f"baseline {path} rewritten (it was unreadable)")]
     differences = fingerprint.differences(saved.fingerprint)
     if differences:
         if options.update_baseline:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pytest_qdm.report.files import append_github_step_summary, markdown_summary, write_json
 from pytest_qdm.report.plots import plot_report
-from pytest_qdm.report.properties import audit_properties, junit_properties
+from pytest_qdm.report.properties import audit_properties, junit_properties, suite_properties
 from pytest_qdm.report.terminal import render_audit, render_report
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "plot_report",
     "render_audit",
     "render_report",
+    "suite_properties",
     "write_json",
 ]

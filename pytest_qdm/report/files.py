@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from pytest_qdm.schema.protocol import ProtocolReport
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json(report: BaseModel, path: Path) -> Path:
     """Write a pydantic model (a report, a baseline) as compact JSON to ``path`` atomically.
 
@@ -28,6 +34,7 @@ def write_json(report: BaseModel, path: Path) -> Path:
     text = report.model_dump_json()
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # as other outputs, not mkstemp's 0600
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()

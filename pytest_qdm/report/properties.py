@@ -184,6 +184,24 @@ def junit_properties(report: ProtocolReport) -> list[Property]:
     ]
 
 
+def suite_properties(report: ProtocolReport, session) -> list[Property]:
+    """The run's metadata, for the JUnit ``<testsuite>`` properties."""
+    from pytest_qdm import __version__
+
+    fingerprint = session.fingerprint
+    pairs = [
+        ("model", fingerprint.model),
+        ("sae", fingerprint.sae),
+        ("hook", fingerprint.hook),
+        ("n_tokens", report.audit.tokens.n_tokens),
+        ("tokens_sha256", fingerprint.tokens_sha256),
+        ("fingerprint", fingerprint.key()),
+        ("cached", session.cache_hit),
+        ("version", __version__),
+    ]
+    return _emit("qdm", pairs)
+
+
 def audit_properties(result: AuditResult, condition: str) -> list[tuple[str, float | int]]:
     """The bands of one condition of a bare audit, as ``qdm.<condition>.<metric>`` pairs."""
     if condition not in result.conditions:
