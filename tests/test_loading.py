@@ -111,6 +111,44 @@ def save_gemma2(folder):
     return model
 
 
+def save_llama_family(folder, architecture):
+    """A Llama (GQA) or Mistral (no sliding window) checkpoint built from a config."""
+    import transformers
+
+    config_class = {"LlamaForCausalLM": "LlamaConfig", "MistralForCausalLM": "MistralConfig"}
+    config = getattr(transformers, config_class[architecture])(
+        vocab_size=128,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        architectures=[architecture],
+        **({"sliding_window": None} if architecture == "MistralForCausalLM" else {}),
+    )
+    torch.manual_seed(0)
+    model = randomize(getattr(transformers, architecture)(config), seed=3)
+    model.save_pretrained(folder)
+    char_tokenizer(128).save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama")
+    model = save_llama_family(folder, "LlamaForCausalLM")
+    return folder, model, load_model_from_disk(folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def mistral(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mistral")
+    model = save_llama_family(folder, "MistralForCausalLM")
+    return folder, model, load_model_from_disk(folder, device="cpu")
+
+
 @pytest.fixture(scope="module")
 def neox(tmp_path_factory):
     folder = tmp_path_factory.mktemp("neox")
@@ -123,7 +161,7 @@ def gemma2(tmp_path_factory):
     return folder, save_gemma2(folder), load_model_from_disk(folder, device="cpu")
 
 
-@pytest.fixture(params=["neox", "gemma2"])
+@pytest.fixture(params=["neox", "gemma2", "llama", "mistral"])
 def checkpoint(request):
     return request.param, *request.getfixturevalue(request.param)
 
@@ -209,14 +247,16 @@ def test_local_checkpoint_logits_match_transformers(checkpoint):
     assert ours.shape == theirs.shape
     assert (ours - theirs).abs().max() < 1e-4
     assert model.cfg.original_architecture in SUPPORTED_ARCHITECTURES
-    if arch == "gemma2":
+    if arch != "neox":
         assert model.cfg.n_key_value_heads == 2 and model.cfg.gated_mlp
     # unprocessed: the norm weights are the checkpoint's (Gemma stores w, applies 1 + w)
     norm = model.blocks[0].ln1.w
     if arch == "neox":
         assert torch.equal(norm, hf_model.gpt_neox.layers[0].input_layernorm.weight)
-    else:
+    elif arch == "gemma2":
         assert torch.equal(norm, hf_model.model.layers[0].input_layernorm.weight + 1)
+    else:
+        assert torch.equal(norm, hf_model.model.layers[0].input_layernorm.weight)
 
 
 def test_rtn_equals_per_row_rtn_of_hf_linear_weights(checkpoint):
@@ -533,3 +573,16 @@ def test_unreachable_hub_switches_to_offline(empty_hub_cache, monkeypatch):
     with pytest.raises(HubUnavailableError, match="offline=True was given"):
         load_model("someone/some-model", device="cpu", offline=True)
     assert time.monotonic() - start < 5
+
+
+def test_read_out_hooks_land_where_hf_hidden_states_are(checkpoint):
+    """blocks.k.hook_resid_post is Hugging Face's hidden_states[k + 1] (before the final
+    norm), so an SAE trained on either reads the same activations."""
+    arch, _, hf_model, model = checkpoint
+    tokens = sample_tokens(seed=2)
+    with torch.no_grad():
+        hidden = hf_model(tokens, output_hidden_states=True).hidden_states
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: "resid_post" in n)
+    for k in range(model.cfg.n_layers - 1):  # the last hidden state is after the final norm
+        ours = cache[f"blocks.{k}.hook_resid_post"]
+        assert (ours - hidden[k + 1]).abs().max() < 1e-4, (arch, k)

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-SUPPORTED_ARCHITECTURES = ("GPTNeoXForCausalLM", "Gemma2ForCausalLM")
+SUPPORTED_ARCHITECTURES = (
+    "GPTNeoXForCausalLM",
+    "Gemma2ForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+)
 
 
 def _rope_theta(hf_config: Any) -> float:
@@ -78,14 +83,48 @@ def _gemma2_config(hf: Any) -> dict[str, Any]:
     }
 
 
+def _llama_config(hf: Any) -> dict[str, Any]:
+    """Llama and Mistral: RMSNorm, rotary on the whole head, SwiGLU, optional GQA."""
+    d_head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    n_kv = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+    if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False):
+        raise ValueError("Llama-family checkpoints with attention or MLP biases are not supported")
+    if getattr(hf, "sliding_window", None):
+        raise ValueError("Mistral checkpoints with sliding-window attention are not supported")
+    return {
+        "d_model": hf.hidden_size,
+        "d_head": d_head,
+        "n_heads": hf.num_attention_heads,
+        "n_key_value_heads": None if n_kv == hf.num_attention_heads else n_kv,
+        "d_mlp": hf.intermediate_size,
+        "n_layers": hf.num_hidden_layers,
+        "n_ctx": hf.max_position_embeddings,
+        "eps": hf.rms_norm_eps,
+        "d_vocab": hf.vocab_size,
+        "act_fn": hf.hidden_act,
+        "normalization_type": "RMS",
+        "final_rms": True,
+        "gated_mlp": True,
+        "positional_embedding_type": "rotary",
+        "rotary_dim": d_head,
+        "rotary_base": _rope_theta(hf),
+        "rotary_adjacent_pairs": False,
+        "default_prepend_bos": True,
+    }
+
+
 def _converters(architecture: str):
     """(HF config -> TransformerLens config dict, TransformerLens' weight converter)."""
     from transformer_lens.pretrained.weight_conversions import (
         convert_gemma_weights,
+        convert_llama_weights,
+        convert_mistral_weights,
         convert_neox_weights,
     )
 
     return {
         "GPTNeoXForCausalLM": (_neox_config, convert_neox_weights),
         "Gemma2ForCausalLM": (_gemma2_config, convert_gemma_weights),
+        "LlamaForCausalLM": (_llama_config, convert_llama_weights),
+        "MistralForCausalLM": (_llama_config, convert_mistral_weights),
     }[architecture]
