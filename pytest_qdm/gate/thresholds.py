@@ -17,25 +17,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pytest_qdm.compress.names import condition_name
+from pytest_qdm.schema.metrics import BASELINE_METRICS
 
 GATE_METRICS = {
     "min_survived": ("survived_pct", "min"),
     "max_damaged": ("damaged_pct", "max"),
     "max_ppl_change": ("ppl_chunked_change", "max"),
-}
-BASELINE_METRICS = {
-    "survived": "survived_pct",
-    "degraded": "degraded_pct",
-    "damaged": "damaged_pct",
-    "mean_r": "mean_correlation",
-    "ppl_change": "ppl_chunked_change",
-    "sample_r": "sample_correlation",
-    "topk": "topk_agreement",
-    "procrustes": "procrustes_error",
-    "sae_ev": "sae_explained_variance",
-    "auc": "predictor.auc_mean",
-    "jaccard": "overlap.jaccard_not_survived",
-    "spearman": "overlap.spearman_damage",
 }
 _NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
 _GATE = re.compile(rf"^(?P<cond>\*|[\w.-]+):(?P<value>{_NUMBER})(?P<pct>%?)$")

@@ -34,31 +34,15 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from pytest_qdm.schema.metrics import ROW_PROPERTIES
+
 if TYPE_CHECKING:
     from pytest_qdm.schema.audit import AuditResult
     from pytest_qdm.schema.protocol import ProtocolReport
 
 Property = tuple[str, str | float | int]
 
-_ROW_FIELDS = {
-    "survived_pct": "survived_pct",
-    "degraded_pct": "degraded_pct",
-    "damaged_pct": "damaged_pct",
-    "mean_r": "mean_correlation",
-    "median_r": "median_correlation",
-    "silenced_count": "silenced_count",
-    "emergent_count": "emergent_count",
-    "ppl_chunked": "ppl_chunked",
-    "ppl_sliding": "ppl_sliding",
-    "ppl_chunked_change": "ppl_chunked_change",
-    "ppl_sliding_change": "ppl_sliding_change",
-    "sae_ev": "sae_explained_variance",
-    "sae_loss_recovered": "sae_loss_recovered",
-    "sample_r": "sample_correlation",
-    "topk_agreement": "topk_agreement",
-    "procrustes_error": "procrustes_error",
-    "unaligned_error": "unaligned_error",
-}
+_ROW_FIELDS = ROW_PROPERTIES
 _SUMMARY_FIELDS = {
     "n_active": "n_active",
     "survived_pct": "survived_pct",
