@@ -13,7 +13,7 @@ def absmax_int8_checkpoint(qdm_model):
     compressed = copy.deepcopy(qdm_model)
     with torch.no_grad():
         for name, weight in compressed.named_parameters():
-            if name.startswith("blocks.") and weight.ndim >= 2:
+            if name.startswith("blocks.") and weight.ndim >= 2 and weight.abs().max() > 0:
                 scale = weight.abs().max() / 127
                 weight.copy_(torch.round(weight / scale).clamp(-127, 127) * scale)
     return compressed

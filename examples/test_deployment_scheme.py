@@ -14,8 +14,11 @@ def test_nf4_keeps_the_features_not_just_the_tokens(nf4_audit):
     nf4 = nf4_audit.conditions["nf4-b64"]
     # Token-level agreement is what other papers report; it is dominated by each token's
     # strongest features, so gate on per-feature survival and keep the token view beside it.
+    # NF4 (4 bits, one scale per 64 weights) keeps more features than RTN INT4 (one scale
+    # per output channel) on the bundled model, but far from all: this bound is the team's
+    # release decision, and at 4 bits the bundled model is a fragile one.
     assert nf4.agreement.topk_agreement >= 0.8, nf4.agreement
-    assert nf4.summary.survived_pct >= 90, qdm.assertions.condition_report(nf4)
+    assert nf4.summary.survived_pct >= 50, qdm.assertions.condition_report(nf4)
 
 
 def test_a_quarter_smaller_sae_still_explains_the_nf4_model(

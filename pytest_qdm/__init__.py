@@ -66,6 +66,8 @@ __all__ = [
     "__version__",
 ]
 
+_SUBMODULES = ("assertions", "options", "settings", "progress", "zoo")
+
 if TYPE_CHECKING:
     from pytest_qdm.analyse.overlap import compare_damage
     from pytest_qdm.analyse.predictor import fit_survival_predictor
@@ -88,6 +90,8 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
+    if module is None and name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     if module is None:
         raise AttributeError(f"module 'pytest_qdm' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)

@@ -30,13 +30,13 @@ def tiny():
 def tiny_report(tiny):
     tokens = tiny.tokens(16_384)
     protocol = ProtocolConfig(ppl_tokens=4096, n_bootstrap=50, sae_prune_fractions=(0.25,))
-    # The bundled model keeps its features down to INT4; its damage shows from INT3.
+    # The bundled model's features degrade gradually from INT8 to INT4 (docs in its card).
     return qdm.run_protocol(
         tiny.model,
         tiny.sae,
         tokens,
-        bits=(8, 6, 4, 3),
-        match_bits=4,
+        bits=(8, 6, 4),
+        match_bits=6,
         config=QUIET,
         protocol=protocol,
         second_sae=tiny.saes[TINY_SECOND_HOOK],
@@ -46,9 +46,12 @@ def tiny_report(tiny):
 def test_protocol_on_the_bundled_model(tiny_report):
     report = tiny_report
     rtn = [r for r in report.sweep if r.kind == "RTN"]
-    assert [r.bits for r in rtn] == [8, 6, 4, 3]
+    assert [r.bits for r in rtn] == [8, 6, 4]
     survived = [r.survived_pct for r in rtn]
     assert survived == sorted(survived, reverse=True) and survived[0] > survived[-1] + 20
+    assert survived[0] >= 95 and survived[-1] <= 60  # graded, as real models are
+    assert report.predictor.status == "ok" and report.predictor.auc_mean > 0.5  # two classes
+    assert report.overlap.jaccard_not_survived is not None
     assert report.stability.null.passed
     assert report.sae_fit.ok and report.sae_fit.explained_variance > 0.8
     assert report.pruning is not None and report.overlap is not None
@@ -58,7 +61,7 @@ def test_protocol_on_the_bundled_model(tiny_report):
         assert low <= row.survived_pct <= high
     assert report.reference_perplexity["chunked"].prepend_bos
     assert report.stability.second_layer is not None
-    assert set(report.transfer) >= {"reference", "rtn-int3"}
+    assert set(report.transfer) >= {"reference", "rtn-int4"}
     assert (
         report.transfer["reference"].explained_variance
         > report.transfer["rtn-int4"].explained_variance
@@ -66,11 +69,12 @@ def test_protocol_on_the_bundled_model(tiny_report):
 
 
 def test_token_lenses_read_high_while_features_fail(tiny_report):
-    """The documented caveat, on the bundled model: at INT3 the per-token correlation of the
-    feature vectors stays near 0.9 while most features no longer survive."""
-    reference, int3 = tiny_report.row("reference"), tiny_report.row("rtn-int3")
+    """The documented caveat, on the bundled model: at INT4 the per-token correlation of the
+    feature vectors stays high while most features no longer survive."""
+    reference, int4 = tiny_report.row("reference"), tiny_report.row("rtn-int4")
     assert reference.sample_correlation == pytest.approx(1.0) and reference.topk_agreement == 1
-    assert int3.sample_correlation > 0.85 and int3.survived_pct < 60
+    print(f"INT4 sample r {int4.sample_correlation:.3f}, survived {int4.survived_pct:.1f}%")
+    assert int4.sample_correlation > 0.85 and int4.survived_pct < 60
     rtn = [r for r in tiny_report.sweep if r.kind == "RTN"]
     for field in ("sample_correlation", "topk_agreement"):
         values = [getattr(r, field) for r in rtn]
@@ -81,11 +85,14 @@ def test_token_lenses_read_high_while_features_fail(tiny_report):
 
 def test_sae_pruning_sweep_runs_on_the_shipped_condition(tiny_report):
     sweep = tiny_report.sae_pruning
-    assert {r.condition for r in sweep.rows} == {"reference", "rtn-int4"}
-    assert sweep.row(0.25).n_features_kept == 768
-    assert sweep.row(0.25).explained_variance < sweep.row(0.0).explained_variance
-    unpruned = tiny_report.transfer["rtn-int4"].explained_variance
-    assert sweep.row(0.0, "rtn-int4").explained_variance == pytest.approx(unpruned)
+    assert {r.condition for r in sweep.rows} == {"reference", "rtn-int6"}
+    assert sweep.row(0.25).n_features_kept == tiny_report.audit.d_sae * 3 // 4
+    # The bundled SAE is TopK: a pruned one still fires k features per token, re-selected
+    # among those kept, so removing the least important quarter barely moves EV.
+    assert sweep.row(0.25).mean_l0 == sweep.row(0.0).mean_l0 == 32  # k
+    assert abs(sweep.row(0.25).explained_variance - sweep.row(0.0).explained_variance) < 0.01
+    unpruned = tiny_report.transfer["rtn-int6"].explained_variance
+    assert sweep.row(0.0, "rtn-int6").explained_variance == pytest.approx(unpruned)
 
 
 def test_protocol_report_round_trips(tiny_report):
@@ -107,7 +114,7 @@ def test_bad_protocol_arguments_fail_before_work(tiny):
 
 
 def test_misfit_sae_is_refused_with_numbers(tiny):
-    wrong_layer = qdm.AuditConfig(hook_name="blocks.5.hook_resid_post", progress=False)
+    wrong_layer = qdm.AuditConfig(hook_name="blocks.0.hook_resid_pre", progress=False)
     with pytest.raises(ValueError, match="SAE does not fit the model: explained variance"):
         qdm.run_protocol(tiny.model, tiny.sae, tiny.tokens(2048), config=wrong_layer)
 

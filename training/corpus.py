@@ -66,7 +66,7 @@ def code_documents(split: str) -> list[tuple[str, str]]:
 
 
 def prose_documents(split: str) -> list[tuple[str, str]]:
-    from pytest_qdm import data
+    from pytest_qdm.load import corpus as data
 
     return data.builtin_documents(split)
 

@@ -1,6 +1,6 @@
 """Survival / perplexity audit of a qdm-tiny v2 folder with the pytest_qdm audit engine.
 
-    PYTHONPATH=/work/zoo-v2/frozen python training/eval_tiny.py DIR [--max-tokens 50000]
+    python training/eval_tiny.py DIR [--max-tokens 50000]
 
 Held-out rows: the builtin held-out prose corpus, [BOS] + 127 tokens, first ``max_tokens``
 tokens. Conditions RTN INT8..INT3 (per output channel). Perplexity = exp(mean NLL) on the
@@ -25,7 +25,7 @@ def heldout_rows(tokenizer, max_tokens: int | None, domain: str = "prose"):
     import torch
     from corpus import domain_text
 
-    from pytest_qdm import data
+    from pytest_qdm.load import tokens as data
 
     text, _ = domain_text(domain, "heldout")
     ids = torch.tensor(data.encode_text(tokenizer, text), dtype=torch.long)

@@ -1,6 +1,6 @@
 """Train qdm-tiny v2 (Llama-style LM + two TopK SAEs) from scratch, seeded, CPU-only, offline.
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=/work/zoo-v2/frozen python training/train_tiny.py --out DIR
+    HF_HUB_OFFLINE=1 python training/train_tiny.py --out DIR
 
 1. Corpus: prose (pytest_qdm builtin docs) + code (stdlib .py source, see corpus.py); each
    domain has a train and a held-out split; sha256 of every split is in the report.
@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--warmup-steps", type=int, default=30)
     a("--code-fraction", type=float, default=0.5)
     a("--hooks", default="blocks.4.hook_resid_post,blocks.1.hook_resid_post")
-    a("--sae-d", type=int, default=4096)
-    a("--sae-k", type=int, default=16)
+    a("--sae-d", type=int, default=2048)
+    a("--sae-k", type=int, default=32)
     a("--sae-steps", type=int, default=600)
     a("--sae-batch-size", type=int, default=1024)
     a("--sae-lr", type=float, default=2e-3)
@@ -110,7 +110,7 @@ def encode(tokenizer: Any, text: str) -> Any:
 
 
 def rows_of(ids: Any, max_tokens: int | None = None) -> Any:
-    from pytest_qdm import data
+    from pytest_qdm.load import tokens as data
 
     return data.chunk_tokens(ids, CTX, bos_token_id=0, max_tokens=max_tokens)
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"stdlib *.py (sysconfig stdlib dir), parts excluded {sorted(EXCLUDED_PARTS)}, "
         f"names test_*; heldout iff sha256(relpath)[:8] big-endian % {HELDOUT_MODULUS} == 0"
     )
-    corpus_rep["prose_rule"] = "pytest_qdm.data.builtin_documents(split)"
+    corpus_rep["prose_rule"] = "pytest_qdm.load.corpus.builtin_documents(split)"
     if args.reuse_model:
         import shutil
 

@@ -163,7 +163,17 @@ def load_model_from_disk(
         if has_tokenizer
         else None
     )
-    hf_model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch_dtype)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars in every test log otherwise
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=torch_dtype
+        )
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     with quiet_deprecations():
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(

@@ -31,8 +31,8 @@ def model_shape(options: QdmOptions) -> tuple[int | None, int | None]:
     if spec in preset_names() and get_preset(spec).model == "tiny":
         from pytest_qdm.zoo import weights_dir
 
-        config = _json(weights_dir() / "model_config.json")
-        return config.get("d_model"), config.get("n_layers")
+        config = _json(weights_dir() / "config.json")
+        return config.get("hidden_size"), config.get("num_hidden_layers")
     if looks_like_path(spec):
         config = _json(Path(spec).expanduser() / "config.json")
         return config.get("hidden_size"), config.get("num_hidden_layers")

@@ -1,11 +1,14 @@
 """The bundled tiny model ("qdm-tiny"), its tokenizer and its SAEs: an audit with nothing to download.
 
-qdm-tiny is a small GPT-NeoX/Pythia-style language model (rotary attention, parallel
-attention + MLP, LayerNorm, GELU) trained from scratch by this project on the built-in
-corpus (Python's own documentation, see ``pytest_qdm.load.corpus``), with a byte-level BPE tokenizer
-and two sae_lens ``StandardSAE``s on residual-stream hooks. Everything is read from
-``weights_dir()``; nothing touches the network. ``python -m pytest_qdm.zoo.train``
-reproduces the weights; ``MODEL_CARD.md`` beside this file has the measured quality.
+qdm-tiny is a small Llama-style language model (RMSNorm, rotary attention, SwiGLU MLP,
+untied embeddings), saved as a Hugging Face ``LlamaForCausalLM`` checkpoint and trained
+from scratch by this project on text every Python install has (CPython's documentation
+and its standard-library source code), with a byte-level BPE tokenizer and two sae_lens
+TopK SAEs on residual-stream hooks. It loads like any local checkpoint
+(:func:`pytest_qdm.load.models.load_model_from_disk`), so every real quantizer can
+quantize it too. Everything is read from ``weights_dir()``; nothing touches the network.
+``python training/train_tiny.py`` in the repository reproduces the weights;
+``MODEL_CARD.md`` beside this file has the measured quality.
 
 Heavy libraries (torch, transformer_lens, sae_lens, transformers) are imported inside the
 loaders, so importing this package is cheap.
@@ -13,8 +16,6 @@ loaders, so importing this package is cheap.
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,9 +38,10 @@ __all__ = [
     "weights_dir",
 ]
 
-TINY_MODEL_NAME = "qdm-tiny"
-#: The default read-out site: the residual stream after block 3 of 6 (a middle layer).
-TINY_HOOK = "blocks.3.hook_resid_post"
+TINY_MODEL_NAME = "qdm-tiny-v2"
+#: The default read-out site: the residual stream after block 4 of 6 (late, so five
+#: quantized blocks sit upstream of the SAE).
+TINY_HOOK = "blocks.4.hook_resid_post"
 #: A second read-out site, for the layer-sensitivity check.
 TINY_SECOND_HOOK = "blocks.1.hook_resid_post"
 TINY_HOOKS = (TINY_HOOK, TINY_SECOND_HOOK)
@@ -47,7 +49,7 @@ TINY_HOOKS = (TINY_HOOK, TINY_SECOND_HOOK)
 TINY_CONTEXT_LENGTH = 128
 
 MODEL_WEIGHTS_FILE = "model.safetensors"
-MODEL_CONFIG_FILE = "model_config.json"
+MODEL_CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 TRAINING_REPORT_FILE = "training_report.json"
@@ -67,7 +69,7 @@ def _require(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(
             f"bundled qdm-tiny file missing: {path} (a broken install? "
-            "`python -m pytest_qdm.zoo.train` regenerates the weights)"
+            "`python training/train_tiny.py` in the repository regenerates the weights)"
         )
     return path
 
@@ -83,36 +85,19 @@ def load_tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def load_tiny_model(device: str = "cpu") -> HookedTransformer:
-    """qdm-tiny as a ``HookedTransformer``, exactly as the checkpoint has it, in eval mode.
+    """qdm-tiny as a ``HookedTransformer``, exactly as the checkpoint has it, in eval mode
+    (no layer-norm folding or centring: compression operates on the stored numbers)."""
+    from pytest_qdm.load.models import load_model_from_disk
 
-    The weights are loaded with ``load_state_dict``: no layer-norm folding, no centring and
-    no value-bias folding, so compression operates on the stored numbers.
-    """
-    from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    folder = weights_dir()
-    kwargs = json.loads(_require(folder / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
-    cfg = HookedTransformerConfig(**{**kwargs, "device": str(device), "init_weights": False})
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
-        model = HookedTransformer(
-            cfg, tokenizer=load_tiny_tokenizer(), default_padding_side="right"
-        )
-    state = load_file(str(_require(folder / MODEL_WEIGHTS_FILE)), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    buffers = {name for name, _ in model.named_buffers()}
-    if unexpected or set(missing) - buffers:
-        raise RuntimeError(
-            f"qdm-tiny checkpoint does not match its config: missing {sorted(set(missing) - buffers)}, "
-            f"unexpected {sorted(unexpected)}"
-        )
-    model.to(str(device), print_details=False)  # TransformerLens prints unless told not to
-    return model.eval()
+    _require(weights_dir() / MODEL_CONFIG_FILE)
+    _require(weights_dir() / MODEL_WEIGHTS_FILE)
+    model = load_model_from_disk(weights_dir(), device=device)
+    model.cfg.model_name = TINY_MODEL_NAME
+    return model
 
 
 def load_tiny_sae(hook_name: str = TINY_HOOK, device: str = "cpu") -> SAE:
-    """One shipped SAE (sae_lens ``StandardSAE``), by hook name."""
+    """One shipped SAE (sae_lens ``TopKSAE``), by hook name."""
     if hook_name not in TINY_HOOKS:
         raise ValueError(
             f"no bundled qdm-tiny SAE for hook {hook_name!r}; expected one of {TINY_HOOKS}"
