@@ -335,7 +335,7 @@ def test_candidate_from_local_folder(neox, tmp_path):
 
 
 def test_missing_and_unsupported_folders(tmp_path):
-    from transformers import LlamaConfig
+    from transformers import GPT2Config
 
     missing = tmp_path / "no-such-model"
     for spec in (missing, str(missing), "./no-such-model"):
@@ -343,11 +343,11 @@ def test_missing_and_unsupported_folders(tmp_path):
             load_model(spec, device="cpu")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model_from_disk(tmp_path, device="cpu")
-    LlamaConfig(
-        hidden_size=32, num_hidden_layers=1, architectures=["LlamaForCausalLM"]
-    ).save_pretrained(tmp_path / "llama")
+    GPT2Config(n_embd=32, n_layer=1, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(
+        tmp_path / "llama"
+    )
     with pytest.raises(
-        ValueError, match="LlamaForCausalLM.*supported: GPTNeoXForCausalLM, Gemma2ForCausalLM"
+        ValueError, match="GPT2LMHeadModel.*supported: GPTNeoXForCausalLM, Gemma2ForCausalLM"
     ):
         load_model(str(tmp_path / "llama"), device="cpu")
     with pytest.raises(FileNotFoundError, match="no-such-sae"):
