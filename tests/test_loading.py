@@ -343,17 +343,20 @@ def test_missing_and_unsupported_folders(tmp_path):
             load_model(spec, device="cpu")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model_from_disk(tmp_path, device="cpu")
+    unsupported = tmp_path / "gpt2"
     GPT2Config(n_embd=32, n_layer=1, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(
-        tmp_path / "llama"
+        unsupported
     )
     with pytest.raises(
-        ValueError, match="GPT2LMHeadModel.*supported: GPTNeoXForCausalLM, Gemma2ForCausalLM"
+        ValueError,
+        match="GPT2LMHeadModel.*supported: GPTNeoXForCausalLM, Gemma2ForCausalLM, "
+        "LlamaForCausalLM, MistralForCausalLM$",
     ):
-        load_model(str(tmp_path / "llama"), device="cpu")
+        load_model(str(unsupported), device="cpu")
     with pytest.raises(FileNotFoundError, match="no-such-sae"):
         load_sae(str(tmp_path / "no-such-sae"))
     with pytest.raises(FileNotFoundError, match="not an sae_lens SAE folder"):
-        load_sae(str(tmp_path / "llama"))
+        load_sae(str(unsupported))  # a model folder, not an SAE
 
 
 def test_sae_from_disk_round_trip(neox_model, neox_sae, tmp_path):

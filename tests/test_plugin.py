@@ -258,10 +258,11 @@ def test_baseline_write_compare_refuse_update(pytester, gate):
     worse = gate("--qdm-baseline", str(baseline), "--qdm-baseline-fail", "survived:-2%")
     worse.assert_outcomes(passed=1, failed=1)
     message = " ".join(worse.stdout.str().split())  # rich wraps long table cells
-    assert re.search(
-        r"rtn-int8 survived: [\d.]+ vs baseline [\d.]+ \(-10, allowed -2\) \[survived:-2%\]",
+    found = re.search(
+        r"rtn-int8 survived: ([\d.]+) vs baseline ([\d.]+) \(-10, allowed -2\) \[survived:-2%\]",
         message,
     )
+    assert found and float(found[2]) - float(found[1]) == pytest.approx(10, abs=0.1)
 
     saved["fingerprint"]["model_sha256"] = "0" * 64
     baseline.write_text(json.dumps(saved))
