@@ -193,6 +193,13 @@ class QdmOptions(BaseModel):
         "absmax-int8, intB-gG (group-wise RTN)",
         json_schema_extra=cli("schemes", "names", "S,S,...", shown="none"),
     )
+    candidates: tuple[str, ...] = Field(
+        (),
+        description="a compressed checkpoint to gate against --qdm-model: a local Hugging Face "
+        "folder (bitsandbytes, torchao, compressed-tensors or dense), a .gguf file or a Hub id; "
+        "audited as condition candidate:<folder name> (repeatable)",
+        json_schema_extra=cli("candidate", "list", "PATH", shown="none"),
+    )
     lenses: Annotated[tuple[str, ...], BeforeValidator(_lenses)] = Field(
         LENSES,
         description="lenses beside per-feature survival: token (sample correlation, top-k "

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pytest_qdm.schema.audit import ConditionSpec
+from pytest_qdm.schema.audit import CheckpointSpec, ConditionSpec
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -195,21 +195,49 @@ class Candidate(Condition):
     """A compressed model the user already has, with the reference's architecture.
 
     Its parameters replace the reference's; names and shapes must match (checked by
-    :meth:`check_compatible` before any forward pass).
+    :meth:`check_compatible` before any forward pass). ``checkpoint`` records the format
+    it was loaded from (:meth:`from_pretrained`).
     """
 
     model: Any = field(repr=False)
     name: str = "candidate"
+    checkpoint: CheckpointSpec | None = None
 
     @classmethod
     def from_pretrained(cls, path_or_name: str, name: str | None = None, **load_kwargs):
-        """Load a compressed checkpoint (local folder or Hub name) as a candidate."""
-        from pytest_qdm.load.models import load_model
+        """Load a checkpoint as a candidate: a local folder, a ``.gguf`` file or a Hub name,
+        dense or quantized (bitsandbytes, torchao, compressed-tensors, GGUF; dequantized by
+        the format's own library). Named ``candidate:<folder>`` unless ``name`` is given."""
+        from pytest_qdm.load.checkpoints import candidate_name
+        from pytest_qdm.load.models import load_candidate
 
-        model = load_model(path_or_name, **load_kwargs)
-        return cls(model=model, name=name or f"candidate:{path_or_name}")
+        model, info = load_candidate(path_or_name, **load_kwargs)
+        checkpoint = CheckpointSpec(
+            location=str(path_or_name),
+            quant_method=info.quant_method,
+            scheme=info.scheme,
+            path=info.path,
+            activations_quantized=info.activations_quantized,
+        )
+        return cls(model=model, name=name or candidate_name(path_or_name), checkpoint=checkpoint)
+
+    def describe(self):
+        return super().describe().model_copy(update={"checkpoint": self.checkpoint})
 
     def check_compatible(self, reference: HookedTransformer) -> None:
+        ours, theirs = self.model.cfg, reference.cfg
+        for key, what in (
+            ("original_architecture", "architecture"),
+            ("n_layers", "layer count"),
+            ("d_model", "width d_model"),
+            ("d_vocab", "vocabulary size"),
+        ):
+            a, b = getattr(theirs, key, None), getattr(ours, key, None)
+            if a != b:
+                raise ValueError(
+                    f"candidate {self.name!r} is not a compressed copy of the reference: "
+                    f"{what} {b!r} vs the reference's {a!r}; audit a checkpoint of the same model"
+                )
         ours = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
         theirs = {n: tuple(p.shape) for n, p in reference.named_parameters()}
         if ours != theirs:

@@ -22,6 +22,7 @@ from pytest_qdm.options import QdmOptions
 def preflight(options: QdmOptions) -> None:
     """Raise ValueError with one line for the first problem found."""
     check_specs(options)
+    _check_candidates(options)
     _check_dataset(options)
     _check_gated_conditions(options)
     _check_device(options.device)
@@ -47,7 +48,33 @@ def _check_dataset(options: QdmOptions) -> None:
 
 
 def audited_names(options: QdmOptions) -> set[str]:
-    return {f"rtn-int{b}" for b in options.bits} | set(options.schemes)
+    from pytest_qdm.load.checkpoints import candidate_name
+
+    candidates = {candidate_name(path) for path in options.candidates}
+    return {f"rtn-int{b}" for b in options.bits} | set(options.schemes) | candidates
+
+
+def _check_candidates(options: QdmOptions) -> None:
+    """Each --qdm-candidate exists, is in a supported format, and its library is installed;
+    names must not collide. Only metadata is read; Hub ids are checked when they load."""
+    from pytest_qdm.load.checkpoints import candidate_name, inspect_checkpoint
+    from pytest_qdm.load.hub import local_dir
+
+    names: dict[str, str] = {}
+    for path in options.candidates:
+        name = candidate_name(path)
+        if name in names:
+            raise ValueError(
+                f"--qdm-candidate {path!r} and {names[name]!r} would both be {name}; "
+                "rename one folder"
+            )
+        names[name] = path
+        file = Path(path).expanduser()
+        if local_dir(path) is not None or file.is_file():
+            try:
+                inspect_checkpoint(file)
+            except (OSError, ImportError, ValueError) as error:
+                raise ValueError(f"--qdm-candidate: {error}") from None
 
 
 def _check_gated_conditions(options: QdmOptions) -> None:
@@ -56,8 +83,14 @@ def _check_gated_conditions(options: QdmOptions) -> None:
     checks = [*options.gates, *(c for c in options.baseline_checks if c.condition)]
     for check in checks:
         name = check.condition
-        if name == "*" or name in audited:
+        if name in ("*", "candidate") or name in audited:
             continue
+        if name.startswith("candidate:"):
+            known = ", ".join(sorted(n for n in audited if n.startswith("candidate:"))) or "none"
+            option = getattr(check, "option", "baseline_fail").replace("_", "-")
+            raise ValueError(
+                f"--qdm-{option} names {name}, which is not a --qdm-candidate (candidates: {known})"
+            )
         bits = re.fullmatch(r"rtn-int(\d+)", name)
         if bits or SCHEME_NAME.match(name):
             fix = f"add {bits[1]} to --qdm-bits" if bits else f"add {name} to --qdm-schemes"

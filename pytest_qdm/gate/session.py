@@ -56,6 +56,10 @@ class GateSession:
             "bits": list(options.bits),
             "match_bits": options.match_bits,
             "schemes": list(options.schemes),
+            "candidates": [
+                {**c.describe().model_dump(exclude={"checkpoint"}), "sha256": state_sha256(c.model)}
+                for c in s.candidates
+            ],
         }
         from pytest_qdm.run.audit import token_summary
 
@@ -122,7 +126,10 @@ class GateSession:
             config=self.options.audit_config(),
             protocol=self.protocol_config,
             second_sae=s.second_sae,
-            extra_conditions=[scheme_condition(name) for name in self.options.schemes],
+            extra_conditions=[
+                *(scheme_condition(name) for name in self.options.schemes),
+                *s.candidates,
+            ],
         )
 
     def audit(self, bits=None, tokens=None, **overrides) -> AuditResult:

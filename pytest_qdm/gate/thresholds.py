@@ -1,7 +1,8 @@
 """Threshold expressions, parsed into small checks whose failure names metric, value, bound.
 
 Gate expressions (``--qdm-min-survived int6:0.6``): ``CONDITION:BOUND`` where CONDITION is
-``int6`` / ``rtn-int6`` (any condition name) or ``*`` for every RTN condition, and BOUND is a
+``int6`` / ``rtn-int6`` (any condition name, e.g. ``candidate:llama-w4a16``), ``*`` for every
+RTN condition or ``candidate`` for every ``--qdm-candidate``, and BOUND is a
 fraction (``0.6``) or a percentage (``60%``). Perplexity change bounds are relative
 (``int6:0.05`` or ``int6:5%`` = at most +5%).
 
@@ -25,9 +26,10 @@ GATE_METRICS = {
     "max_ppl_change": ("ppl_chunked_change", "max"),
 }
 _NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
-_GATE = re.compile(rf"^(?P<cond>\*|[\w.-]+):(?P<value>{_NUMBER})(?P<pct>%?)$")
+_CANDIDATE = r"candidate(?::[\w-]+)?"
+_GATE = re.compile(rf"^(?P<cond>\*|{_CANDIDATE}|[\w.-]+):(?P<value>{_NUMBER})(?P<pct>%?)$")
 _BASELINE = re.compile(
-    rf"^(?:(?P<cond>[\w-]+)\.)?(?P<metric>\w+):(?P<sign>[-+])(?P<value>{_NUMBER})%?$"
+    rf"^(?:(?P<cond>{_CANDIDATE}|[\w-]+)\.)?(?P<metric>\w+):(?P<sign>[-+])(?P<value>{_NUMBER})%?$"
 )
 
 

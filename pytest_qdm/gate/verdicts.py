@@ -17,12 +17,16 @@ if TYPE_CHECKING:
     from pytest_qdm.options import QdmOptions
 
 
-def named_checks(gates: tuple[GateCheck, ...], rtn: list[str]) -> list[tuple[str, GateCheck, str]]:
-    """(name, check, condition) per verdict, ``*`` expanded over the RTN conditions. Names
-    are ``min_survived[rtn-int6]``, with ``-2``, ``-3`` ... where two checks meet."""
+def named_checks(
+    gates: tuple[GateCheck, ...], rtn: list[str], candidates: list[str] = ()
+) -> list[tuple[str, GateCheck, str]]:
+    """(name, check, condition) per verdict, ``*`` expanded over the RTN conditions and
+    ``candidate`` over the candidates. Names are ``min_survived[rtn-int6]``, with ``-2``,
+    ``-3`` ... where two checks meet."""
+    groups = {"*": list(rtn), "candidate": list(candidates)}
     out, seen = [], {}
     for gate in gates:
-        for condition in rtn if gate.condition == "*" else [gate.condition]:
+        for condition in groups.get(gate.condition, [gate.condition]):
             name = f"{gate.option}[{condition}]"
             seen[name] = seen.get(name, 0) + 1
             out.append((name if seen[name] == 1 else f"{name}-{seen[name]}", gate, condition))
@@ -31,18 +35,24 @@ def named_checks(gates: tuple[GateCheck, ...], rtn: list[str]) -> list[tuple[str
 
 def planned_checks(options: QdmOptions) -> list[str]:
     """Every verdict the run will give, by name, known before it runs."""
+    from pytest_qdm.load.checkpoints import candidate_name
+
     rtn = [f"rtn-int{b}" for b in options.bits]
-    names = [name for name, _, _ in named_checks(options.gates, rtn)]
+    candidates = [candidate_name(path) for path in options.candidates]
+    names = [name for name, _, _ in named_checks(options.gates, rtn, candidates)]
     return names + (["baseline"] if options.baseline else [])
 
 
 def gate_verdicts(report: ProtocolReport, gates: tuple[GateCheck, ...]) -> list[Verdict]:
     rtn = [r.condition for r in report.sweep if r.kind == "RTN"]
+    candidates = [r.condition for r in report.sweep if r.kind == "Candidate"]
     verdicts = []
-    for name, gate, condition in named_checks(gates, rtn):
+    for name, gate, condition in named_checks(gates, rtn, candidates):
         row = next((r for r in report.sweep if r.condition == condition), None)
         if row is None:
-            message = f"{condition} was not audited (see --qdm-bits, --qdm-schemes)"
+            message = (
+                f"{condition} was not audited (see --qdm-bits, --qdm-schemes, --qdm-candidate)"
+            )
             verdicts.append(Verdict(name, False, message))
             continue
         passed, message = gate.describe(getattr(row, gate.metric), condition)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_qdm.load.architectures import SUPPORTED_ARCHITECTURES, _converters
+from pytest_qdm.load.checkpoints import CheckpointInfo, dequantized_model, inspect_checkpoint
 from pytest_qdm.load.hub import from_hub, local_dir, quiet_deprecations
 from pytest_qdm.load.presets import Preset, preset_for_model
 
@@ -119,61 +120,100 @@ def load_model_from_hub(
     return model.eval()
 
 
+def load_candidate(
+    name_or_path: str | Path,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    offline: bool | None = None,
+) -> tuple[HookedTransformer, CheckpointInfo]:
+    """A compressed checkpoint (local folder, ``.gguf`` file or Hub repo) as a
+    HookedTransformer, with what was read about its format."""
+    local = local_dir(name_or_path)
+    if local is None and Path(str(name_or_path)).expanduser().is_file():
+        local = Path(str(name_or_path)).expanduser()
+    if local is not None:
+        return load_checkpoint(local, device=device, dtype=dtype)
+    name = str(name_or_path)
+    instead = (
+        f"`hf download {name} --local-dir DIR` where the Hub is reachable, "
+        "then --qdm-candidate DIR (any Hugging Face checkpoint folder or .gguf file works)"
+    )
+    with from_hub(f"candidate {name!r}", instead, offline):
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.gguf"]
+        folder = snapshot_download(name, allow_patterns=patterns)
+    return load_checkpoint(folder, device=device, dtype=dtype)
+
+
 def load_model_from_disk(
     path: str | Path, *, device: str | None = None, dtype: Any = None
 ) -> HookedTransformer:
     """A local Hugging Face checkpoint folder (``save_pretrained``: config.json, weights,
     optionally tokenizer files) as a HookedTransformer. No network, no weight processing.
     Architectures: see ``SUPPORTED_ARCHITECTURES``; the dimensions are read from the
-    folder's config, so the model need not be in TransformerLens' list."""
+    folder's config, so the model need not be in TransformerLens' list. A quantized
+    checkpoint (bitsandbytes, torchao, compressed-tensors, GGUF) is dequantized by its
+    format's own library (:mod:`pytest_qdm.load.checkpoints`)."""
+    return load_checkpoint(path, device=device, dtype=dtype)[0]
+
+
+def load_checkpoint(
+    path: str | Path, *, device: str | None = None, dtype: Any = None
+) -> tuple[HookedTransformer, CheckpointInfo]:
+    """:func:`load_model_from_disk` and what was read about the checkpoint's format."""
     path = Path(path).expanduser()
-    if not path.is_dir():
+    if not path.exists():
         raise FileNotFoundError(f"local model folder {str(path)!r} does not exist")
-    if not (path / "config.json").is_file():
+    if path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
         raise FileNotFoundError(
             f"{str(path)!r} has no config.json; expected a Hugging Face checkpoint folder "
             "(written by model.save_pretrained)"
         )
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
-    architecture = (getattr(hf_config, "architectures", None) or [None])[0]
-    if architecture not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(
-            f"{str(path)!r}: architecture {architecture!r} (model_type "
-            f"{getattr(hf_config, 'model_type', None)!r}) is not supported by "
-            f"load_model_from_disk; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
+    info = inspect_checkpoint(path)
+    if info.architecture and info.quant_method != "gguf":
+        check_architecture(info.architecture, path)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    hf_model = dequantized_model(info, torch_dtype)
+    check_architecture(type(hf_model).__name__, path)
+    has_tokenizer = any((info.folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
+    tokenizer = None
+    if has_tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            info.folder, local_files_only=True, add_bos_token=True
+        )
+    name = info.location.stem if info.gguf_file else path.name
+    return hooked_from_hf(hf_model, name, tokenizer, device, torch_dtype), info
+
+
+def check_architecture(architecture: str | None, path: str | Path) -> None:
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"{str(path)!r}: architecture {architecture!r} is not supported by "
+            f"load_model_from_disk; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+
+
+def hooked_from_hf(hf_model, name: str, tokenizer, device: str, dtype) -> HookedTransformer:
+    """A transformers causal LM as a HookedTransformer, weights converted by TransformerLens'
+    own converter for its architecture and never processed."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    architecture = type(hf_model).__name__
     to_config, convert = _converters(architecture)
     cfg = HookedTransformerConfig(
-        **to_config(hf_config),
+        **to_config(hf_model.config),
         original_architecture=architecture,
-        model_name=path.name,
+        model_name=name,
         tokenizer_name=None,  # never fetched: the tokenizer comes from the folder
         init_weights=False,
         device=device,
-        dtype=torch_dtype,
+        dtype=dtype,
     )
-    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
-    tokenizer = (
-        AutoTokenizer.from_pretrained(path, local_files_only=True, add_bos_token=True)
-        if has_tokenizer
-        else None
-    )
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # "Loading weights" bars in every test log otherwise
-    try:
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=torch_dtype
-        )
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     with quiet_deprecations():
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(

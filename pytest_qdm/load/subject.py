@@ -27,6 +27,7 @@ class Subject:
     sae: object
     second_sae: object | None
     tokens: object  # data.TokenSet
+    candidates: list = field(default_factory=list)  # compress.conditions.Candidate
 
 
 def load_subject(options: QdmOptions) -> Subject:
@@ -60,7 +61,15 @@ def load_subject(options: QdmOptions) -> Subject:
         max_tokens=options.tokens or (preset.token_budget if preset else 50_000),
         prepend_bos=prepend_bos_from_sae(sae, default=preset.prepend_bos if preset else False),
     )
-    return Subject(spec, sae_name, model, sae, second, tokens)
+    from pytest_qdm.compress.conditions import Candidate
+
+    candidates = [
+        Candidate.from_pretrained(path, device=options.device, dtype=model.cfg.dtype)
+        for path in options.candidates
+    ]
+    for candidate in candidates:
+        candidate.check_compatible(model)  # before any forward pass
+    return Subject(spec, sae_name, model, sae, second, tokens, candidates)
 
 
 @dataclass

@@ -16,6 +16,16 @@ from pytest_qdm.settings import AuditConfig
 SCHEMA_VERSION = 1
 
 
+class CheckpointSpec(_Frozen):
+    """Where a candidate's weights came from and how the audit reached them."""
+
+    location: str
+    quant_method: str  # bitsandbytes, torchao, compressed-tensors, gguf, none (dense)
+    scheme: str
+    path: str  # "dequantize": the format's library dequantized the weights
+    activations_quantized: bool  # the deployed kernel also quantizes activations
+
+
 class ConditionSpec(_Frozen):
     """What a condition did to the weights."""
 
@@ -24,6 +34,7 @@ class ConditionSpec(_Frozen):
     bits: int | None = None
     group_size: int | None = None
     sparsity: float | None = None
+    checkpoint: CheckpointSpec | None = None
 
 
 class TokenSummary(_Frozen):

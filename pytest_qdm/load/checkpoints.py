@@ -1,0 +1,224 @@
+"""Compressed checkpoints as teams ship them: which format a checkpoint is in, which
+library reads it, and the dense weights that library dequantizes it to.
+
+A checkpoint is a Hugging Face folder whose ``config.json`` names a
+``quantization_config.quant_method`` (bitsandbytes, torchao, compressed-tensors from
+llm-compressor), a folder without one (dense), or a ``.gguf`` file (llama.cpp), also a
+folder holding exactly one. :func:`inspect_checkpoint` reads only metadata (no torch, no
+weights), so the gate refuses a bad candidate before any model loads.
+:func:`dequantized_model` then loads it with transformers' integration of the format's own
+library and returns plain ``nn.Linear`` weights: the dequantize path, exact for
+weight-only schemes. Where the deployed kernel also quantizes activations (LLM.int8's
+int8 matmul, FP8 dynamic, W8A8, llama.cpp's q8 activations) the dense weights are not the
+deployed computation; :attr:`CheckpointInfo.activations_quantized` says so and the report
+carries it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# quant_method -> (module the format needs, the pytest-qdm extra that installs it)
+FORMAT_LIBRARIES = {
+    "bitsandbytes": ("bitsandbytes", "bnb"),
+    "torchao": ("torchao", "torchao"),
+    "compressed-tensors": ("compressed_tensors", "llmcompressor"),
+    "gguf": ("gguf", "gguf"),
+}
+DENSE = "none"
+
+
+class MissingFormatLibrary(ImportError):
+    """The library of a checkpoint's format is not installed (the message names the extra)."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What :func:`inspect_checkpoint` read: where the weights are and how they are stored."""
+
+    folder: Path
+    quant_method: str  # a key of FORMAT_LIBRARIES, or "none"
+    scheme: str  # e.g. "nf4 double-quant", "int W4 group 128 (pack-quantized)", "Q8_0"
+    activations_quantized: bool
+    gguf_file: str | None = None
+    architecture: str | None = None
+
+    @property
+    def location(self) -> Path:
+        return self.folder / self.gguf_file if self.gguf_file else self.folder
+
+    @property
+    def path(self) -> str:
+        """How the audit reaches its weights: always dequantized by the format's library."""
+        return "dequantize"
+
+
+def candidate_name(location: str | Path) -> str:
+    """``candidate:<folder or .gguf stem>``, lower case, other characters as ``-``."""
+    stem = Path(str(location).rstrip("/")).name
+    stem = stem.removesuffix(".gguf")
+    return "candidate:" + (re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-") or "model")
+
+
+def inspect_checkpoint(location: str | Path) -> CheckpointInfo:
+    """Read a local checkpoint's format from its metadata; ValueError / FileNotFoundError /
+    MissingFormatLibrary with one line for anything the audit could not load."""
+    location = Path(location).expanduser()
+    if not location.exists():
+        raise FileNotFoundError(f"candidate {str(location)!r} does not exist")
+    if location.is_file():
+        if location.suffix != ".gguf":
+            raise ValueError(
+                f"candidate {str(location)!r} is a file but not a .gguf; name a Hugging Face "
+                "checkpoint folder or a .gguf file"
+            )
+        return _inspect_gguf(location)
+    ggufs = sorted(location.glob("*.gguf"))
+    if not (location / "config.json").is_file():
+        if len(ggufs) == 1:
+            return _inspect_gguf(ggufs[0])
+        found = f"{len(ggufs)} .gguf files (name one)" if ggufs else "no .gguf file"
+        raise FileNotFoundError(
+            f"candidate {str(location)!r} has no config.json and {found}; expected a Hugging "
+            "Face checkpoint folder (save_pretrained) or a .gguf file"
+        )
+    config = json.loads((location / "config.json").read_text())
+    architecture = (config.get("architectures") or [None])[0]
+    quant = config.get("quantization_config") or {}
+    method = quant.get("quant_method", DENSE)
+    if method == DENSE:
+        return CheckpointInfo(location, DENSE, "dense", False, architecture=architecture)
+    if method not in FORMAT_LIBRARIES:
+        raise ValueError(
+            f"candidate {str(location)!r}: quant_method {method!r} is not supported; supported: "
+            f"{', '.join(FORMAT_LIBRARIES)} (or a dense checkpoint)"
+        )
+    require_library(method)
+    scheme, activations = _DESCRIBE[method](quant)
+    return CheckpointInfo(location, method, scheme, activations, architecture=architecture)
+
+
+def require_library(method: str) -> None:
+    module, extra = FORMAT_LIBRARIES[method]
+    if importlib.util.find_spec(module) is None:
+        raise MissingFormatLibrary(
+            f"{method} checkpoints need the {module} package: pip install 'pytest-qdm[{extra}]'"
+        )
+
+
+def _bitsandbytes(quant: dict) -> tuple[str, bool]:
+    if quant.get("load_in_4bit"):
+        double = " double-quant" if quant.get("bnb_4bit_use_double_quant") else ""
+        return f"{quant.get('bnb_4bit_quant_type', 'fp4')}{double}", False
+    threshold = float(quant.get("llm_int8_threshold", 6.0))
+    # LLM.int8: int8 activations times int8 weights, outlier columns (|x| > threshold) in 16 bit
+    return f"llm-int8 threshold {threshold:g}", True
+
+
+def _torchao(quant: dict) -> tuple[str, bool]:
+    kind = quant.get("quant_type")
+    if isinstance(kind, dict):  # serialized AOBaseConfig: {"default": {"_type": ...}}
+        inner = next(iter(kind.values()), {})
+        kind = inner.get("_type", "config") if isinstance(inner, dict) else str(inner)
+    kind = str(kind)
+    return kind, "activation" in kind.lower()
+
+
+def _compressed_tensors(quant: dict) -> tuple[str, bool]:
+    parts, activations = [], False
+    for group in (quant.get("config_groups") or {}).values():
+        weights = group.get("weights") or {}
+        size = weights.get("group_size")
+        detail = f"group {size}" if size else weights.get("strategy", "")
+        parts.append(
+            f"{weights.get('type', 'int')} W{weights.get('num_bits')} {detail} "
+            f"({group.get('format') or quant.get('format')})".replace("  ", " ")
+        )
+        activations |= bool(group.get("input_activations"))
+    return "; ".join(parts) or str(quant.get("format")), activations
+
+
+_DESCRIBE = {
+    "bitsandbytes": _bitsandbytes,
+    "torchao": _torchao,
+    "compressed-tensors": _compressed_tensors,
+}
+
+
+def _inspect_gguf(file: Path) -> CheckpointInfo:
+    require_library("gguf")
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(file))
+    field = reader.fields.get("general.architecture")
+    arch = bytes(field.parts[field.data[0]]).decode() if field is not None else None
+    supported = _gguf_architectures()
+    if arch not in supported:
+        raise ValueError(
+            f"candidate {str(file)!r}: GGUF architecture {arch!r} cannot be dequantized by "
+            f"transformers; supported: {', '.join(sorted(supported))}"
+        )
+    types = Counter(t.tensor_type.name for t in reader.tensors if ".attn_" in t.name)
+    types.update(t.tensor_type.name for t in reader.tensors if ".ffn_" in t.name)
+    scheme = types.most_common(1)[0][0] if types else "unknown"
+    # llama.cpp multiplies quantized weights with q8-quantized activations
+    return CheckpointInfo(file.parent, "gguf", scheme, True, gguf_file=file.name, architecture=arch)
+
+
+def _gguf_architectures() -> set[str]:
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    return set(GGUF_CONFIG_MAPPING)
+
+
+def dequantized_model(info: CheckpointInfo, dtype: Any):
+    """The checkpoint as a transformers model whose block linears are plain dense weights,
+    dequantized by the format's own library (on CPU; the audit moves it)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
+        if info.quant_method == "gguf":
+            model = AutoModelForCausalLM.from_pretrained(
+                info.folder, gguf_file=info.gguf_file, **kwargs
+            )
+        elif info.quant_method == "compressed-tensors":
+            from transformers import CompressedTensorsConfig
+
+            config = CompressedTensorsConfig(dequantize=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                info.folder, quantization_config=config, **kwargs
+            )
+        elif info.quant_method == "bitsandbytes":
+            model = AutoModelForCausalLM.from_pretrained(info.folder, device_map="cpu", **kwargs)
+            model = model.dequantize(dtype=dtype)
+        elif info.quant_method == "torchao":
+            model = AutoModelForCausalLM.from_pretrained(info.folder, device_map="cpu", **kwargs)
+            _dequantize_tensor_subclasses(model, dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(info.folder, **kwargs)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.eval()
+
+
+def _dequantize_tensor_subclasses(model, dtype) -> None:
+    """torchao stores quantized weights as tensor subclasses; each has ``dequantize()``."""
+    import torch
+
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, torch.nn.Linear) and type(weight.data) is not torch.Tensor:
+            dense = weight.data.dequantize().to(dtype)
+            module.weight = torch.nn.Parameter(dense, requires_grad=False)
