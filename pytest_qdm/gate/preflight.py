@@ -70,11 +70,11 @@ def _check_candidates(options: QdmOptions) -> None:
             )
         names[name] = path
         file = Path(path).expanduser()
-        if local_dir(path) is not None or file.is_file():
-            try:
+        try:
+            if file.is_file() or local_dir(path) is not None:
                 inspect_checkpoint(file)
-            except (OSError, ImportError, ValueError) as error:
-                raise ValueError(f"--qdm-candidate: {error}") from None
+        except (OSError, ImportError, ValueError) as error:
+            raise ValueError(f"--qdm-candidate: {error}") from None
 
 
 def _check_gated_conditions(options: QdmOptions) -> None:
