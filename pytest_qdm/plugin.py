@@ -58,7 +58,12 @@ def build_options(config: pytest.Config):
     return options
 
 
+@pytest.hookimpl(tryfirst=True)  # before junitxml reads --junitxml
 def pytest_configure(config: pytest.Config) -> None:
+    from pytest_qdm.stream.distributed import is_main_process
+
+    if not is_main_process():  # torchrun: rank 0 alone writes the JUnit XML
+        config.option.xmlpath = None
     config.addinivalue_line(
         "markers",
         "qdm(bits=(6,), tokens=N, survival_threshold=R, ...): per-test settings for the qdm_audit fixture",
@@ -171,8 +176,10 @@ def pytest_collection_modifyitems(
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    from pytest_qdm.stream.distributed import is_main_process
+
     options = _options(config)
-    if not options.model or hasattr(config, "workerinput"):
+    if not options.model or hasattr(config, "workerinput") or not is_main_process():
         return
     from pytest_qdm.gate.outputs import summary_text
 

@@ -62,7 +62,10 @@ class PlainProgress:
 @contextmanager
 def progress_bar(description: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n=1)``: a bar on a terminal, plain lines otherwise, nothing when
-    ``enabled`` is False."""
+    ``enabled`` is False or on a torch.distributed rank other than 0."""
+    from pytest_qdm.stream.distributed import is_main_process
+
+    enabled = enabled and is_main_process()
     console = Console(stderr=True)
     if enabled and not console.is_terminal:
         yield PlainProgress(description, total)

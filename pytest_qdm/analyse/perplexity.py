@@ -12,6 +12,10 @@ handling is explicit and recorded in the result (docs/definitions.md, "Perplexit
 A compressed condition is evaluated on the same tokens with its weights swapped in, e.g.
 ``with applied(model, condition.compressed_weights(model)): chunked_perplexity(...)``, which
 is what :func:`perplexity_under` does.
+
+Under an initialised torch.distributed process group both are collective (call them on
+every rank): each rank scores a share of the batches and the sums are added in rank order
+(docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -151,12 +155,22 @@ def chunked_perplexity(
                 f"({sorted(set(first.tolist()))[:5]}...); expected one BOS id in every row"
             )
         bos_token_id = int(first[0])
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, n_blocks, batch_size):
-            nll = _token_nll(model, tokens[start : start + batch_size], observer)
-            total += float(nll.double().sum())
-            count += nll.numel()
+    from pytest_qdm.stream.distributed import local_share, summed
+
+    starts = range(0, n_blocks, batch_size)
+
+    def score(batch_starts: range) -> tuple[float, int]:
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for start in batch_starts:
+                nll = _token_nll(model, tokens[start : start + batch_size], observer)
+                total += float(nll.double().sum())
+                count += nll.numel()
+        return total, count
+
+    # under torch.distributed each rank scores a share of the batches (not with an observer:
+    # its sums are its own)
+    total, count = score(starts) if observer else summed(lambda: score(local_share(starts)))
     if bos_in_tokens:
         note = (
             f"column 0 is BOS (id {bos_token_id}); all {count} corpus tokens of "
@@ -245,19 +259,25 @@ def sliding_window_perplexity(
         raise ValueError(f"ids holds {n_ids} tokens; at least {2 - offset} are needed")
     ids = ids.to("cpu")
     plan = list(_windows(n_ids, span, stride, offset))
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for first in range(0, len(plan), batch_size):
-            chunk = plan[first : first + batch_size]
-            rows = torch.stack([ids[s : s + span] for s, _ in chunk])
-            if offset:
-                bos = torch.full((rows.shape[0], 1), bos_token_id, dtype=rows.dtype)
-                rows = torch.cat([bos, rows], dim=1)
-            nll = _token_nll(model, rows)  # column j-1 is the NLL of window index j
-            positions = torch.arange(1, rows.shape[1]).unsqueeze(0)
-            scored = positions >= torch.tensor([j for _, j in chunk]).unsqueeze(1)
-            total += float(nll.double()[scored].sum())
-            count += int(scored.sum())
+    from pytest_qdm.stream.distributed import local_share, summed
+
+    def score() -> tuple[float, int]:
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for first in local_share(range(0, len(plan), batch_size)):  # this rank's share
+                chunk = plan[first : first + batch_size]
+                rows = torch.stack([ids[s : s + span] for s, _ in chunk])
+                if offset:
+                    bos = torch.full((rows.shape[0], 1), bos_token_id, dtype=rows.dtype)
+                    rows = torch.cat([bos, rows], dim=1)
+                nll = _token_nll(model, rows)  # column j-1 is the NLL of window index j
+                positions = torch.arange(1, rows.shape[1]).unsqueeze(0)
+                scored = positions >= torch.tensor([j for _, j in chunk]).unsqueeze(1)
+                total += float(nll.double()[scored].sum())
+                count += int(scored.sum())
+        return total, count
+
+    total, count = summed(score)
     if offset:
         how = f"each window is BOS (id {bos_token_id}) + up to {span} corpus tokens"
     elif stride == span:

@@ -24,7 +24,18 @@ def cached_report(
     """(report, hit): the cached report for ``key``, else ``compute()`` stored under it."""
     from filelock import FileLock
 
+    from pytest_qdm.stream.distributed import from_main, rank_and_size
+
     path = cache_path(cache_dir, key)
+    if rank_and_size()[1] > 1:  # torchrun: every rank computes, rank 0 reads and writes
+        from pytest_qdm.report import write_json
+
+        text = from_main(lambda: path.read_text() if path.exists() else None)
+        if text is not None:
+            return ProtocolReport.from_json(text), True
+        report = compute()
+        from_main(lambda: write_json(report, path))
+        return report, False
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
         if path.exists():
