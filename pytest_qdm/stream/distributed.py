@@ -96,7 +96,8 @@ def local_rows(tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def init_from_torchrun() -> None:
     """Under torchrun (``WORLD_SIZE`` > 1) with no process group yet: make ``cuda`` this
-    rank's GPU (``LOCAL_RANK``) and initialise a gloo process group from the environment."""
+    rank's GPU (``LOCAL_RANK``; ranks share GPUs when there are fewer) and initialise a gloo
+    process group from the environment."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
     import torch
@@ -105,7 +106,7 @@ def init_from_torchrun() -> None:
     if dist.is_initialized():
         return
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     dist.init_process_group("gloo")
 
 
