@@ -189,9 +189,16 @@ class QdmOptions(BaseModel):
     )
     schemes: Annotated[tuple[str, ...], BeforeValidator(_schemes)] = Field(
         (),
-        description="deployed schemes audited beside RTN: nf4, nf4-bN, fp8-e4m3, fp8-e5m2, "
-        "absmax-int8, intB-gG (group-wise RTN)",
+        description="deployed schemes audited beside RTN: nf4, nf4-dq, nf4-bN, fp8-e4m3, fp8-e5m2, "
+        "absmax-int8, intB-gG (group-wise RTN), intB-refcode",
         json_schema_extra=cli("schemes", "names", "S,S,...", shown="none"),
+    )
+    rtn_axes: Literal["channel", "reference"] = Field(
+        "channel",
+        description="reference: also audit each width as the reference study's code rounded it "
+        "(one scale shared across heads for W_Q/W_K/W_V), as rtn-intB-refcode, to compare with "
+        "its tables",
+        json_schema_extra=cli("rtn-axes", metavar="AXES"),
     )
     candidates: tuple[str, ...] = Field(
         (),
@@ -253,6 +260,13 @@ class QdmOptions(BaseModel):
                 f"--qdm-survival-threshold {self.survival_threshold}"
             )
         return self
+
+    @property
+    def audited_schemes(self) -> tuple[str, ...]:
+        """``schemes``, plus ``rtn-intB-refcode`` per width with ``--qdm-rtn-axes reference``."""
+        refcode = tuple(f"rtn-int{b}-refcode" for b in self.bits)
+        extra = refcode if self.rtn_axes == "reference" else ()
+        return tuple(dict.fromkeys(self.schemes + extra))
 
     @property
     def gates(self) -> tuple[GateCheck, ...]:

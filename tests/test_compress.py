@@ -253,3 +253,60 @@ def test_candidate_with_other_shapes_is_refused(neox_model):
     other = build_model(neox_config(d_mlp=128))
     with pytest.raises(ValueError, match="does not match the reference architecture"):
         Candidate(other, "small-mlp").compressed_weights(neox_model)
+
+
+def test_reference_code_axes_share_one_scale_across_heads(gemma_like_model):
+    """RTN(axes="reference") is the reference study's rounding: W_Q/W_K/W_V scaled per
+    d_head index over every head and input (an independent numpy formula); every other
+    weight is the contract's per-channel RTN."""
+    bits, qmax = 4, 7
+    reference_code = RTN(bits, axes="reference")
+    assert reference_code.name == "rtn-int4-refcode"
+    ours = reference_code.compressed_weights(gemma_like_model)
+    channel = RTN(bits).compressed_weights(gemma_like_model)
+    params = dict(gemma_like_model.named_parameters())
+    shared = 0
+    for name, weight in ours.items():
+        w = params[name].detach().numpy().astype(np.float64)
+        if name.rsplit(".", 1)[-1].lstrip("_") in ("W_Q", "W_K", "W_V"):
+            scale = np.abs(w).max(axis=(0, 1), keepdims=True) / qmax
+            expected = np.clip(np.round(w / scale), -qmax, qmax) * scale
+            np.testing.assert_allclose(weight.numpy(), expected, rtol=0, atol=1e-6)
+            shared += not torch.equal(weight, channel[name])
+        else:
+            assert torch.equal(weight, channel[name]), name
+    assert shared > 0  # the shared scale rounds Q/K/V differently from per-channel RTN
+    with pytest.raises(ValueError, match="takes no group_size"):
+        RTN(4, group_size=32, axes="reference")
+    with pytest.raises(ValueError, match="axes must be one of"):
+        RTN(4, axes="heads")
+
+
+def test_reference_code_axes_option_adds_labelled_conditions():
+    from pytest_qdm.compress.schemes import scheme_condition
+    from pytest_qdm.options import build_options
+
+    options = build_options(
+        {"model": "tiny", "bits": "8,4", "match-bits": 4, "rtn-axes": "reference"}
+    )
+    assert options.audited_schemes == ("rtn-int8-refcode", "rtn-int4-refcode")
+    assert scheme_condition("rtn-int6-refcode") == RTN(6, axes="reference")
+    assert build_options({"model": "tiny", "schemes": "int6-refcode"}).schemes == (
+        "rtn-int6-refcode",
+    )
+    with pytest.raises(ValueError, match="--qdm-rtn-axes"):
+        build_options({"model": "tiny", "rtn-axes": "heads"})
+
+
+def test_nf4_double_quant_names_and_scales():
+    from pytest_qdm.compress.names import scheme_name
+    from pytest_qdm.compress.schemes import NF4, nf4_rows, scheme_condition
+
+    assert scheme_name("nf4-dq") == "nf4-dq-b64"
+    assert scheme_condition("nf4-dq-b64") == NF4(64, double_quant=True)
+    torch.manual_seed(0)
+    w = torch.randn(64, 128)
+    plain, dq = nf4_rows(w, 64), nf4_rows(w, 64, double_quant=True)
+    # same 4-bit codes: every weight's ratio to its block's max code value is unchanged
+    assert torch.equal(torch.sign(plain), torch.sign(dq))
+    assert 0 < float((plain - dq).abs().max()) < 0.02 * float(w.abs().max())

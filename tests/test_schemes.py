@@ -127,7 +127,7 @@ def test_scheme_names_from_the_command_line(text, name, condition):
 def test_unknown_scheme_names_are_refused(text):
     from pytest_qdm.compress.names import scheme_name
 
-    with pytest.raises(ValueError, match="is not a scheme; use nf4, nf4-b128"):
+    with pytest.raises(ValueError, match="is not a scheme; use nf4, nf4-dq, nf4-b128"):
         scheme_name(text)
 
 

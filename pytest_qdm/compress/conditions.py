@@ -125,12 +125,33 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"bits must be an integer in 2..8, got {bits!r}")
 
 
+RTN_AXES = ("channel", "reference")
+
+
+def rtn_reference_axes(name: str, weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """RTN as the reference study's code computed it: W_Q/W_K/W_V [heads, d_model, d_head]
+    reduced over every dim but the last, one scale per d_head index shared across heads
+    (a known flaw, kept to reproduce its tables); other weights per output channel."""
+    if _kind(name) not in ("W_Q", "W_K", "W_V"):
+        return from_rows(name, rtn_rows(to_rows(name, weight), bits), weight)
+    qmax = 2 ** (bits - 1) - 1
+    scale = weight.float().abs().amax(dim=(0, 1), keepdim=True) / qmax
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (torch.clamp(torch.round(weight.float() / safe), -qmax, qmax) * scale).to(weight.dtype)
+
+
 @dataclass(frozen=True)
 class RTN(Condition):
-    """Round-to-nearest quantization per output channel (or per group of ``group_size``)."""
+    """Round-to-nearest quantization per output channel (or per group of ``group_size``).
+
+    ``axes="reference"`` reproduces the reference study's code, which shared one scale
+    across attention heads for W_Q/W_K/W_V (named ``rtn-intB-refcode``); the default
+    ``"channel"`` is the contract: per-row RTN of every Hugging Face ``nn.Linear``.
+    """
 
     bits: int
     group_size: int | None = None
+    axes: str = "channel"
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
@@ -138,22 +159,34 @@ class RTN(Condition):
             not isinstance(self.group_size, int) or self.group_size < 1
         ):
             raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
+        if self.axes not in RTN_AXES:
+            raise ValueError(f"axes must be one of {RTN_AXES}, got {self.axes!r}")
+        if self.axes == "reference" and self.group_size is not None:
+            raise ValueError("axes='reference' is per channel; it takes no group_size")
 
     @property
     def name(self) -> str:
         suffix = "" if self.group_size is None else f"-g{self.group_size}"
+        if self.axes == "reference":
+            suffix = "-refcode"
         return f"rtn-int{self.bits}{suffix}"
 
     def compressed_weights(self, model, layers=None):
+        if self.axes == "reference":
+            return {
+                name: rtn_reference_axes(name, p.data, self.bits)
+                for name, p in target_weights(model, layers).items()
+            }
         return {
             name: from_rows(name, rtn_rows(to_rows(name, p.data), self.bits, self.group_size), p)
             for name, p in target_weights(model, layers).items()
         }
 
     def describe(self):
-        return (
-            super().describe().model_copy(update={"bits": self.bits, "group_size": self.group_size})
-        )
+        update = {"bits": self.bits, "group_size": self.group_size}
+        if self.axes != "channel":
+            update["axes"] = self.axes
+        return super().describe().model_copy(update=update)
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,13 @@ NF4_CODEBOOK = (
 FP8_FORMATS = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 
 
-def nf4_rows(rows: torch.Tensor, block_size: int) -> torch.Tensor:
+def nf4_rows(rows: torch.Tensor, block_size: int, double_quant: bool = False) -> torch.Tensor:
     """NF4 with one absmax per block of ``block_size`` inputs along each row (a short last
-    block where the width is not a multiple), each value snapped to the nearest code."""
+    block where the width is not a multiple), each value snapped to the nearest code.
+
+    ``double_quant``: the absmaxes of the whole tensor are stored in 8 bits as bitsandbytes
+    does (``bnb_4bit_use_double_quant``, :func:`double_quantized`); the codes are unchanged.
+    """
     out_features, in_features = rows.shape
     pad = -in_features % block_size
     padded = torch.nn.functional.pad(rows.float(), (0, pad))
@@ -49,8 +53,39 @@ def nf4_rows(rows: torch.Tensor, block_size: int) -> torch.Tensor:
     codebook = torch.tensor(NF4_CODEBOOK, dtype=torch.float32, device=rows.device)
     midpoints = (codebook[1:] + codebook[:-1]) / 2
     nearest = torch.bucketize(scaled.contiguous(), midpoints)  # ties go down
+    if double_quant:
+        absmax = double_quantized(absmax.reshape(-1)).reshape(absmax.shape)
     dequantized = (codebook[nearest] * absmax).reshape(out_features, -1)
     return dequantized[:, :in_features].to(rows.dtype)
+
+
+def dynamic_map() -> torch.Tensor:
+    """bitsandbytes' signed 8-bit dynamic map (``create_dynamic_map()``: 7 exponent bits,
+    a linear fraction per decade, plus 0 and 1), the code of its 8-bit blockwise absmax."""
+    values: list[float] = [0.0, 1.0]
+    for i in range(7):
+        bounds = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
+        means = (bounds[:-1] + bounds[1:]) / 2.0
+        values += (10 ** (i - 6) * means).tolist() + (-(10 ** (i - 6)) * means).tolist()
+    return torch.tensor(sorted(values), dtype=torch.float32)
+
+
+def double_quantized(absmax: torch.Tensor, block_size: int = 256) -> torch.Tensor:
+    """The absmaxes as bitsandbytes' double quantization stores and restores them: minus
+    their mean, the 8-bit dynamic code per block of 256 scaled by the block's absmax, plus
+    the mean. Codes are chosen as bitsandbytes' reference (pure torch) kernel does; its
+    native CPU kernel's approximate binary search can pick the neighbouring code in
+    near-ties (tests/test_checkpoints.py measures how often)."""
+    offset = absmax.mean()
+    code = dynamic_map().to(absmax.device)
+    bounds = (code[:-1] + code[1:]) / 2
+    restored = []
+    for chunk in (absmax - offset).split(block_size):
+        scale = chunk.abs().max().clamp(min=1e-38)
+        # full blocks are multiplied by the reciprocal, a short last block divided
+        scaled = chunk * (1.0 / scale) if chunk.numel() == block_size else chunk / scale
+        restored.append(code[torch.bucketize(scaled.clamp(-1, 1), bounds)] * scale)
+    return torch.cat(restored) + offset
 
 
 def fp8_rows(rows: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -83,9 +118,11 @@ class _RowScheme(Condition):
 
 @dataclass(frozen=True)
 class NF4(_RowScheme):
-    """bitsandbytes-style NF4: blockwise absmax along the input axis, 16-value codebook."""
+    """bitsandbytes-style NF4: blockwise absmax along the input axis, 16-value codebook;
+    ``double_quant`` stores the absmaxes in 8 bits (``bnb_4bit_use_double_quant=True``)."""
 
     block_size: int = 64
+    double_quant: bool = False
 
     def __post_init__(self) -> None:
         if (
@@ -94,13 +131,15 @@ class NF4(_RowScheme):
             or self.block_size < 1
         ):
             raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
+        if not isinstance(self.double_quant, bool):
+            raise ValueError(f"double_quant must be True or False, got {self.double_quant!r}")
 
     @property
     def name(self) -> str:
-        return f"nf4-b{self.block_size}"
+        return f"nf4{'-dq' if self.double_quant else ''}-b{self.block_size}"
 
     def _rows(self, rows):
-        return nf4_rows(rows, self.block_size)
+        return nf4_rows(rows, self.block_size, self.double_quant)
 
     def describe(self):
         return super().describe().model_copy(update={"bits": 4, "group_size": self.block_size})
@@ -148,9 +187,11 @@ def scheme_condition(name: str) -> Condition:
     if match is None:
         raise ValueError(f"{name!r} is not a scheme name like nf4-b64, fp8-e4m3, absmax-int8")
     if match["block"]:
-        return NF4(int(match["block"]))
+        return NF4(int(match["block"]), double_quant=bool(match["dq"]))
     if match["fp8"]:
         return FP8(match["fp8"])
     if match["absmax"]:
         return AbsmaxINT8()
+    if match["refbits"]:
+        return RTN(int(match["refbits"]), axes="reference")
     return RTN(int(match["bits"]), group_size=int(match["group"]))

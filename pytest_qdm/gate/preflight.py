@@ -51,7 +51,7 @@ def audited_names(options: QdmOptions) -> set[str]:
     from pytest_qdm.load.checkpoints import candidate_name
 
     candidates = {candidate_name(path) for path in options.candidates}
-    return {f"rtn-int{b}" for b in options.bits} | set(options.schemes) | candidates
+    return {f"rtn-int{b}" for b in options.bits} | set(options.audited_schemes) | candidates
 
 
 def _check_candidates(options: QdmOptions) -> None:

@@ -55,7 +55,7 @@ class GateSession:
             "protocol": json.loads(self.protocol_config.model_dump_json()),
             "bits": list(options.bits),
             "match_bits": options.match_bits,
-            "schemes": list(options.schemes),
+            "schemes": list(options.audited_schemes),
             "candidates": [
                 {**c.describe().model_dump(exclude={"checkpoint"}), "sha256": state_sha256(c.model)}
                 for c in s.candidates
@@ -127,7 +127,7 @@ class GateSession:
             protocol=self.protocol_config,
             second_sae=s.second_sae,
             extra_conditions=[
-                *(scheme_condition(name) for name in self.options.schemes),
+                *(scheme_condition(name) for name in self.options.audited_schemes),
                 *s.candidates,
             ],
         )

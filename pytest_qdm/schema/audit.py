@@ -33,6 +33,7 @@ class ConditionSpec(_Frozen):
     name: str
     bits: int | None = None
     group_size: int | None = None
+    axes: str | None = None  # RTN: "reference" = the reference study's code; None per channel
     sparsity: float | None = None
     checkpoint: CheckpointSpec | None = None
 
