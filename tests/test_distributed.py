@@ -96,6 +96,34 @@ else:  # rank 1 never reaches the exchange
 """
 
 
+def test_shares_are_contiguous_whole_batches_covering_every_row_once(monkeypatch):
+    import torch
+
+    from pytest_qdm.stream import distributed
+
+    rows = torch.arange(15).unsqueeze(1)
+    for size in (1, 2, 3, 5):
+        shares = []
+        for rank in range(size):
+            monkeypatch.setattr(distributed, "rank_and_size", lambda r=rank, n=size: (r, n))
+            shares.append(distributed.local_rows(rows, 4).flatten().tolist())
+        assert sum(shares, []) == list(range(15))
+        assert all(share[0] % 4 == 0 for share in shares if share)
+    assert shares == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14], []]
+
+
+def test_without_a_process_group_nothing_is_exchanged():
+    from pytest_qdm.stream import distributed
+
+    state, rows = object(), [1, 2, 3]
+    assert distributed.rank_and_size() == (0, 1) and distributed.is_main_process()
+    assert distributed.merged_state(lambda: state, "cpu") is state
+    assert distributed.local_share(rows) is rows
+    assert distributed.summed(lambda: (1.5, 2)) == (1.5, 2)
+    assert distributed.from_main(lambda: state) is state
+    assert distributed.agreed(lambda: state) is state
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

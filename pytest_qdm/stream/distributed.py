@@ -88,10 +88,11 @@ def local_share(items: S) -> S:
 def local_rows(tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
     """This rank's share of ``tokens`` [n, ctx] in whole batches of ``batch_size`` rows, so
     each batch is the one a single process runs (the last rank's may be shorter)."""
-    batches = local_share(range(0, tokens.shape[0], batch_size))
-    if len(batches) == 0:
-        return tokens[:0]
-    return tokens[batches[0] : batches[-1] + batch_size]
+    rank, size = rank_and_size()
+    if size == 1:
+        return tokens
+    start, stop = share_bounds(-(-tokens.shape[0] // batch_size), rank, size)
+    return tokens[start * batch_size : stop * batch_size]
 
 
 def init_from_torchrun() -> None:
