@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, partial
 
 from pytest_qdm.gate.baseline import (
     library_versions,
@@ -24,6 +24,7 @@ from pytest_qdm.schema.audit import AuditResult
 from pytest_qdm.schema.gate import Fingerprint
 from pytest_qdm.schema.protocol import ProtocolReport
 from pytest_qdm.settings import ProtocolConfig
+from pytest_qdm.stream.distributed import agreed, from_main, init_from_torchrun
 
 
 @dataclass
@@ -36,6 +37,7 @@ class GateSession:
 
     @cached_property
     def subject(self) -> Subject:
+        init_from_torchrun()  # before loading: each rank's model goes to its own GPU
         return load_subject(self.options)
 
     @cached_property
@@ -83,9 +85,15 @@ class GateSession:
             from pytest_qdm.gate.verdicts import baseline_verdicts, gate_verdicts
 
             report = self.protocol()
-            verdicts = gate_verdicts(report, self.options.gates)
-            self._verdicts = verdicts + baseline_verdicts(self, report)
-            write_outputs(report, self._verdicts, self.options, self.provenance())
+
+            def judge_and_write() -> list:
+                verdicts = gate_verdicts(report, self.options.gates)
+                verdicts += baseline_verdicts(self, report)
+                write_outputs(report, verdicts, self.options, self.provenance())
+                return verdicts
+
+            # under torchrun rank 0 judges and writes; every rank gets its verdicts
+            self._verdicts = from_main(judge_and_write)
         return self.protocol(), self._verdicts
 
     def provenance(self) -> dict:
@@ -103,13 +111,13 @@ class GateSession:
     def protocol(self) -> ProtocolReport:
         """The protocol report: from the cache when this fingerprint ran before."""
         if self._protocol is None:
+            # under torchrun every rank computes, and a failure on any rank ends every rank
+            compute = partial(agreed, self._run_protocol)
             if self.options.cache:
                 key = self.fingerprint.key()
-                self._protocol, self.cache_hit = cached_report(
-                    self.options.cache_dir, key, self._run_protocol
-                )
+                self._protocol, self.cache_hit = cached_report(self.options.cache_dir, key, compute)
             else:
-                self._protocol = self._run_protocol()
+                self._protocol = compute()
         return self._protocol
 
     def _run_protocol(self) -> ProtocolReport:
