@@ -59,6 +59,33 @@ def test_two_ranks_equal_one_process(audited, monkeypatch):
         np.testing.assert_allclose(merged[key], values, rtol=0, atol=1e-12, err_msg=key)
 
 
+def test_perplexity_and_sae_transfer_over_two_ranks_equal_one_process(
+    qdm_model, qdm_sae, qdm_tokens, monkeypatch
+):
+    from pytest_qdm.analyse.perplexity import chunked_perplexity, sliding_window_perplexity
+    from pytest_qdm.analyse.transfer import TransferSums
+
+    rows = qdm_tokens.tokens[:5]  # batches of 2: rank 0 scores 4 rows, rank 1 scores 1
+
+    def measure():
+        sums = TransferSums(qdm_model, qdm_sae, qdm_sae.cfg.metadata.hook_name)
+        chunked = chunked_perplexity(
+            qdm_model, rows, bos_in_tokens=True, batch_size=2, observer=sums
+        )
+        stream = rows[:, 1:].reshape(-1)
+        sliding = sliding_window_perplexity(qdm_model, stream, window=64, stride=32, batch_size=2)
+        transfer = sums.result().model_dump()
+        return {"chunked": chunked.mean_nll, "sliding": sliding.mean_nll, **transfer}
+
+    split = measure()
+    with monkeypatch.context() as patch:
+        patch.setattr(distributed, "_multi_process", lambda: None)
+        single = measure()
+    assert split["n_tokens"] == single["n_tokens"] == 5 * rows.shape[1]
+    for key, value in single.items():
+        assert split[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+
+
 def test_a_rank_that_raises_ends_every_rank_with_its_error(audited, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("rank one broke on purpose")
@@ -157,7 +184,7 @@ def test_torchrun_pytest_gate_and_audits(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:] + "".join(stdout.values())[-6000:]
     assert sorted(stdout) == ["0", "1"]
     for text in stdout.values():
-        assert "4 passed" in text  # audit item, min_survived check, the two audit tests
+        assert "5 passed" in text  # audit item, min_survived check, the three inner tests
     assert "reports:" in stdout["0"] and "reports:" not in stdout["1"]
     written = {p.name for p in reports.iterdir()}
     assert {"qdm-report.json", "qdm-summary.md", "run.json", "verdicts.json"} <= written

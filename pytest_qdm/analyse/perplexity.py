@@ -81,6 +81,10 @@ class BatchObserver(Protocol):
 
     def observe(self, batch: torch.Tensor, nll: torch.Tensor) -> None: ...
 
+    def sum_over_ranks(self) -> None:
+        """Under torch.distributed, where each rank saw a share of the batches: add every
+        rank's sums."""
+
 
 def _token_nll(
     model: HookedTransformer, batch: torch.Tensor, observer: BatchObserver | None = None
@@ -157,20 +161,18 @@ def chunked_perplexity(
         bos_token_id = int(first[0])
     from pytest_qdm.stream.distributed import local_share, summed
 
-    starts = range(0, n_blocks, batch_size)
-
-    def score(batch_starts: range) -> tuple[float, int]:
+    def score() -> tuple[float, int]:
         total, count = 0.0, 0
         with torch.inference_mode():
-            for start in batch_starts:
+            for start in local_share(range(0, n_blocks, batch_size)):  # this rank's share
                 nll = _token_nll(model, tokens[start : start + batch_size], observer)
                 total += float(nll.double().sum())
                 count += nll.numel()
         return total, count
 
-    # under torch.distributed each rank scores a share of the batches (not with an observer:
-    # its sums are its own)
-    total, count = score(starts) if observer else summed(lambda: score(local_share(starts)))
+    total, count = summed(score)
+    if observer is not None:
+        observer.sum_over_ranks()
     if bos_in_tokens:
         note = (
             f"column 0 is BOS (id {bos_token_id}); all {count} corpus tokens of "

@@ -13,6 +13,7 @@ import re
 import torch
 
 from pytest_qdm.schema.analyses import TransferQuality
+from pytest_qdm.stream.distributed import local_rows
 
 F64 = torch.float64
 
@@ -72,6 +73,17 @@ class TransferSums:
         self.sums[2] += float(self._zero_ablated(batch, activation).double().sum())
         self.n_scored += nll.numel()
         self.n_tokens += batch.numel()
+
+    def sum_over_ranks(self) -> None:
+        """Under torch.distributed, where each rank observed a share of the batches: every
+        rank's sums, added in rank order (docs/distributed.md); nothing happens outside."""
+        from pytest_qdm.stream.distributed import rank_and_size, summed
+
+        if rank_and_size()[1] == 1:
+            return
+        total = 0.0 if self.total is None else self.total.cpu()  # None: no batch here
+        parts = summed(lambda: (self.sums, total, self.n_tokens, self.n_scored))
+        self.sums, self.total, self.n_tokens, self.n_scored = parts
 
     def _replaced(self, batch: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
         """Per-token loss of ``batch`` with the hook's activation replaced."""
@@ -138,13 +150,15 @@ def sae_transfers(
         seen["activation"] = activation
 
     with torch.inference_mode():
-        for batch in torch.split(tokens, batch_size):
+        for batch in torch.split(local_rows(tokens, batch_size), batch_size):  # this rank's
             batch = batch.to(model.cfg.device)
             loss = model.run_with_hooks(
                 batch, return_type="loss", loss_per_token=True, fwd_hooks=[(hook, keep)]
             )
             for each in sums:
                 each.add(batch, loss, seen["activation"])
+    for each in sums:
+        each.sum_over_ranks()
     return [each.result() for each in sums]
 
 
