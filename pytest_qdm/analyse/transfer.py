@@ -13,7 +13,7 @@ import re
 import torch
 
 from pytest_qdm.schema.analyses import TransferQuality
-from pytest_qdm.stream.distributed import local_rows
+from pytest_qdm.stream.distributed import local_rows, rank_and_size, summed
 
 F64 = torch.float64
 
@@ -77,8 +77,6 @@ class TransferSums:
     def sum_over_ranks(self) -> None:
         """Under torch.distributed, where each rank observed a share of the batches: every
         rank's sums, added in rank order (docs/distributed.md); nothing happens outside."""
-        from pytest_qdm.stream.distributed import rank_and_size, summed
-
         if rank_and_size()[1] == 1:
             return
         total = 0.0 if self.total is None else self.total.cpu()  # None: no batch here
