@@ -109,12 +109,12 @@ from pytest_qdm.stream import distributed
 distributed.GATHER_TIMEOUT_S = 2
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-if sys.argv[1] == "raise":
-    def compute():
+if sys.argv[1] == "raise":  # rank 1 fails before any exchange, rank 0 waits inside one
+    def protocol():
         if rank == 1:
             raise ValueError("rank one broke on purpose")
-        return [rank]
-    distributed.concatenated(compute, "cpu")
+        return distributed.concatenated(lambda: [rank], "cpu")
+    distributed.agreed(protocol)
 else:  # rank 1 never reaches the exchange
     distributed.gathered(lambda: rank)
     if rank == 1:
