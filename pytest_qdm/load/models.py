@@ -129,9 +129,8 @@ def load_candidate(
 ) -> tuple[HookedTransformer, CheckpointInfo]:
     """A compressed checkpoint (local folder, ``.gguf`` file or Hub repo) as a
     HookedTransformer, with what was read about its format."""
-    local = local_dir(name_or_path)
-    if local is None and Path(str(name_or_path)).expanduser().is_file():
-        local = Path(str(name_or_path)).expanduser()
+    file = Path(str(name_or_path)).expanduser()
+    local = file if file.is_file() else local_dir(name_or_path)  # local_dir refuses a file
     if local is not None:
         return load_checkpoint(local, device=device, dtype=dtype)
     name = str(name_or_path)
@@ -142,7 +141,7 @@ def load_candidate(
     with from_hub(f"candidate {name!r}", instead, offline):
         from huggingface_hub import snapshot_download
 
-        patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.gguf"]
+        patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.gguf", "qmodel.pt"]
         folder = snapshot_download(name, allow_patterns=patterns)
     return load_checkpoint(folder, device=device, dtype=dtype)
 
@@ -154,7 +153,7 @@ def load_model_from_disk(
     optionally tokenizer files) as a HookedTransformer. No network, no weight processing.
     Architectures: see ``SUPPORTED_ARCHITECTURES``; the dimensions are read from the
     folder's config, so the model need not be in TransformerLens' list. A quantized
-    checkpoint (bitsandbytes, torchao, compressed-tensors, GGUF) is dequantized by its
+    checkpoint (bitsandbytes, torchao, compressed-tensors, GGUF, HQQ) is dequantized by its
     format's own library (:mod:`pytest_qdm.load.checkpoints`)."""
     return load_checkpoint(path, device=device, dtype=dtype)[0]
 
