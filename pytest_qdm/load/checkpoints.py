@@ -3,12 +3,13 @@ library reads it, and the dense weights that library dequantizes it to.
 
 A checkpoint is a Hugging Face folder whose ``config.json`` names a
 ``quantization_config.quant_method`` (bitsandbytes, torchao, compressed-tensors from
-llm-compressor), a folder without one (dense), or a ``.gguf`` file (llama.cpp), also a
+llm-compressor), a folder written by hqq's ``AutoHQQHFModel.save_quantized`` (config.json
+and ``qmodel.pt``), a folder with neither (dense), or a ``.gguf`` file (llama.cpp), also a
 folder holding exactly one. :func:`inspect_checkpoint` reads only metadata (no torch, no
 weights), so the gate refuses a bad candidate before any model loads.
 :func:`dequantized_model` then loads it with transformers' integration of the format's own
-library and returns plain ``nn.Linear`` weights: the dequantize path, exact for
-weight-only schemes. Where the deployed kernel also quantizes activations (LLM.int8's
+library (hqq: hqq's own loader) and returns plain ``nn.Linear`` weights: the dequantize
+path, exact for weight-only schemes. Where the deployed kernel also quantizes activations (LLM.int8's
 int8 matmul, FP8 dynamic, W8A8, llama.cpp's q8 activations) the dense weights are not the
 deployed computation; :attr:`CheckpointInfo.activations_quantized` says so and the report
 carries it.
@@ -29,8 +30,10 @@ FORMAT_LIBRARIES = {
     "torchao": ("torchao", "torchao"),
     "compressed-tensors": ("compressed_tensors", "llmcompressor"),
     "gguf": ("gguf", "gguf"),
+    "hqq": ("hqq", "hqq"),
 }
 DENSE = "none"
+HQQ_WEIGHTS = "qmodel.pt"  # hqq's BaseHQQModel.get_weight_file
 
 
 class MissingFormatLibrary(ImportError):
@@ -91,8 +94,17 @@ def inspect_checkpoint(location: str | Path) -> CheckpointInfo:
     architecture = (config.get("architectures") or [None])[0]
     quant = config.get("quantization_config") or {}
     method = quant.get("quant_method", DENSE)
+    if method == DENSE and (location / HQQ_WEIGHTS).is_file():
+        require_library("hqq")
+        scheme = _hqq_scheme(location / HQQ_WEIGHTS)
+        return CheckpointInfo(location, "hqq", scheme, False, architecture=architecture)
     if method == DENSE:
         return CheckpointInfo(location, DENSE, "dense", False, architecture=architecture)
+    if method == "hqq":  # transformers' HqqConfig layout, which transformers 5 no longer reads
+        raise ValueError(
+            f"candidate {str(location)!r}: quant_method 'hqq' (transformers' HqqConfig) is not "
+            "supported; save with hqq's AutoHQQHFModel.save_quantized (config.json + qmodel.pt)"
+        )
     if method not in FORMAT_LIBRARIES:
         raise ValueError(
             f"candidate {str(location)!r}: quant_method {method!r} is not supported; supported: "
@@ -150,6 +162,29 @@ _DESCRIBE = {
 }
 
 
+def _hqq_scheme(weights: Path) -> str:
+    """``W<nbits> group <size>`` of the first quantized layer, read from the opcodes of the
+    torch.save pickle (no torch, no tensors): each key is followed by its int value."""
+    import pickletools
+    import zipfile
+
+    with zipfile.ZipFile(weights) as archive:
+        pickle = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    found, key = {}, None
+    for opcode, arg, _ in pickletools.genops(pickle):
+        if "PUT" in opcode.name:  # memo bookkeeping between a key and its value
+            continue
+        if key is not None:
+            found.setdefault(key, arg)
+        key = arg if arg in ("nbits", "group_size") else None
+        if len(found) == 2:
+            break
+    if "nbits" not in found:
+        return "hqq"
+    group = found.get("group_size")
+    return f"W{found['nbits']} " + (f"group {group}" if group else "channel")
+
+
 def _inspect_gguf(file: Path) -> CheckpointInfo:
     require_library("gguf")
     from collections import Counter
@@ -202,6 +237,8 @@ def dequantized_model(info: CheckpointInfo, dtype: Any):
         elif info.quant_method == "bitsandbytes":
             model = AutoModelForCausalLM.from_pretrained(info.folder, device_map="cpu", **kwargs)
             model = model.dequantize(dtype=dtype)
+        elif info.quant_method == "hqq":
+            model = _hqq_dequantized(info.folder, dtype)
         elif info.quant_method == "torchao":
             model = AutoModelForCausalLM.from_pretrained(info.folder, device_map="cpu", **kwargs)
             _dequantize_tensor_subclasses(model, dtype)
@@ -222,3 +259,28 @@ def _dequantize_tensor_subclasses(model, dtype) -> None:
         if isinstance(module, torch.nn.Linear) and type(weight.data) is not torch.Tensor:
             dense = weight.data.dequantize().to(dtype)
             module.weight = torch.nn.Parameter(dense, requires_grad=False)
+
+
+def _hqq_dequantized(folder: Path, dtype):
+    """hqq's own loader, then each ``HQQLinear`` replaced by an ``nn.Linear`` holding
+    ``HQQLinear.dequantize()``."""
+    import contextlib
+    import io
+
+    import torch
+    from hqq.core.quantize import HQQLinear
+    from hqq.models.hf.base import AutoHQQHFModel
+
+    with contextlib.redirect_stderr(io.StringIO()):  # hqq's per-module progress bars
+        model = AutoHQQHFModel.from_quantized(str(folder), compute_dtype=dtype, device="cpu")
+    for name, module in list(model.named_modules()):
+        if isinstance(module, HQQLinear):
+            dense = torch.nn.Linear(
+                module.in_features, module.out_features, bias=module.bias is not None
+            )
+            dense.weight = torch.nn.Parameter(module.dequantize().to(dtype), requires_grad=False)
+            if module.bias is not None:
+                dense.bias = torch.nn.Parameter(module.bias.to(dtype), requires_grad=False)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, dense)
+    return model
