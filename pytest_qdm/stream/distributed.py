@@ -120,7 +120,7 @@ def gathered(compute: Callable[[], T], device: torch.device | str | None = None)
     return [_loads(payload, device) for payload in _run_and_exchange(dist, compute, _dumps)]
 
 
-def merged_state(compute: Callable[[], EngineState], device: torch.device) -> EngineState:
+def merged_state(compute: Callable[[], EngineState], device: torch.device | str) -> EngineState:
     """Every rank's engine state merged in rank order (``compute()`` itself outside a
     multi-process run): the same on every rank."""
     from functools import reduce
@@ -130,7 +130,7 @@ def merged_state(compute: Callable[[], EngineState], device: torch.device) -> En
     return reduce(EngineState.merge, gathered(compute, device))
 
 
-def concatenated(compute: Callable[[], list[T]], device: torch.device) -> list[T]:
+def concatenated(compute: Callable[[], list[T]], device: torch.device | str) -> list[T]:
     """Every rank's list, concatenated in rank order (``compute()`` outside)."""
     return [item for part in gathered(compute, device) for item in part]
 
@@ -139,9 +139,9 @@ def summed(compute: Callable[[], tuple]) -> tuple:
     """Every rank's tuple of numbers, summed element-wise in rank order (``compute()``
     outside a multi-process run)."""
     parts = gathered(compute)
-    return (
-        parts[0] if len(parts) == 1 else tuple(sum(column) for column in zip(*parts, strict=True))
-    )
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(sum(column) for column in zip(*parts, strict=True))
 
 
 def from_main(compute: Callable[[], T]) -> T:
