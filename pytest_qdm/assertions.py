@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from pytest_qdm.compress.conditions import RTN
+from pytest_qdm.gate.thresholds import as_fraction
 from pytest_qdm.schema.audit import AuditResult, ConditionResult
 from pytest_qdm.settings import AuditConfig
 
@@ -75,24 +76,19 @@ def condition_at(
     return result.conditions[condition.name]
 
 
-def _check_fraction(name: str, value: float) -> None:
-    if not 0 <= value <= 1:
-        raise ValueError(f"{name} is a fraction in [0, 1], got {value!r}")
-
-
 def assert_feature_survival(
     model=None,
     sae=None,
     bits: int = 6,
-    min_survived: float = 0.6,
+    min_survived: float | str = 0.6,
     *,
     tokens=None,
     config: AuditConfig | None = None,
     result: AuditResult | None = None,
 ) -> ConditionResult:
-    """Fail unless at least ``min_survived`` (a fraction) of active features survive."""
+    """Fail unless at least ``min_survived`` (0.6 or "60%") of active features survive."""
     __tracebackhide__ = True
-    _check_fraction("min_survived", min_survived)
+    min_survived = as_fraction("min_survived", min_survived)
     cond = condition_at(bits, result=result, model=model, sae=sae, tokens=tokens, config=config)
     survived = cond.summary.survived_pct
     if survived is None or survived < 100 * min_survived:
@@ -107,15 +103,15 @@ def assert_max_damaged(
     model=None,
     sae=None,
     bits: int = 4,
-    max_damaged: float = 0.4,
+    max_damaged: float | str = 0.4,
     *,
     tokens=None,
     config: AuditConfig | None = None,
     result: AuditResult | None = None,
 ) -> ConditionResult:
-    """Fail if more than ``max_damaged`` (a fraction) of active features are damaged."""
+    """Fail if more than ``max_damaged`` (0.4 or "40%") of active features are damaged."""
     __tracebackhide__ = True
-    _check_fraction("max_damaged", max_damaged)
+    max_damaged = as_fraction("max_damaged", max_damaged)
     cond = condition_at(bits, result=result, model=model, sae=sae, tokens=tokens, config=config)
     damaged = cond.summary.damaged_pct
     if damaged is None or damaged > 100 * max_damaged:

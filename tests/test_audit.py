@@ -248,7 +248,7 @@ def test_assert_features_survive_names_the_failing_features(sweep):
 def test_assertion_argument_errors(sweep):
     with pytest.raises(ValueError, match="no condition 'rtn-int3'"):
         qdm.assert_feature_survival(result=sweep, bits=3)
-    with pytest.raises(ValueError, match="min_survived is a fraction"):
+    with pytest.raises(ValueError, match=r"min_survived must lie in \[0, 1\]"):
         qdm.assert_feature_survival(result=sweep, bits=6, min_survived=60)
     with pytest.raises(ValueError, match="outside the SAE"):
         qdm.assert_features_survive([10**6], result=sweep)

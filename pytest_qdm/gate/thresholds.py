@@ -81,6 +81,21 @@ def parse_gate(option: str, text: str) -> GateCheck:
     return GateCheck(option, condition, metric, direction, value)
 
 
+def as_fraction(name: str, value: object) -> float:
+    """A bound given as in Python (0.6) or as on the command line ("0.6", "60%"), as a
+    fraction in [0, 1]; ValueError naming ``name`` otherwise."""
+    text = str(value).strip()
+    number = None if isinstance(value, bool) else re.fullmatch(rf"({_NUMBER})(%?)", text)
+    if number is None:
+        raise ValueError(
+            f"{name} must be a fraction like 0.6 or a percentage like '60%', got {value!r}"
+        )
+    fraction = float(number[1]) / (100 if number[2] else 1)
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"{name} must lie in [0, 1] (or 0%..100%), got {value!r}")
+    return fraction
+
+
 def _check_bits_in_name(condition: str, text: str) -> None:
     bits = re.fullmatch(r"rtn-int(\d+)(-g\d+)?", condition)
     if bits and not 2 <= int(bits[1]) <= 8:
