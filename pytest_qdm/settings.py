@@ -31,6 +31,10 @@ class AuditConfig(BaseModel):
         token_lenses: also measure token-level agreement (sample correlation, top-k
             agreement, Procrustes error of the read-out; see ``pytest_qdm.stream.lenses``).
         top_k: k of the top-k agreement.
+        drilldown_features: per condition, how many of the most damaged features (lowest
+            r) the report drills into; 0 turns the drill-down off.
+        drilldown_contexts: top contexts kept per feature and side (reference, compressed);
+            0 turns the drill-down off.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -45,11 +49,18 @@ class AuditConfig(BaseModel):
     compute_loss: bool = False
     token_lenses: bool = True
     top_k: int = Field(10, ge=1)
+    drilldown_features: int = Field(20, ge=0)
+    drilldown_contexts: int = Field(5, ge=0)
 
     @property
     def lens_k(self) -> int | None:
         """The top-k of the token lenses, or None when they are off."""
         return self.top_k if self.token_lenses else None
+
+    @property
+    def drilldown(self) -> bool:
+        """Whether the pass keeps each feature's top contexts."""
+        return self.drilldown_features > 0 and self.drilldown_contexts > 0
 
     @model_validator(mode="after")
     def _bands_ordered(self) -> AuditConfig:

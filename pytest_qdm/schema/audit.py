@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from pytest_qdm.schema.base import BoolArray, FloatArray, _Frozen
+from pytest_qdm.schema.drilldown import FeatureDrilldown
 from pytest_qdm.settings import AuditConfig
 
 SCHEMA_VERSION = 1
@@ -101,6 +102,7 @@ class ConditionResult(_Frozen):
     mean_nll: float | None = None  # next-token loss on the audit tokens (compute_loss)
     n_loss_tokens: int | None = None
     agreement: TokenAgreement | None = None  # token lenses (config.token_lenses)
+    drilldown: list[FeatureDrilldown] | None = None  # most damaged first (config.drilldown)
 
     def damage(self) -> np.ndarray:
         """Damage score 1 - r per feature (NaN where not active)."""
@@ -108,9 +110,7 @@ class ConditionResult(_Frozen):
 
     def worst_features(self, k: int = 10) -> list[tuple[int, float]]:
         """The ``k`` active features with the lowest r, as (feature id, r)."""
-        ids = np.flatnonzero(np.isfinite(self.correlation))
-        order = ids[np.argsort(self.correlation[ids], kind="stable")][:k]
-        return [(int(i), float(self.correlation[i])) for i in order]
+        return lowest_correlations(self.correlation, k)
 
 
 class AuditResult(_Frozen):
@@ -129,6 +129,13 @@ class AuditResult(_Frozen):
     @classmethod
     def from_json(cls, text: str) -> AuditResult:
         return cls.model_validate_json(text)
+
+
+def lowest_correlations(correlation: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """(feature id, r) of the ``k`` lowest finite r (the active features), lowest first."""
+    ids = np.flatnonzero(np.isfinite(correlation))
+    order = ids[np.argsort(correlation[ids], kind="stable")][:k]
+    return [(int(i), float(correlation[i])) for i in order]
 
 
 def bands(correlation: np.ndarray, active: np.ndarray, config: AuditConfig) -> dict[str, int]:

@@ -24,20 +24,23 @@ Performance, and what is exact (measurements: benchmarks/README.md):
 - Token lenses (``config.token_lenses``, see stream/lenses.py) reuse the same encode blocks and
   sparse entries: per block one top-k of x and of y and a few row sums, and one
   A^T B product per batch.
+- The drill-down (``config.drilldown``, see stream/drilldown.py) reads the same sparse
+  entries: each feature's top contexts on both sides, for every condition but the null.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
-from pytest_qdm.compress.conditions import Condition, applied
+from pytest_qdm.compress.conditions import Condition, Reference, applied
 from pytest_qdm.settings import AuditConfig
+from pytest_qdm.stream.drilldown import DrilldownState
 from pytest_qdm.stream.hooks import hook_width, run_to_hook
 from pytest_qdm.stream.lenses import AgreementSums, TokenReference
 from pytest_qdm.stream.stats import Entries, PairedStats, PairedSums, ReferenceStats
@@ -118,10 +121,13 @@ class EngineState:
     paired: dict[str, PairedStats]
     loss: dict[str, LossSums] = field(default_factory=dict)  # "reference" + condition names
     agreement: dict[str, AgreementSums] = field(default_factory=dict)  # token lenses
+    drilldown: DrilldownState | None = None  # top contexts per feature (config.drilldown)
 
     def merge(self, other: EngineState) -> EngineState:
         if set(self.paired) != set(other.paired):
             raise ValueError(f"cannot merge shards of {set(self.paired)} and {set(other.paired)}")
+        drilldown = self.drilldown
+        drilldown = other.drilldown if drilldown is None else drilldown.merge(other.drilldown)
         return EngineState(
             self.reference.merge(other.reference),
             {n: self.paired[n].merge(other.paired[n]) for n in self.paired},
@@ -130,6 +136,7 @@ class EngineState:
                 n: s.merge(other.agreement.get(n, AgreementSums()))
                 for n, s in self.agreement.items()
             },
+            drilldown,
         )
 
 
@@ -206,29 +213,34 @@ class _BatchReference:
     def __init__(self, sae, activations: torch.Tensor, top_k: int | None):
         self.n, self.d_sae, self.top_k = activations.shape[0], sae.cfg.d_sae, top_k
         self.activations = activations if top_k else None
-        self.blocks, self.token_refs, heights = [], [], []
+        self.blocks, self.token_refs, self.heights = [], [], []
         for x in encode_blocks(sae, activations):
             entries = Entries.of(x)
             self.blocks.append(entries)
             if top_k:
                 self.token_refs.append(TokenReference.of(x, entries, top_k))
-            heights.append(x.shape[0])
-        self.stats = ReferenceStats.of_entries(
-            self.n, self.d_sae, Entries.cat(self.blocks, heights)
-        )
+            self.heights.append(x.shape[0])
+        self.entries = Entries.cat(self.blocks, self.heights)
+        self.stats = ReferenceStats.of_entries(self.n, self.d_sae, self.entries)
 
-    def paired(self, sae, activations: torch.Tensor) -> tuple[PairedStats, AgreementSums | None]:
-        """Paired statistics (and token agreement) of this reference and a condition."""
+    def paired(
+        self, sae, activations: torch.Tensor, keep_entries: bool = False
+    ) -> tuple[PairedStats, AgreementSums | None, Entries | None]:
+        """Paired statistics (and token agreement) of this reference and a condition; with
+        ``keep_entries``, also the condition's nonzero entries over the batch."""
         # the reference's per-feature sum x and sum x^2 are shared by every condition
         sums = PairedSums(self.n, self.stats.total, self.stats.total_sq)
         agreement = AgreementSums() if self.top_k else None
+        kept = []
         for i, y in enumerate(encode_blocks(sae, activations)):
             pair = sums.add(self.blocks[i], y)
             if agreement is not None:
                 agreement.add_block(self.token_refs[i], self.blocks[i], y, pair, self.top_k)
+            if keep_entries:
+                kept.append(pair.y)
         if agreement is not None:
             agreement.add_readout(self.activations, activations)
-        return sums.stats(), agreement
+        return sums.stats(), agreement, Entries.cat(kept, self.heights) if kept else None
 
 
 def run_pass(
@@ -240,10 +252,12 @@ def run_pass(
     hook: str,
     config: AuditConfig,
     advance: Callable[[int], None] = lambda n: None,
+    drilldown: DrilldownState | None = None,
 ) -> EngineState:
     """One pass over ``tokens`` in batches; ``prepared`` holds each condition's weights.
 
-    ``advance(n)`` is called as work completes (one unit per forward pass).
+    ``advance(n)`` is called as work completes (one unit per forward pass). ``drilldown``
+    (with ``config.drilldown``): a drill-down to go on filling, in place, instead of a new one.
     """
     device = torch.device(config.device or model.cfg.device)
     readout = _Readout(model, hook, config.compute_loss)
@@ -256,11 +270,20 @@ def run_pass(
     top_k = config.lens_k
     if top_k:
         state.agreement = {name: AgreementSums() for name in state.paired}
+    if config.drilldown:
+        drilled = [c.name for c in conditions if not isinstance(c, Reference)]
+        k = config.drilldown_contexts
+        if drilldown is None:
+            drilldown = DrilldownState.empty(sae.cfg.d_sae, k, drilled, device)
+        state.drilldown = drilldown
     with torch.inference_mode(), heap_allocations(device):
         for index, batch in enumerate(torch.split(tokens, config.batch_size)):
             batch = batch.to(device)
             act, loss = readout(batch, "reference", index)
             reference = _BatchReference(sae, act, top_k)
+            drilldown = None
+            if state.drilldown is not None:
+                drilldown = state.drilldown.batch(batch, reference.entries)
             state.reference = state.reference.merge(reference.stats)
             if loss:
                 state.loss["reference"] = state.loss["reference"].merge(loss)
@@ -269,11 +292,40 @@ def run_pass(
                 with applied(model, prepared[condition.name]):
                     act, loss = readout(batch, condition.name, index)
                 name = condition.name
-                pair, agreement = reference.paired(sae, act)
+                keep = drilldown is not None and name in drilldown.state.compressed
+                pair, agreement, entries = reference.paired(sae, act, keep)
+                if keep:
+                    drilldown.add_condition(name, entries)
                 state.paired[name] = state.paired[name].merge(pair)
                 if agreement is not None:
                     state.agreement[name] = state.agreement[name].merge(agreement)
                 if loss:
                     state.loss[name] = state.loss[name].merge(loss)
                 advance(1)
+            if drilldown is not None:
+                drilldown.finish()
     return state
+
+
+def run_shards(
+    model,
+    sae,
+    shards: Iterable[torch.Tensor],
+    conditions: Sequence[Condition],
+    prepared: dict[str, dict[str, torch.Tensor]],
+    hook: str,
+    config: AuditConfig,
+    advance: Callable[[int], None] = lambda n: None,
+) -> list[EngineState]:
+    """:func:`run_pass` over each shard of rows, in order. One drill-down is filled across
+    them and held by the first state (the others hold none): ``merge_all`` of the states
+    equals merging per-shard states, with one buffer instead of one per shard, and a shard
+    only gathers the contexts that beat those of the shards before it."""
+    states: list[EngineState] = []
+    for rows in shards:
+        shared = states[0].drilldown if states else None
+        state = run_pass(model, sae, rows, conditions, prepared, hook, config, advance, shared)
+        if states:
+            state.drilldown = None
+        states.append(state)
+    return states
