@@ -1,4 +1,5 @@
-"""The gate's files: JSON report, verdicts, markdown (also to $GITHUB_STEP_SUMMARY), plots."""
+"""The gate's files: JSON report, verdicts, markdown (also to $GITHUB_STEP_SUMMARY), plots,
+and the self-contained HTML page (index.html)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ def write_outputs(
     options: QdmOptions,
     provenance: dict | None = None,
 ) -> list[Path]:
-    """JSON report, verdicts, markdown, plots; markdown also to $GITHUB_STEP_SUMMARY.
+    """JSON report, verdicts, markdown, plots, index.html; markdown also to
+    $GITHUB_STEP_SUMMARY.
     ``provenance`` (where the result came from: computed or cached, fingerprint) goes to
     run.json."""
     from pytest_qdm.report import (
         append_github_step_summary,
         markdown_summary,
         plot_report,
+        write_html,
         write_json,
     )
 
@@ -35,8 +38,8 @@ def write_outputs(
     (out / "qdm-summary.md").write_text(markdown)
     (out / "run.json").write_text(json.dumps(provenance or {}, indent=1))
     written += [out / "verdicts.json", out / "qdm-summary.md", out / "run.json"]
-    if options.plots:
-        written += plot_report(report, out)
+    plots = plot_report(report, out) if options.plots else []
+    written += [*plots, write_html(report, out / "index.html", rows, plots)]
     append_github_step_summary(markdown, os.environ)
     return written
 

@@ -124,6 +124,18 @@ def _findings(report: ProtocolReport) -> Panel | Text:
     return Panel(body, title=title, title_align="left", border_style="red")
 
 
+def _drilldown(report: ProtocolReport, width: int) -> Text | None:
+    """The most damaged features of one condition, each with the reference's top context."""
+    lines = fmt.drilldown_lines(report, width)
+    if not lines:
+        return None
+    out = Text(f"Most damaged features under {fmt.drilldown_condition(report)}", style="bold")
+    out.append("\n(reference's top context, peak token in [brackets])", style="dim")
+    for line in lines:
+        out.append("\n" + line)
+    return out
+
+
 def _verdicts(verdicts: Sequence[Verdict]) -> Table:
     table = _table("Gate verdicts", ("gate", "result", "detail"), first_left=3)
     for name, passed, message in verdicts:
@@ -136,7 +148,7 @@ def render_report(
     report: ProtocolReport, console: Console, *, verdicts: Sequence[Verdict] = ()
 ) -> None:
     """Print the protocol report: sweep, lenses, pruning, predictor, stability, findings,
-    verdicts."""
+    most damaged features, verdicts."""
     console.rule(Text("QDM audit", style="bold"))
     for line in fmt.headline(report):
         console.print(Text(line))
@@ -149,6 +161,7 @@ def render_report(
         _predictor(report),
         _stability(report),
         _findings(report),
+        _drilldown(report, console.width),
         _verdicts(verdicts) if verdicts else None,
     ]
     for section in sections:
