@@ -71,3 +71,22 @@ def test_condition_name_shorthand():
     assert condition_name("int4-g128") == "rtn-int4-g128"
     assert condition_name("prune-0.2") == "prune-0.2"
     assert (condition_name("nf4"), condition_name("fp8")) == ("nf4-b64", "fp8-e4m3")
+
+
+def test_python_thresholds_take_the_command_line_forms():
+    from pytest_qdm.gate.thresholds import as_fraction
+
+    assert as_fraction("min_survived", 0.6) == as_fraction("min_survived", "60%") == 0.6
+    assert as_fraction("max_damaged", "0.25") == 0.25
+    for bad, why in [("x", "a fraction like 0.6"), (True, "a fraction"), ("160%", r"\[0, 1\]")]:
+        with pytest.raises(ValueError, match=f"min_survived must .*{why}"):
+            as_fraction("min_survived", bad)
+
+
+def test_marker_bits_take_an_int_or_a_list():
+    from pytest_qdm.gate.session import marker_bits
+
+    assert marker_bits(6) == (6,) and marker_bits([8, 6]) == (8, 6) and marker_bits(None) == ()
+    for bad in (9, True, ["6"]):
+        with pytest.raises(ValueError, match="bits must be integers in 2..8"):
+            marker_bits(bad)

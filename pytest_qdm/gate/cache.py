@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from pytest_qdm.schema.gate import Fingerprint
 from pytest_qdm.schema.protocol import ProtocolReport
 
 LOCK_TIMEOUT_S = 6 * 3600
@@ -45,3 +46,28 @@ def cached_report(
         report = compute()
         write_json(report, path)
         return report, False
+
+
+def _sources_path(cache_dir: str | Path, sources: str) -> Path:
+    return Path(cache_dir) / f"sources-{sources}.json"
+
+
+def remember_sources(cache_dir: str | Path, sources: str | None, fingerprint: Fingerprint) -> None:
+    """Record which fingerprint the run with these input files had (see gate/sources.py)."""
+    if sources is None:
+        return
+    from pytest_qdm.report import write_json
+    from pytest_qdm.stream.distributed import from_main
+
+    from_main(lambda: write_json(fingerprint, _sources_path(cache_dir, sources)))
+
+
+def remembered_fingerprint(cache_dir: str | Path, sources: str | None) -> Fingerprint | None:
+    """The fingerprint recorded for these input files, if any (unreadable: None)."""
+    path = None if sources is None else _sources_path(cache_dir, sources)
+    if path is None or not path.is_file():
+        return None
+    try:
+        return Fingerprint.model_validate_json(path.read_text())
+    except ValueError:
+        return None

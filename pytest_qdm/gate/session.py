@@ -17,7 +17,13 @@ from pytest_qdm.gate.baseline import (
     library_versions,
     state_sha256,
 )
-from pytest_qdm.gate.cache import cache_path, cached_report
+from pytest_qdm.gate.cache import (
+    cache_path,
+    cached_report,
+    remember_sources,
+    remembered_fingerprint,
+)
+from pytest_qdm.gate.sources import sources_key
 from pytest_qdm.load.subject import Subject, load_subject
 from pytest_qdm.options import QdmOptions, validated_overrides
 from pytest_qdm.schema.audit import AuditResult
@@ -39,6 +45,11 @@ class GateSession:
     def subject(self) -> Subject:
         init_from_torchrun()  # before loading: each rank's model goes to its own GPU
         return load_subject(self.options)
+
+    @cached_property
+    def sources(self) -> str | None:
+        """The run's inputs digested from files (gate/sources.py); None for Hub sources."""
+        return sources_key(self.options)
 
     @cached_property
     def protocol_config(self) -> ProtocolConfig:
@@ -114,11 +125,28 @@ class GateSession:
             # under torchrun every rank computes, and a failure on any rank ends every rank
             compute = partial(agreed, self._run_protocol)
             if self.options.cache:
+                self._protocol = self._from_sources_cache()
+            if self._protocol is not None:
+                self.cache_hit = True
+            elif self.options.cache:
                 key = self.fingerprint.key()
                 self._protocol, self.cache_hit = cached_report(self.options.cache_dir, key, compute)
+                remember_sources(self.options.cache_dir, self.sources, self.fingerprint)
             else:
                 self._protocol = compute()
         return self._protocol
+
+    def _from_sources_cache(self) -> ProtocolReport | None:
+        """The cached report of a run with the same input files and options, found without
+        loading the model, SAE or tokens (gate/sources.py); None if there is none."""
+        known = remembered_fingerprint(self.options.cache_dir, self.sources)
+        if known is None:
+            return None
+        path = cache_path(self.options.cache_dir, known.key())
+        if not path.is_file():
+            return None
+        self.__dict__["fingerprint"] = known  # the cached_property, without loading anything
+        return ProtocolReport.from_json(path.read_text())
 
     def _run_protocol(self) -> ProtocolReport:
         from pytest_qdm.compress.schemes import scheme_condition
@@ -145,7 +173,7 @@ class GateSession:
         if bits is None and tokens is None and not overrides:
             return self.protocol().audit
         config = marker_config(self.options, overrides)
-        key = (tuple(bits or self.options.bits), tokens, tuple(sorted(overrides.items())))
+        key = (marker_bits(bits) or self.options.bits, tokens, tuple(sorted(overrides.items())))
         if key not in self._audits:
             from pytest_qdm.compress.conditions import RTN
             from pytest_qdm.run.audit import audit
@@ -170,12 +198,18 @@ def marker_config(options: QdmOptions, overrides: dict):
     )
 
 
+def marker_bits(bits) -> tuple[int, ...]:
+    """``bits=6`` or ``bits=[8, 6]`` of a ``qdm`` marker as a tuple (empty: not given)."""
+    values = () if bits is None else (bits,) if isinstance(bits, int) else tuple(bits)
+    if any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8 for b in values):
+        raise ValueError(f"@pytest.mark.qdm: bits must be integers in 2..8, got {bits!r}")
+    return values
+
+
 def check_marker(options: QdmOptions, kwargs: dict) -> None:
     """Refuse a bad ``qdm`` marker before any model loads (ValueError, one line; a
     misspelled keyword is answered with the closest valid one)."""
-    bits = kwargs.get("bits") or ()
-    if any(not isinstance(b, int) or not 2 <= b <= 8 for b in bits):
-        raise ValueError(f"@pytest.mark.qdm: bits must be integers in 2..8, got {list(bits)}")
+    marker_bits(kwargs.get("bits"))
     tokens = kwargs.get("tokens")
     if tokens is not None and (not isinstance(tokens, int) or tokens < 1):
         raise ValueError(f"@pytest.mark.qdm: tokens must be a positive integer, got {tokens!r}")

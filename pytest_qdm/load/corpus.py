@@ -97,6 +97,13 @@ def _docstrings(tree: ast.AST, prefix: str) -> list[tuple[str, str]]:
     return out
 
 
+def builtin_source_files() -> list[Path]:
+    """The files the builtin corpus is read from (to identify it without parsing them)."""
+    from pydoc_data import topics
+
+    return [path for _, path in _module_files(_stdlib_dir())] + [Path(topics.__file__)]
+
+
 @lru_cache(maxsize=1)
 def _all_builtin_documents() -> tuple[tuple[str, str], ...]:
     """Every built-in document as (stable key, cleaned text), de-duplicated by text."""

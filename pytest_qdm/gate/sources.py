@@ -1,0 +1,101 @@
+"""The run's inputs digested from their files alone, so a cache hit loads nothing heavy.
+
+:func:`sources_key` hashes what the gate would read (model, SAE and candidate files, the
+corpus, the options that shape the protocol, library versions) without importing torch,
+loading a model or tokenizing text. The result cache maps this key to the full
+:class:`~pytest_qdm.schema.gate.Fingerprint` of the run that computed it; a later run with
+the same key reads the report without loading anything. Sources that are not local files
+(Hub models or SAEs, ``hf:`` datasets) give ``None``: such runs take the full fingerprint.
+The builtin corpus is identified by the interpreter's standard library (paths, sizes and
+modification times of the files it is read from), not by parsing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from pytest_qdm.options import QdmOptions
+
+# Options that only judge or present a result, never change it.
+_PRESENTATION = {
+    "min_survived",
+    "max_damaged",
+    "max_ppl_change",
+    "baseline",
+    "baseline_checks",
+    "update_baseline",
+    "report_dir",
+    "cache",
+    "cache_dir",
+    "plots",
+    "progress",
+}
+_WEIGHT_FILES = ("*.json", "*.safetensors", "*.bin", "*.gguf", "*.pt", "tokenizer.model")
+
+
+def sources_key(options: QdmOptions) -> str | None:
+    """sha256 of the run's inputs from files and options, or None when one is not local."""
+    parts = [
+        _model_files(options.model),
+        _folder_files(options.sae) if options.sae else "preset-sae",
+        _corpus(options),
+        *(_folder_files(c) for c in options.candidates),
+    ]
+    if any(p is None for p in parts):
+        return None
+    from pytest_qdm.gate.baseline import library_versions
+
+    settings = options.model_dump(mode="json", exclude=_PRESENTATION)
+    payload = json.dumps([parts, settings, library_versions()], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def _model_files(spec: str | None) -> str | None:
+    if spec == "tiny":
+        from pytest_qdm.zoo import weights_dir
+
+        return _digest_files(sorted(weights_dir().rglob("*")))
+    return _folder_files(spec)
+
+
+def _folder_files(spec: str | None) -> str | None:
+    """Digest of a local checkpoint folder's (or file's) weight and config files."""
+    from pytest_qdm.load.hub import local_dir
+
+    path = Path(str(spec)).expanduser()
+    if path.is_file():
+        return _digest_files([path])
+    folder = local_dir(spec)
+    if folder is None:
+        return None  # a Hub name: its files are known only after resolving it
+    return _digest_files(sorted(f for pattern in _WEIGHT_FILES for f in folder.rglob(pattern)))
+
+
+def _corpus(options: QdmOptions) -> str | None:
+    source = options.dataset or "builtin"
+    if source == "builtin":
+        from pytest_qdm.load.corpus import builtin_source_files
+
+        return f"builtin:{sys.version}:" + _digest_stats(builtin_source_files())
+    path = Path(source).expanduser()
+    return _digest_files([path]) if path.is_file() else None
+
+
+def _digest_files(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        if path.is_file():
+            digest.update(f"{path.name}:{path.stat().st_size}:".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _digest_stats(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
