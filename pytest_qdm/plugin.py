@@ -41,13 +41,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             parser.addini(dest(flag), text, default=None)
 
 
+# Folders and files named in an ini file are relative to that file, not to the working folder.
+INI_PATHS = ("report-dir", "cache-dir", "baseline")
+
+
 def build_options(config: pytest.Config):
     """One frozen QdmOptions from the command line (first) and the ini file, checked."""
     from pytest_qdm.options import build_options, dest, option_fields
 
     def raw(flag: str):
         value = config.getoption(dest(flag))
-        return value if value not in (None, [], False) else config.getini(dest(flag))
+        if value not in (None, [], False):
+            return value
+        value = config.getini(dest(flag))
+        if flag in INI_PATHS and value and config.inipath is not None:
+            value = str(config.inipath.parent / value)  # as pytest's own path ini values
+        return value
 
     values = {meta["flag"]: raw(meta["flag"]) for _, meta, _ in option_fields()}
     options = build_options(values, progress=config.get_verbosity() >= 0)
