@@ -120,8 +120,14 @@ class _GateItem(pytest.Item):
             return session.judged()
 
     def repr_failure(self, excinfo, style=None):
+        from pytest_qdm.load.checkpoints import MissingFormatLibrary
+        from pytest_qdm.load.hub import HubUnavailableError
+
+        model = _options(self.config).model
         if isinstance(excinfo.value, QdmGateFailure):
-            return f"QDM gate {self.name} failed for {_options(self.config).model}: {excinfo.value}"
+            return f"QDM gate {self.name} failed for {model}: {excinfo.value}"
+        if isinstance(excinfo.value, (HubUnavailableError, MissingFormatLibrary)):
+            return f"QDM gate {self.name} could not load its inputs: {excinfo.value}"
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):

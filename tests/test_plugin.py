@@ -332,3 +332,14 @@ def test_xdist_runs_the_protocol_once_and_keeps_properties(pytester, tmp_path, m
     assert log.read_text().count("run") == 1
     serial = run()
     assert parallel == serial and serial["test_a"]["qdm.rtn-int6.survived_pct"]
+
+
+def test_an_unreachable_hub_model_fails_in_one_line_naming_the_options(pytester, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pytester.makeini("[pytest]\n")
+    result = pytester.runpytest_subprocess("--qdm-model", "gemma-2-2b", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    assert "QDM gate audit could not load its inputs" in text
+    assert "--qdm-model DIR --qdm-sae SAE_DIR --qdm-dataset FILE" in text
+    assert "Traceback" not in text and len(text.splitlines()) < 80

@@ -132,6 +132,7 @@ def from_hub(what: str, instead: str, offline: bool | None):
 def quiet_deprecations():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated")
+        warnings.filterwarnings("ignore", message=".*from_pretrained is deprecated")
         yield
 
 

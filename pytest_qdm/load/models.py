@@ -102,7 +102,8 @@ def load_model_from_hub(
     torch_dtype = resolve_dtype(dtype, device, preset_for_model(name))
     instead = (
         f"`hf download {name} --local-dir DIR` where the Hub is reachable, "
-        "then load_model('DIR') (any Hugging Face checkpoint folder works)"
+        "then --qdm-model DIR --qdm-sae SAE_DIR --qdm-dataset FILE on the command line, or "
+        "load_model('DIR') in Python (any Hugging Face checkpoint folder works)"
     )
     with from_hub(f"model {name!r}", instead, offline), quiet_deprecations():
         from transformer_lens import HookedTransformer

@@ -60,7 +60,8 @@ def load_sae_from_hub(
     dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
     instead = (
         "load it where the Hub is reachable, save it with sae.save_model('DIR'), and pass "
-        "load_sae('DIR') (a folder with cfg.json and sae_weights.safetensors)"
+        "--qdm-sae DIR, or load_sae('DIR') in Python (a folder with cfg.json and "
+        "sae_weights.safetensors)"
     )
     with from_hub(f"SAE {release}/{sae_id}", instead, offline):
         from sae_lens import SAE
