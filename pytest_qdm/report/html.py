@@ -38,12 +38,12 @@ details.feature { border: 1px solid #ddd; border-radius: 4px; margin: .4em 0; pa
 details.feature summary { cursor: pointer; }
 .contexts th { text-align: left; }
 .contexts td { text-align: left; font: 13px/1.6 ui-monospace, monospace; white-space: pre-wrap; }
-.t { border-radius: 2px; }
-.t.peak { outline: 2px solid #333; }
+.contexts span { border-radius: 2px; }
+.ref span { background: rgba(31, 119, 180, var(--a)); }
+.cmp span { background: rgba(255, 127, 14, var(--a)); }
+.contexts span.p { outline: 2px solid #333; }
 .muted { color: #777; }
 """
-# activation shading: reference in blue, compressed in orange
-REFERENCE_RGB, COMPRESSED_RGB = (31, 119, 180), (255, 127, 14)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], classes=None) -> str:
@@ -59,14 +59,15 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], classes=None) 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _shaded(context: Context, side: list[float], scale: float, rgb: tuple[int, int, int]) -> str:
+def _shaded(context: Context, side: list[float], scale: float) -> str:
+    """The context's tokens, each shaded by ``side``'s activation (CSS variable --a)."""
     spans = []
     for i, (token, value) in enumerate(zip(fmt.token_texts(context), side, strict=True)):
         alpha = 0.0 if scale <= 0 else min(max(value / scale, 0.0), 1.0)
-        cls = "t peak" if i == context.peak else "t"
-        style = f"background: rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha:.2f})"
-        title = escape(f"{value:.4g}", quote=True)
-        spans.append(f'<span class="{cls}" style="{style}" title="{title}">{escape(token)}</span>')
+        peak = ' class="p"' if i == context.peak else ""
+        spans.append(
+            f'<span{peak} style="--a:{alpha:.2g}" title="{value:.3g}">{escape(token)}</span>'
+        )
     return "".join(spans)
 
 
@@ -74,8 +75,8 @@ def _contexts(title: str, contexts: Sequence[Context], scale: float, condition: 
     if not contexts:
         return f'<p class="muted">{escape(title)}: none (the feature never fired)</p>'
     rows = [
-        f'<tr class="context"><td>{_shaded(c, c.reference, scale, REFERENCE_RGB)}</td>'
-        f"<td>{_shaded(c, c.compressed, scale, COMPRESSED_RGB)}</td></tr>"
+        f'<tr class="context"><td class="ref">{_shaded(c, c.reference, scale)}</td>'
+        f'<td class="cmp">{_shaded(c, c.compressed, scale)}</td></tr>'
         for c in contexts
     ]
     head = f"<tr><th>reference</th><th>{escape(condition)}</th></tr>"
