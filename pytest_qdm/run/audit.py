@@ -15,9 +15,12 @@ from pytest_qdm.schema.audit import (
     ConditionResult,
     ReferenceResult,
     TokenSummary,
+    lowest_correlations,
     summarize,
 )
 from pytest_qdm.settings import DEFAULT_BITS, AuditConfig
+from pytest_qdm.stream.distributed import local_rows, merged_state
+from pytest_qdm.stream.drilldown import NO_LABELS, Labels
 from pytest_qdm.stream.engine import (
     EngineState,
     pass_steps,
@@ -57,8 +60,10 @@ def finalize(
     hook: str,
     tokens: TokenSummary,
     config: AuditConfig,
+    labels: Labels = NO_LABELS,
 ) -> AuditResult:
-    """Turn accumulated statistics into bands and a typed result."""
+    """Turn accumulated statistics into bands and a typed result (``labels``: how the
+    drill-down names tokens and features)."""
     ref = state.reference
     firing = ref.firing_rate()
     active = firing > config.active_threshold
@@ -71,6 +76,10 @@ def finalize(
         emergent = ~active & (firing_c > config.active_threshold)
         loss = state.loss.get(condition.name)
         agreement = state.agreement.get(condition.name)
+        drilldown = None
+        if state.drilldown is not None and condition.name in state.drilldown.compressed:
+            worst = lowest_correlations(correlation, config.drilldown_features)
+            drilldown = state.drilldown.result(condition.name, worst, labels)
         results[condition.name] = ConditionResult(
             name=condition.name,
             spec=condition.describe(),
@@ -82,6 +91,7 @@ def finalize(
             mean_nll=loss.nll / loss.count if loss and loss.count else None,
             n_loss_tokens=loss.count if loss else None,
             agreement=agreement.result(config.top_k) if agreement is not None else None,
+            drilldown=drilldown,
         )
     ref_loss = state.loss.get("reference")
     return AuditResult(
@@ -113,7 +123,9 @@ def audit(
 
     ``model`` is a TransformerLens HookedTransformer, ``sae`` a sae_lens SAE (frozen: it
     encodes reference and compressed activations alike), ``tokens`` a LongTensor
-    [n, ctx] or a TokenSet. Neither the model nor the SAE is modified.
+    [n, ctx] or a TokenSet. Neither the model nor the SAE is modified. Under an
+    initialised torch.distributed process group it is collective: call it on every rank;
+    each runs a share of the rows and all return the merged result (docs/distributed.md).
     """
     config = config or AuditConfig()
     conditions = list(conditions) if conditions is not None else [RTN(b) for b in DEFAULT_BITS]
@@ -122,7 +134,11 @@ def audit(
     hook = resolve_hook(model, sae, config)
     validate_inputs(model, sae, tokens, hook, config.lens_k)
     prepared = prepare_conditions(model, conditions, hook, config.compute_loss)
-    steps = pass_steps(tokens, conditions, config)
+    rows = local_rows(tokens, config.batch_size)  # all of them outside torch.distributed
+    steps = pass_steps(rows, conditions, config)
+    device = torch.device(config.device or model.cfg.device)
     with progress_bar("QDM audit", steps, config.progress) as advance:
-        state = run_pass(model, sae, tokens, conditions, prepared, hook, config, advance)
-    return finalize(state, conditions, hook, token_summary(tokens), config)
+        state = merged_state(
+            lambda: run_pass(model, sae, rows, conditions, prepared, hook, config, advance), device
+        )
+    return finalize(state, conditions, hook, token_summary(tokens), config, Labels.of(model, sae))

@@ -44,10 +44,12 @@ from pytest_qdm.schema.analyses import (
 from pytest_qdm.schema.audit import AuditResult
 from pytest_qdm.schema.protocol import Finding, SweepRow
 from pytest_qdm.settings import AuditConfig, ProtocolConfig
+from pytest_qdm.stream.distributed import concatenated, local_share
+from pytest_qdm.stream.drilldown import Labels
 from pytest_qdm.stream.engine import (
     EngineState,
     pass_steps,
-    run_pass,
+    run_shards,
     validate_conditions,
     validate_inputs,
 )
@@ -193,15 +195,20 @@ def feature_phase(inputs: Inputs, conditions: list[Condition]) -> FeaturePass:
     """ONE sharded pass over the audit tokens for every condition; shards merge exactly."""
     model, config = inputs.model, inputs.config
     prepared = prepare_conditions(model, conditions, inputs.hook, compute_loss=False)
-    shard_tokens = _shards(inputs.tokens, inputs.cfg.n_shards, inputs.cfg.seed)
+    # under torch.distributed each rank runs a contiguous share of the shards
+    shard_tokens = local_share(_shards(inputs.tokens, inputs.cfg.n_shards, inputs.cfg.seed))
     steps = sum(pass_steps(t, conditions, config) for t in shard_tokens)
+    device = torch.device(config.device or model.cfg.device)
     with progress_bar("QDM protocol", steps, config.progress) as advance:
-        shards = [
-            run_pass(model, inputs.sae, t, conditions, prepared, inputs.hook, config, advance)
-            for t in shard_tokens
-        ]
+        shards = concatenated(
+            lambda: run_shards(
+                model, inputs.sae, shard_tokens, conditions, prepared, inputs.hook, config, advance
+            ),
+            device,
+        )
+    labels = Labels.of(model, inputs.sae)
     result = finalize(
-        merge_all(shards), conditions, inputs.hook, token_summary(inputs.tokens), config
+        merge_all(shards), conditions, inputs.hook, token_summary(inputs.tokens), config, labels
     )
     return FeaturePass(shards, result)
 
@@ -210,7 +217,8 @@ def second_layer_phase(inputs: Inputs, second_sae) -> AuditResult | None:
     """The same RTN sweep read by an SAE at another layer (a stability check)."""
     if second_sae is None:
         return None
-    config = inputs.config.model_copy(update={"hook_name": None, "token_lenses": False})
+    off = {"hook_name": None, "token_lenses": False, "drilldown_features": 0}
+    config = inputs.config.model_copy(update=off)
     return audit(inputs.model, second_sae, inputs.tokens, inputs.rtn, config)
 
 
