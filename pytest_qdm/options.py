@@ -219,6 +219,14 @@ class QdmOptions(BaseModel):
         description="k of the top-k feature agreement (token lens)",
         json_schema_extra=cli("top-k", "int", "K"),
     )
+    drilldown_features: int = Field(
+        _AUDIT["drilldown_features"].default,
+        ge=0,
+        description="most damaged features per condition shown with their contexts in the "
+        "report (reference top contexts beside the compressed model's, and what the "
+        "compressed feature fires on now); 0: none",
+        json_schema_extra=cli("drilldown", "int", "K"),
+    )
     sae_prune: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = Field(
         (),
         description="SAE pruning sweep: fractions of SAE features to remove without "
