@@ -90,3 +90,10 @@ def test_marker_bits_take_an_int_or_a_list():
     for bad in (9, True, ["6"]):
         with pytest.raises(ValueError, match="bits must be integers in 2..8"):
             marker_bits(bad)
+
+
+def test_an_out_of_range_bound_names_its_option():
+    with pytest.raises(
+        ValueError, match=r"^--qdm-min-survived 'int6:1.5': the bound is a fraction"
+    ):
+        parse_gate("min_survived", "int6:1.5")

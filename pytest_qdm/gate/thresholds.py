@@ -74,7 +74,10 @@ def parse_gate(option: str, text: str) -> GateCheck:
     value = float(match["value"]) / (100 if match["pct"] else 1)
     if metric.endswith("_pct"):
         if value > 1:
-            raise ValueError(f"{text!r}: a fraction in [0, 1] or a percentage is expected")
+            raise ValueError(
+                f"--qdm-{option.replace('_', '-')} {text!r}: the bound is a fraction in [0, 1] "
+                "or a percentage, e.g. int6:0.6 or int6:60%"
+            )
         value *= 100
     condition = "*" if match["cond"] == "*" else condition_name(match["cond"])
     _check_bits_in_name(condition, text)
