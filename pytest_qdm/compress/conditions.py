@@ -22,7 +22,14 @@ from pytest_qdm.schema.audit import CheckpointSpec, ConditionSpec
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-_TARGET = re.compile(r"^blocks\.(\d+)\.(attn\.(W_Q|_?W_K|_?W_V|W_O)|mlp\.(W_in|W_out|W_gate))$")
+# Group 1 is the block index. A mixture-of-experts MLP (TransformerLens' MoE, e.g. Mixtral)
+# holds each expert's W_in/W_gate/W_out as nn.Linear modules
+# (blocks.N.mlp.experts.E.W_gate.weight, already [out, in]); its router,
+# blocks.N.mlp.W_gate.weight, is not matched: deployed quantizers keep it in full precision.
+_TARGET = re.compile(
+    r"^blocks\.(\d+)\.(attn\.(W_Q|_?W_K|_?W_V|W_O)|mlp\.(W_in|W_out|W_gate)"
+    r"|mlp\.experts\.\d+\.(W_in|W_out|W_gate)\.weight)$"
+)
 
 
 def target_weights(
@@ -42,6 +49,9 @@ def target_weights(
 
 
 def _kind(name: str) -> str:
+    """W_Q, W_K, W_V, W_O, W_in, W_out, W_gate, or "linear" for an nn.Linear ``.weight``."""
+    if name.endswith(".weight"):
+        return "linear"
     return name.rsplit(".", 1)[-1].lstrip("_")
 
 
@@ -59,6 +69,8 @@ def to_rows(name: str, weight: torch.Tensor) -> torch.Tensor:
         return weight.reshape(-1, weight.shape[-1]).T
     if kind in ("W_in", "W_gate", "W_out"):  # [in, out] -> [out, in]
         return weight.T
+    if kind == "linear":  # an nn.Linear weight (MoE experts): already [out, in]
+        return weight
     raise ValueError(f"{name!r} is not a compressible block weight")
 
 
@@ -70,6 +82,8 @@ def from_rows(name: str, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor
         return rows.reshape(heads, d_head, d_model).permute(0, 2, 1).contiguous()
     if kind == "W_O":
         return rows.T.reshape(like.shape).contiguous()
+    if kind == "linear":
+        return rows.reshape(like.shape).contiguous()
     return rows.T.contiguous()
 
 
