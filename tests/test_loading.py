@@ -354,7 +354,8 @@ def test_missing_and_unsupported_folders(tmp_path):
     with pytest.raises(
         ValueError,
         match="GPT2LMHeadModel.*supported: GPTNeoXForCausalLM, Gemma2ForCausalLM, "
-        "LlamaForCausalLM, MistralForCausalLM$",
+        "Gemma3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, "
+        "Qwen2ForCausalLM, Qwen3ForCausalLM$",
     ):
         load_model(str(unsupported), device="cpu")
     with pytest.raises(FileNotFoundError, match="no-such-sae"):
