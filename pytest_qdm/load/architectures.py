@@ -95,7 +95,7 @@ def _llama_config(hf: Any) -> dict[str, Any]:
         raise ValueError("Llama-family checkpoints with attention or MLP biases are not supported")
     if getattr(hf, "sliding_window", None):
         raise ValueError("Mistral checkpoints with sliding-window attention are not supported")
-    return {
+    return _llama3_rope(hf) | {
         "d_model": hf.hidden_size,
         "d_head": d_head,
         "n_heads": hf.num_attention_heads,
@@ -156,6 +156,24 @@ def _qwen_config(hf: Any, qk_norm: bool) -> dict[str, Any]:
         "rotary_adjacent_pairs": False,
         "use_qk_norm": qk_norm,
         "default_prepend_bos": False,
+    }
+
+
+def _llama3_rope(hf: Any) -> dict[str, Any]:
+    """Llama 3.1+ "llama3" RoPE scaling as TransformerLens' NTK-by-parts settings; any other
+    scaling is refused (it would load with plain RoPE and give wrong activations)."""
+    rope = getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "llama3":
+        _default_rope(hf, "Llama-family", rope)
+        return {}
+    return {
+        "use_NTK_by_parts_rope": True,
+        "NTK_original_ctx_len": rope.get(
+            "original_max_position_embeddings", hf.max_position_embeddings
+        ),
+        "NTK_by_parts_low_freq_factor": rope.get("low_freq_factor", 1.0),
+        "NTK_by_parts_high_freq_factor": rope.get("high_freq_factor", 4.0),
+        "NTK_by_parts_factor": rope.get("factor", 1.0),
     }
 
 
