@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from pytest_qdm.analyse.sensitivity import check_focus
 from pytest_qdm.compress.names import scheme_name
 from pytest_qdm.gate.thresholds import BaselineCheck, GateCheck, parse_baseline, parse_gate
 from pytest_qdm.settings import (
@@ -238,6 +239,14 @@ class QdmOptions(BaseModel):
         description="SAE feature importance for --qdm-sae-prune: " + " or ".join(SAE_PRUNE_METHODS),
         json_schema_extra=cli("sae-prune-method", metavar="METHOD"),
     )
+    sensitivity: bool = Field(
+        False,
+        description="which blocks to keep at higher precision: quantize one block at a time at "
+        "--qdm-match-bits (blocks up to the read-out), then audit a greedy plan that raises the "
+        "most damaging blocks to INT8 until survival reaches the --qdm-min-survived bound of "
+        "that width (else 90%)",
+        json_schema_extra=cli("sensitivity", "flag"),
+    )
     cache: bool = Field(
         True,
         description="do not read or write the on-disk result cache",
@@ -262,6 +271,7 @@ class QdmOptions(BaseModel):
             raise ValueError(
                 f"--qdm-match-bits {self.match_bits} is not among --qdm-bits {list(self.bits)}"
             )
+        check_focus(self.match_bits, self.sensitivity)
         if self.damage_threshold > self.survival_threshold:
             raise ValueError(
                 f"--qdm-damage-threshold {self.damage_threshold} must not exceed "

@@ -108,6 +108,17 @@ class ProtocolConfig(BaseModel):
     masks_survival_bound: float = Field(
         0.9, ge=0, le=1, description="survival below this is damage"
     )
+    sensitivity: bool = Field(
+        False,
+        description="quantize one block at a time at match_bits, then verify a greedy "
+        "mixed-precision plan (docs/definitions.md, 'Block sensitivity')",
+    )
+    sensitivity_target: float = Field(
+        0.9, ge=0, le=1, description="survival the mixed-precision plan aims for (fraction)"
+    )
+    sensitivity_max_raised: int | None = Field(
+        None, ge=0, description="at most this many blocks raised to INT8 (None: no limit)"
+    )
 
     @field_validator("sae_prune_method")
     @classmethod

@@ -289,3 +289,50 @@ class SaePruningSweep(BaseModel):
             if math.isclose(row.fraction, fraction, abs_tol=1e-12) and row.condition == condition:
                 return row
         raise KeyError(f"no row for fraction={fraction!r}, condition={condition!r}")
+
+
+class BlockSensitivity(_Frozen):
+    """One transformer block quantized alone at the focus width, the rest reference.
+
+    ``above_readout``: the block comes after the read-out hook, so it cannot change the
+    features; only its perplexity is measured (survival and mean r are None).
+    """
+
+    block: int
+    condition: str
+    above_readout: bool
+    survived_pct: float | None
+    mean_correlation: float | None
+    ppl_chunked_change: float | None
+
+
+class SensitivityPlan(_Frozen):
+    """Greedy mixed precision: every block at ``focus_bits`` but ``raised_blocks`` at
+    ``raised_bits``; ``survived_pct`` and ``ppl_chunked_change`` are measured on that
+    condition (``predicted_survived_pct``: what the greedy search expected)."""
+
+    condition: str
+    focus_bits: int
+    raised_bits: int
+    raised_blocks: list[int]
+    target_survived_pct: float
+    max_raised: int | None
+    predicted_survived_pct: float | None
+    n_audits: int  # passes that audited a plan (0: no block raised, the focus condition)
+    survived_pct: float | None
+    mean_correlation: float | None
+    ppl_chunked_change: float | None
+    focus_survived_pct: float | None  # every block at focus_bits (the focus condition)
+    focus_ppl_chunked_change: float | None
+    target_met: bool
+
+
+class SensitivityResult(_Frozen):
+    """Which blocks to keep at higher precision (ProtocolConfig.sensitivity)."""
+
+    focus_condition: str
+    focus_bits: int
+    hook_name: str
+    last_feature_block: int  # the last block that can change the features at the hook
+    blocks: list[BlockSensitivity]
+    plan: SensitivityPlan

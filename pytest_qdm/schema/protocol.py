@@ -13,6 +13,7 @@ from pytest_qdm.schema.analyses import (
     PruningMatch,
     SaeFit,
     SaePruningSweep,
+    SensitivityResult,
     StabilityReport,
     TransferQuality,
 )
@@ -75,6 +76,7 @@ class ProtocolReport(BaseModel):
     sae_fit: SaeFit
     elapsed_seconds: float
     sae_pruning: SaePruningSweep | None = None  # ProtocolConfig.sae_prune_fractions
+    sensitivity: SensitivityResult | None = None  # ProtocolConfig.sensitivity
 
     def to_json(self, **kwargs) -> str:
         return self.model_dump_json(**kwargs)
