@@ -357,3 +357,48 @@ def drilldown_lines(report: ProtocolReport, width: int, n: int = DRILLDOWN_SHOWN
         text = context_line(top[0], width - len(label)) if top else MISSING
         lines.append(label + text)
     return lines
+
+
+SENSITIVITY_HEADERS = ("condition", "survived %", "mean r", "ΔPPL chunk")
+
+
+def sensitivity_table(report: ProtocolReport) -> TitledTable | None:
+    """Block sensitivity: survival and perplexity change with one block at the focus width;
+    None when it was not run."""
+    s = getattr(report, "sensitivity", None)
+    if s is None:
+        return None
+    rows = [
+        [
+            b.condition + (" (above read-out)" if b.above_readout else ""),
+            num(b.survived_pct, ".1f"),
+            num(b.mean_correlation, ".4f"),
+            change(b.ppl_chunked_change),
+        ]
+        for b in s.blocks
+    ]
+    return f"Block sensitivity: one block at INT{s.focus_bits}", SENSITIVITY_HEADERS, rows
+
+
+def _listed(blocks: list[int]) -> str:
+    words = [str(b) for b in blocks]
+    text = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return ("block " if len(words) == 1 else "blocks ") + text
+
+
+def sensitivity_plan_line(report: ProtocolReport) -> str | None:
+    """The verified mixed-precision plan in words, measured numbers; None when not run."""
+    s = getattr(report, "sensitivity", None)
+    if s is None:
+        return None
+    p, focus = s.plan, f"INT{s.plan.focus_bits}"
+    if p.raised_blocks:
+        what = f"{_listed(p.raised_blocks)} at INT{p.raised_bits}, the rest {focus}"
+    else:
+        what = f"every block at {focus}"
+    met = "met" if p.target_met else "NOT reached"
+    return (
+        f"Plan: {what}: survived {num(p.survived_pct, '.1f')}%, PPL {change(p.ppl_chunked_change)} "
+        f"(all {focus}: {num(p.focus_survived_pct, '.1f')}%, "
+        f"{change(p.focus_ppl_chunked_change)}); target {p.target_survived_pct:g}% {met}"
+    )

@@ -64,6 +64,7 @@ def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool,
     for table, legend in [
         (fmt.lens_table(report), fmt.LENS_LEGEND),
         (fmt.sae_pruning_table(report), None),
+        (fmt.sensitivity_table(report), fmt.sensitivity_plan_line(report)),
     ]:
         if table is not None:
             title, headers, rows = table

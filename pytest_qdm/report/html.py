@@ -165,6 +165,11 @@ def html_report(
         lens_title, headers, rows = lens
         legend = f'<p class="muted">{escape(fmt.LENS_LEGEND)}</p>'
         sections.append(f"<h2>{escape(lens_title)}</h2>" + _table(headers, rows) + legend)
+    sensitivity = fmt.sensitivity_table(report)
+    if sensitivity is not None:
+        sens_title, headers, rows = sensitivity
+        plan = f"<p>{escape(fmt.sensitivity_plan_line(report))}</p>"
+        sections.append(f"<h2>{escape(sens_title)}</h2>" + _table(headers, rows) + plan)
     details = [
         ("Matched pruning", fmt.pruning_line(report)),
         ("Overlap", fmt.overlap_line(report)),

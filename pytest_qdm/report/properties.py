@@ -19,6 +19,10 @@ e.g. ``reference``, ``rtn-int6``, ``prune-0.175``):
   ``steps``, ``converged``, ``monotone``.
 - ``qdm.sae_prune.<fraction>.<condition>.``: ``sae_ev``, ``loss_recovered`` (the SAE
   pruning sweep, when run).
+- ``qdm.sensitivity.block<i>.``: ``survived_pct``, ``mean_r`` (blocks up to the read-out),
+  ``ppl_chunked_change``; ``qdm.sensitivity.plan.``: ``survived_pct``, ``mean_r``,
+  ``ppl_chunked_change`` (measured), ``predicted_survived_pct``, ``n_raised``,
+  ``target_met`` (block sensitivity, when run).
 - ``qdm.overlap.``: ``jaccard_not_survived``, ``jaccard_damaged``, ``pearson_damage``,
   ``spearman_damage``.
 - ``qdm.null.``: ``passed``, ``max_abs_deviation``; ``qdm.sae_fit.``: ``ok``,
@@ -128,6 +132,28 @@ def _analyses(report: ProtocolReport) -> list[Property]:
                 f"qdm.sae_prune.{row.fraction:g}.{row.condition}",
                 [("sae_ev", row.explained_variance), ("loss_recovered", row.loss_recovered)],
             )
+    if (sens := getattr(report, "sensitivity", None)) is not None:
+        for b in sens.blocks:
+            out += _emit(
+                f"qdm.sensitivity.block{b.block}",
+                [
+                    ("survived_pct", b.survived_pct),
+                    ("mean_r", b.mean_correlation),
+                    ("ppl_chunked_change", b.ppl_chunked_change),
+                ],
+            )
+        plan = sens.plan
+        out += _emit(
+            "qdm.sensitivity.plan",
+            [
+                ("survived_pct", plan.survived_pct),
+                ("mean_r", plan.mean_correlation),
+                ("ppl_chunked_change", plan.ppl_chunked_change),
+                ("predicted_survived_pct", plan.predicted_survived_pct),
+                ("n_raised", len(plan.raised_blocks)),
+                ("target_met", plan.target_met),
+            ],
+        )
     if (o := report.overlap) is not None:
         names = ("jaccard_not_survived", "jaccard_damaged", "pearson_damage", "spearman_damage")
         out += _fields("qdm.overlap", o, {n: n for n in names})

@@ -157,6 +157,7 @@ def render_report(
         _sweep_table(report, console.width < WIDE_MIN_WIDTH),
         _titled_table(fmt.lens_table(report), caption=fmt.LENS_LEGEND),
         _titled_table(fmt.sae_pruning_table(report)),
+        _titled_table(fmt.sensitivity_table(report), caption=fmt.sensitivity_plan_line(report)),
         _pruning(report),
         _predictor(report),
         _stability(report),
