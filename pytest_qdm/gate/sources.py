@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from pytest_qdm.analyse.sensitivity import plan_target
 from pytest_qdm.options import QdmOptions
 
 # Options that only judge or present a result, never change it.
@@ -49,6 +50,8 @@ def sources_key(options: QdmOptions) -> str | None:
     from pytest_qdm.gate.baseline import library_versions
 
     settings = options.model_dump(mode="json", exclude=_PRESENTATION)
+    if options.sensitivity:  # the plan's survival target is a gate bound's
+        settings["sensitivity_target"] = plan_target(options.min_survived, options.match_bits)
     payload = json.dumps([parts, settings, library_versions()], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
