@@ -147,3 +147,36 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------- the bundled model, shared
+
+
+def needs(module: str, extra: str):
+    """Import a format's library, or skip with the pip command that installs it."""
+    return pytest.importorskip(module, reason=f"pip install 'pytest-qdm[{extra}]'")
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The bundled model (the reference the shipped-checkpoint tests audit against)."""
+    from pytest_qdm.zoo import load_tiny_model
+
+    return load_tiny_model(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sae():
+    from pytest_qdm.zoo import load_tiny_sae
+
+    return load_tiny_sae(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tokens(reference):
+    """2,048 tokens of the builtin corpus, as [16, 128] rows."""
+    from pytest_qdm.load.tokens import load_tokens
+
+    return load_tokens(
+        "builtin", reference.tokenizer, context_length=128, max_tokens=2048, prepend_bos=True
+    ).tokens

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import torch
+from conftest import needs
 
 import pytest_qdm as qdm
 from pytest_qdm.compress.conditions import target_weights
@@ -23,33 +24,9 @@ from pytest_qdm.load.checkpoints import (
     candidate_name,
     inspect_checkpoint,
 )
-from pytest_qdm.zoo import load_tiny_model, load_tiny_sae, weights_dir
+from pytest_qdm.zoo import weights_dir
 
 pytest_plugins = ["pytester"]
-N_TOKENS = 2048
-
-
-def needs(module: str, extra: str):
-    return pytest.importorskip(module, reason=f"pip install 'pytest-qdm[{extra}]'")
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return load_tiny_model(device="cpu")
-
-
-@pytest.fixture(scope="module")
-def sae():
-    return load_tiny_sae(device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tokens(reference):
-    from pytest_qdm.load.tokens import load_tokens
-
-    return load_tokens(
-        "builtin", reference.tokenizer, context_length=128, max_tokens=N_TOKENS, prepend_bos=True
-    ).tokens
 
 
 @pytest.fixture(scope="module")

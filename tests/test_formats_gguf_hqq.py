@@ -14,13 +14,13 @@ import re
 
 import pytest
 import torch
+from conftest import needs
 
 import pytest_qdm as qdm
 from pytest_qdm.compress.conditions import target_weights, to_rows
 from pytest_qdm.load.checkpoints import MissingFormatLibrary, inspect_checkpoint
-from pytest_qdm.zoo import load_tiny_model, load_tiny_sae, weights_dir
+from pytest_qdm.zoo import weights_dir
 
-N_TOKENS = 2048
 HF_LINEARS = {
     "attn.W_Q": "self_attn.q_proj",
     "attn.W_K": "self_attn.k_proj",
@@ -32,10 +32,6 @@ HF_LINEARS = {
 }
 
 
-def needs(module: str, extra: str):
-    return pytest.importorskip(module, reason=f"pip install 'pytest-qdm[{extra}]'")
-
-
 def hf_name(name: str) -> str:
     """A TransformerLens block weight's Hugging Face parameter name."""
     block, kind = re.fullmatch(r"blocks\.(\d+)\.(.+)", name).groups()
@@ -44,25 +40,6 @@ def hf_name(name: str) -> str:
 
 def survival(result, name: str) -> float:
     return result.conditions[name].summary.survived_pct
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return load_tiny_model(device="cpu")
-
-
-@pytest.fixture(scope="module")
-def sae():
-    return load_tiny_sae(device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tokens(reference):
-    from pytest_qdm.load.tokens import load_tokens
-
-    return load_tokens(
-        "builtin", reference.tokenizer, context_length=128, max_tokens=N_TOKENS, prepend_bos=True
-    ).tokens
 
 
 @pytest.fixture(scope="module")

@@ -89,17 +89,29 @@ def _gemma2_config(hf: Any) -> dict[str, Any]:
 
 def _llama_config(hf: Any) -> dict[str, Any]:
     """Llama and Mistral: RMSNorm, rotary on the whole head, SwiGLU, optional GQA."""
-    d_head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     n_kv = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
     if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False):
         raise ValueError("Llama-family checkpoints with attention or MLP biases are not supported")
     if getattr(hf, "sliding_window", None):
         raise ValueError("Mistral checkpoints with sliding-window attention are not supported")
-    return _llama3_rope(hf) | {
+    return (
+        _llama3_rope(hf)
+        | _rms_rotary(hf)
+        | {
+            "n_key_value_heads": None if n_kv == hf.num_attention_heads else n_kv,
+            "default_prepend_bos": True,
+        }
+    )
+
+
+def _rms_rotary(hf: Any) -> dict[str, Any]:
+    """What Llama-style decoders share: RMSNorm, SwiGLU, rotary on the whole head (halves,
+    not adjacent pairs)."""
+    d_head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    return {
         "d_model": hf.hidden_size,
         "d_head": d_head,
         "n_heads": hf.num_attention_heads,
-        "n_key_value_heads": None if n_kv == hf.num_attention_heads else n_kv,
         "d_mlp": hf.intermediate_size,
         "n_layers": hf.num_hidden_layers,
         "n_ctx": hf.max_position_embeddings,
@@ -113,7 +125,6 @@ def _llama_config(hf: Any) -> dict[str, Any]:
         "rotary_dim": d_head,
         "rotary_base": _rope_theta(hf),
         "rotary_adjacent_pairs": False,
-        "default_prepend_bos": True,
     }
 
 
@@ -129,31 +140,14 @@ def _qwen_config(hf: Any, qk_norm: bool) -> dict[str, Any]:
     TransformerLens' convert_hf_model_config maps them: RMSNorm, rotary on the whole head
     (halves, not adjacent pairs), SwiGLU, GQA, no BOS prepended by default."""
     family = "Qwen3" if qk_norm else "Qwen2"
-    d_head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     n_kv = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
     if qk_norm and getattr(hf, "attention_bias", False):
         raise ValueError("Qwen3 checkpoints with attention biases are not supported")
     _no_sliding_window(hf, family)
     _default_rope(hf, family)
-    return {
-        "d_model": hf.hidden_size,
-        "d_head": d_head,
-        "n_heads": hf.num_attention_heads,
+    return _rms_rotary(hf) | {
         # TL's Qwen2 converter always writes _W_K/_W_V (grouped-query parameters)
         "n_key_value_heads": n_kv if not qk_norm or n_kv != hf.num_attention_heads else None,
-        "d_mlp": hf.intermediate_size,
-        "n_layers": hf.num_hidden_layers,
-        "n_ctx": hf.max_position_embeddings,
-        "eps": hf.rms_norm_eps,
-        "d_vocab": hf.vocab_size,
-        "act_fn": hf.hidden_act,
-        "normalization_type": "RMS",
-        "final_rms": True,
-        "gated_mlp": True,
-        "positional_embedding_type": "rotary",
-        "rotary_dim": d_head,
-        "rotary_base": _rope_theta(hf),
-        "rotary_adjacent_pairs": False,
         "use_qk_norm": qk_norm,
         "default_prepend_bos": False,
     }
