@@ -12,7 +12,9 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property, partial
+from pathlib import Path
 
+from pytest_qdm.analyse.sensitivity import plan_target
 from pytest_qdm.gate.baseline import (
     library_versions,
     state_sha256,
@@ -58,6 +60,8 @@ class GateSession:
             sae_transfer="transfer" in options.lenses,
             sae_prune_fractions=options.sae_prune,
             sae_prune_method=options.sae_prune_method,
+            sensitivity=options.sensitivity,
+            sensitivity_target=plan_target(options.min_survived, options.match_bits),
         )
 
     @cached_property
@@ -166,6 +170,10 @@ class GateSession:
                 *(scheme_condition(name) for name in self.options.audited_schemes),
                 *s.candidates,
             ],
+            # finished work survives a killed run: the rerun continues from it
+            checkpoints=Path(self.options.cache_dir) / f"partial-{self.fingerprint.key()}"
+            if self.options.cache
+            else None,
         )
 
     def audit(self, bits=None, tokens=None, **overrides) -> AuditResult:

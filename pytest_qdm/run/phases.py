@@ -19,6 +19,7 @@ from pytest_qdm.analyse.perplexity import (
 from pytest_qdm.analyse.predictor import fit_survival_predictor
 from pytest_qdm.analyse.sae_fit import ADVICE, check_sae_fit
 from pytest_qdm.analyse.sae_pruning import check_prune_fractions, sae_pruning_sweep
+from pytest_qdm.analyse.sensitivity import block_sensitivity, check_focus
 from pytest_qdm.analyse.stability import (
     bootstrap_survival,
     budget_sensitivity,
@@ -31,6 +32,7 @@ from pytest_qdm.analyse.transfer import TransferSums
 from pytest_qdm.compress.conditions import RTN, Condition, MagnitudePrune, Reference, applied
 from pytest_qdm.progress import progress_bar
 from pytest_qdm.run.audit import as_token_tensor, audit, finalize, prepare_conditions, token_summary
+from pytest_qdm.run.resume import Checkpoints
 from pytest_qdm.schema.analyses import (
     OverlapResult,
     PerplexityResult,
@@ -38,6 +40,7 @@ from pytest_qdm.schema.analyses import (
     PruningMatch,
     SaeFit,
     SaePruningSweep,
+    SensitivityResult,
     StabilityReport,
     TransferQuality,
 )
@@ -110,6 +113,7 @@ def check_inputs(
     rtn = [RTN(b) for b in bits]
     if match_bits is not None and match_bits not in bits:
         raise ValueError(f"match_bits={match_bits} must be one of the audited bits {list(bits)}")
+    check_focus(match_bits, cfg.sensitivity)
     validate_conditions([Reference(), *rtn, *extra])
     hook = resolve_hook(model, sae, config)
     validate_inputs(model, sae, tokens, hook, config.lens_k)
@@ -191,8 +195,12 @@ def pruning_phase(inputs: Inputs, measured: Perplexities, tick) -> PruningMatch 
     return pruning
 
 
-def feature_phase(inputs: Inputs, conditions: list[Condition]) -> FeaturePass:
-    """ONE sharded pass over the audit tokens for every condition; shards merge exactly."""
+def feature_phase(
+    inputs: Inputs, conditions: list[Condition], store: Checkpoints | None = None
+) -> FeaturePass:
+    """ONE sharded pass over the audit tokens for every condition; shards merge exactly.
+    With ``store``, finished shards are saved as they complete and reused by a rerun."""
+    store = store or Checkpoints(None)
     model, config = inputs.model, inputs.config
     prepared = prepare_conditions(model, conditions, inputs.hook, compute_loss=False)
     # under torch.distributed each rank runs a contiguous share of the shards
@@ -202,7 +210,10 @@ def feature_phase(inputs: Inputs, conditions: list[Condition]) -> FeaturePass:
     with progress_bar("QDM protocol", steps, config.progress) as advance:
         shards = concatenated(
             lambda: run_shards(
-                model, inputs.sae, shard_tokens, conditions, prepared, inputs.hook, config, advance
+                *(model, inputs.sae, shard_tokens, conditions, prepared, inputs.hook, config),
+                advance,
+                finished=store.load("shards"),
+                keep=lambda states: store.save("shards", states),
             ),
             device,
         )
@@ -284,6 +295,25 @@ def sae_pruning_phase(inputs: Inputs, result: AuditResult) -> SaePruningSweep | 
         hook=inputs.hook,
         batch_size=inputs.config.batch_size,
         progress=inputs.config.progress,
+    )
+
+
+def sensitivity_phase(
+    inputs: Inputs, result: AuditResult, measured: Perplexities
+) -> SensitivityResult | None:
+    """One block at a time at the focus width (one pass), then the verified greedy plan."""
+    cfg = inputs.cfg
+    if not cfg.sensitivity:
+        return None
+    return block_sensitivity(
+        *(inputs.model, inputs.sae, inputs.tokens, inputs.match_bits),
+        config=inputs.config,
+        focus=result.conditions[inputs.focus],
+        ppl_tokens=inputs.ppl_tokens,
+        bos=inputs.bos,
+        known_ppl={name: ppl["chunked"].perplexity for name, ppl in measured.perplexity.items()},
+        target=cfg.sensitivity_target,
+        max_raised=cfg.sensitivity_max_raised,
     )
 
 

@@ -9,18 +9,24 @@
 5. stability (null, budget, subsets, grid, bootstrap) from the shard states, and the
    second-layer audit;
 6. the fragility predictor, the overlap with pruning and the SAE-pruning sweep at the focus
-   condition;
+   condition, and block sensitivity (``ProtocolConfig.sensitivity``: one pass of one
+   condition per block up to the read-out, then one pass verifying the greedy plan);
 7. findings (perplexity masking feature damage) from the sweep rows.
+
+Phases 2-3 and each shard of phase 4 are kept on disk as they finish when ``checkpoints``
+names a folder, so a killed run resumes (:mod:`pytest_qdm.run.resume`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
 from pytest_qdm.compress.conditions import Condition, MagnitudePrune, Reference
 from pytest_qdm.progress import progress_bar
 from pytest_qdm.run import phases
+from pytest_qdm.run.resume import Checkpoints
 from pytest_qdm.schema.protocol import ProtocolReport
 from pytest_qdm.settings import DEFAULT_BITS, DEFAULT_MATCH_BITS, AuditConfig, ProtocolConfig
 
@@ -36,8 +42,13 @@ def run_protocol(
     protocol: ProtocolConfig | None = None,
     second_sae=None,
     extra_conditions: Sequence[Condition] = (),
+    checkpoints: str | os.PathLike | None = None,
 ) -> ProtocolReport:
     """Run the full protocol. ``match_bits=None`` skips the pruning comparison.
+
+    ``checkpoints``: a folder for finished work (the perplexity phase, each feature-pass
+    shard); a run killed part-way and started again with the same inputs and folder
+    continues from it and gives the same numbers (run/resume.py). Removed when done.
 
     ``tokens`` is a LongTensor [n, ctx] or a TokenSet (whose BOS policy is then known;
     for a bare tensor column 0 is taken as a corpus token, not BOS).
@@ -47,14 +58,20 @@ def run_protocol(
     inputs, fit = phases.check_inputs(
         model, sae, tokens, bits, match_bits, config, cfg, second_sae, extra_conditions
     )
-    n_measured = 1 + len(inputs.rtn) + len(inputs.extra) + phases.search_steps(inputs)
-    with progress_bar("QDM perplexity", n_measured, config.progress) as tick:
-        measured = phases.perplexity_phase(inputs, tick)
-        pruning = phases.pruning_phase(inputs, measured, tick)
+    store = Checkpoints(checkpoints)
+    done = store.load("perplexity")
+    if done is None:
+        n_measured = 1 + len(inputs.rtn) + len(inputs.extra) + phases.search_steps(inputs)
+        with progress_bar("QDM perplexity", n_measured, config.progress) as tick:
+            measured = phases.perplexity_phase(inputs, tick)
+            pruning = phases.pruning_phase(inputs, measured, tick)
+        store.save("perplexity", (measured, pruning))
+    else:
+        measured, pruning = done
     conditions: list[Condition] = [Reference(), *inputs.rtn, *inputs.extra]
     if pruning is not None:
         conditions.append(MagnitudePrune(pruning.sparsity))
-    features = phases.feature_phase(inputs, conditions)
+    features = phases.feature_phase(inputs, conditions, store)
     result = features.result
     second = phases.second_layer_phase(inputs, second_sae)
     stability = phases.stability_phase(inputs, features, conditions, second)
@@ -62,7 +79,9 @@ def run_protocol(
     sae_pruning = phases.sae_pruning_phase(inputs, result)
     pruned = conditions[-1].name if pruning is not None else None
     overlap = phases.overlap_phase(inputs, result, pruned)
+    sensitivity = phases.sensitivity_phase(inputs, result, measured)
     rows = phases.sweep_rows(conditions, result, measured, stability.bootstrap)
+    store.clear()
     return ProtocolReport(
         config=cfg,
         match_bits=match_bits,
@@ -80,4 +99,5 @@ def run_protocol(
         sae_fit=fit,
         elapsed_seconds=time.perf_counter() - started,
         sae_pruning=sae_pruning,
+        sensitivity=sensitivity,
     )

@@ -316,16 +316,25 @@ def run_shards(
     hook: str,
     config: AuditConfig,
     advance: Callable[[int], None] = lambda n: None,
+    finished: list[EngineState] | None = None,
+    keep: Callable[[list[EngineState]], None] = lambda states: None,
 ) -> list[EngineState]:
     """:func:`run_pass` over each shard of rows, in order. One drill-down is filled across
     them and held by the first state (the others hold none): ``merge_all`` of the states
     equals merging per-shard states, with one buffer instead of one per shard, and a shard
-    only gathers the contexts that beat those of the shards before it."""
-    states: list[EngineState] = []
-    for rows in shards:
+    only gathers the contexts that beat those of the shards before it.
+
+    ``finished``: the states of the first shards from an interrupted run (they are not run
+    again); ``keep(states)`` is called after each shard, e.g. to save them."""
+    states: list[EngineState] = list(finished or [])
+    for index, rows in enumerate(shards):
+        if index < len(states):
+            advance(pass_steps(rows, conditions, config))
+            continue
         shared = states[0].drilldown if states else None
         state = run_pass(model, sae, rows, conditions, prepared, hook, config, advance, shared)
         if states:
             state.drilldown = None
         states.append(state)
+        keep(states)
     return states
