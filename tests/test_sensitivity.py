@@ -108,15 +108,9 @@ def test_prediction_is_exact_at_both_ends():
 
 
 @pytest.fixture(scope="module")
-def bundled():
-    from pytest_qdm.load.tokens import load_tokens
-    from pytest_qdm.zoo import load_tiny_model, load_tiny_sae
-
-    model = load_tiny_model(device="cpu")
-    tokens = load_tokens(
-        "builtin", model.tokenizer, context_length=128, max_tokens=2048, prepend_bos=True
-    )
-    return model, load_tiny_sae(), tokens
+def bundled(reference, sae, tokens):
+    """The bundled model, its SAE and 2,048 builtin tokens [16, 128] (conftest, shared)."""
+    return reference, sae, tokens
 
 
 def test_bundled_model_sensitivity_and_verified_plan(bundled):
@@ -127,7 +121,7 @@ def test_bundled_model_sensitivity_and_verified_plan(bundled):
         tokens,
         4,
         config=qdm.AuditConfig(progress=False),
-        ppl_tokens=tokens.tokens[:4],
+        ppl_tokens=tokens[:4],
         bos=True,
     )
     readout = int(sae.cfg.metadata.hook_name.split(".")[1])  # blocks.4.hook_resid_post
