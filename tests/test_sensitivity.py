@@ -248,3 +248,11 @@ def test_sources_cache_key_follows_the_plan_target():
     bound = {"min_survived": ["int6:0.5"]}
     assert key(**bound) == key()  # a gate bound alone does not change the protocol
     assert key(sensitivity=True, **bound) != key(sensitivity=True)
+
+
+def test_fingerprints_without_sensitivity_leave_every_sensitivity_field_out():
+    """Caches and baselines made before the option existed keep matching."""
+    from pytest_qdm.gate.session import SENSITIVITY_FIELDS
+
+    fields = {name for name in ProtocolConfig.model_fields if name.startswith("sensitivity")}
+    assert fields == SENSITIVITY_FIELDS

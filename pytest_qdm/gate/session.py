@@ -34,6 +34,8 @@ from pytest_qdm.schema.protocol import ProtocolReport
 from pytest_qdm.settings import ProtocolConfig
 from pytest_qdm.stream.distributed import agreed, from_main, init_from_torchrun
 
+SENSITIVITY_FIELDS = {"sensitivity", "sensitivity_target", "sensitivity_max_raised"}
+
 
 @dataclass
 class GateSession:
@@ -69,7 +71,13 @@ class GateSession:
         s, options = self.subject, self.options
         settings = {
             "audit": json.loads(options.audit_config().model_dump_json(exclude={"progress"})),
-            "protocol": json.loads(self.protocol_config.model_dump_json()),
+            # sensitivity off: its fields stay out, so fingerprints (caches, baselines) made
+            # before the option existed still match
+            "protocol": json.loads(
+                self.protocol_config.model_dump_json(
+                    exclude=None if options.sensitivity else SENSITIVITY_FIELDS
+                )
+            ),
             "bits": list(options.bits),
             "match_bits": options.match_bits,
             "schemes": list(options.audited_schemes),
