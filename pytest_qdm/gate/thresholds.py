@@ -75,8 +75,8 @@ def parse_gate(option: str, text: str) -> GateCheck:
     if metric.endswith("_pct"):
         if value > 1:
             raise ValueError(
-                f"--qdm-{option.replace('_', '-')} {text!r}: the bound is a fraction in [0, 1] "
-                "or a percentage, e.g. int6:0.6 or int6:60%"
+                f"{text!r}: the bound is a fraction in [0, 1] or a percentage, "
+                "e.g. int6:0.6 or int6:60%"
             )
         value *= 100
     condition = "*" if match["cond"] == "*" else condition_name(match["cond"])
