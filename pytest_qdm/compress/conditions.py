@@ -148,10 +148,10 @@ def rtn_reference_axes(name: str, weight: torch.Tensor, bits: int) -> torch.Tens
     (a known flaw, kept to reproduce its tables); other weights per output channel."""
     if _kind(name) not in ("W_Q", "W_K", "W_V"):
         return from_rows(name, rtn_rows(to_rows(name, weight), bits), weight)
-    qmax = 2 ** (bits - 1) - 1
-    scale = weight.float().abs().amax(dim=(0, 1), keepdim=True) / qmax
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return (torch.clamp(torch.round(weight.float() / safe), -qmax, qmax) * scale).to(weight.dtype)
+    heads, d_model, d_head = weight.shape
+    per_index = weight.permute(2, 0, 1).reshape(d_head, heads * d_model)  # a row per d_head
+    rounded = rtn_rows(per_index, bits)
+    return rounded.reshape(d_head, heads, d_model).permute(1, 2, 0).contiguous()
 
 
 @dataclass(frozen=True)
