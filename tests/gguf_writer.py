@@ -38,23 +38,15 @@ def unpermute(weights: np.ndarray, n_head: int, n_head_kv: int) -> np.ndarray:
     )
 
 
-def gguf_layout(hf_name: str, weight: np.ndarray, config: dict) -> np.ndarray:
-    """An HF tensor as the GGUF file stores it (Q/K permuted, everything else as is)."""
+def gguf_layout(hf_name: str, weight: np.ndarray, config: dict, inverse: bool = False):
+    """An HF tensor as the GGUF file stores it (Q/K permuted, everything else as is);
+    ``inverse``: a GGUF tensor back in the HF layout."""
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    move = unpermute if inverse else permute
     if hf_name.endswith("q_proj.weight"):
-        return permute(weight, heads, heads)
+        return move(weight, heads, heads)
     if hf_name.endswith("k_proj.weight"):
-        return permute(weight, heads, kv_heads)
-    return weight
-
-
-def hf_layout(hf_name: str, weight: np.ndarray, config: dict) -> np.ndarray:
-    """The inverse of :func:`gguf_layout`."""
-    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    if hf_name.endswith("q_proj.weight"):
-        return unpermute(weight, heads, heads)
-    if hf_name.endswith("k_proj.weight"):
-        return unpermute(weight, heads, kv_heads)
+        return move(weight, heads, kv_heads)
     return weight
 
 

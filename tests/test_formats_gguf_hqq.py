@@ -82,7 +82,7 @@ def test_gguf_candidates_are_named_and_flagged(ggufs):
 
 def test_gguf_weights_are_ggufs_own_dequantize(reference, ggufs):
     import gguf
-    from gguf_writer import hf_layout
+    from gguf_writer import gguf_layout
 
     config = json.loads((weights_dir() / "config.json").read_text())
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
@@ -92,7 +92,7 @@ def test_gguf_weights_are_ggufs_own_dequantize(reference, ggufs):
         for name in target_weights(reference):
             tensor = stored[name_map.get_name(hf_name(name), try_suffixes=(".weight",))]
             written = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-            expected = torch.from_numpy(hf_layout(hf_name(name), written, config))
+            expected = torch.from_numpy(gguf_layout(hf_name(name), written, config, inverse=True))
             assert torch.equal(to_rows(name, ours[name].data), expected), name
         # norms and (un)embedding are written in F32: the reference's own numbers
         assert torch.equal(ours["embed.W_E"], reference.embed.W_E)

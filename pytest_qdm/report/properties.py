@@ -132,7 +132,7 @@ def _analyses(report: ProtocolReport) -> list[Property]:
                 f"qdm.sae_prune.{row.fraction:g}.{row.condition}",
                 [("sae_ev", row.explained_variance), ("loss_recovered", row.loss_recovered)],
             )
-    if (sens := getattr(report, "sensitivity", None)) is not None:
+    if (sens := report.sensitivity) is not None:
         for b in sens.blocks:
             out += _emit(
                 f"qdm.sensitivity.block{b.block}",
