@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from pytest_qdm.analyse.sensitivity import check_focus
+from pytest_qdm.analyse.sensitivity import check_focus, plan_target
 from pytest_qdm.compress.names import scheme_name
 from pytest_qdm.gate.thresholds import BaselineCheck, GateCheck, parse_baseline, parse_gate
 from pytest_qdm.settings import (
@@ -285,6 +285,11 @@ class QdmOptions(BaseModel):
         refcode = tuple(f"rtn-int{b}-refcode" for b in self.bits)
         extra = refcode if self.rtn_axes == "reference" else ()
         return tuple(dict.fromkeys(self.schemes + extra))
+
+    @property
+    def sensitivity_target(self) -> float:
+        """The survival the --qdm-sensitivity plan aims for (a --qdm-min-survived bound)."""
+        return plan_target(self.min_survived, self.match_bits)
 
     @property
     def gates(self) -> tuple[GateCheck, ...]:

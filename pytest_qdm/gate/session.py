@@ -14,7 +14,6 @@ from datetime import datetime
 from functools import cached_property, partial
 from pathlib import Path
 
-from pytest_qdm.analyse.sensitivity import plan_target
 from pytest_qdm.gate.baseline import (
     library_versions,
     state_sha256,
@@ -63,7 +62,7 @@ class GateSession:
             sae_prune_fractions=options.sae_prune,
             sae_prune_method=options.sae_prune_method,
             sensitivity=options.sensitivity,
-            sensitivity_target=plan_target(options.min_survived, options.match_bits),
+            sensitivity_target=options.sensitivity_target,
         )
 
     @cached_property
@@ -136,16 +135,14 @@ class GateSession:
         if self._protocol is None:
             # under torchrun every rank computes, and a failure on any rank ends every rank
             compute = partial(agreed, self._run_protocol)
-            if self.options.cache:
-                self._protocol = self._from_sources_cache()
-            if self._protocol is not None:
-                self.cache_hit = True
-            elif self.options.cache:
+            if not self.options.cache:
+                self._protocol = compute()
+            elif (known := self._from_sources_cache()) is not None:
+                self._protocol, self.cache_hit = known, True
+            else:
                 key = self.fingerprint.key()
                 self._protocol, self.cache_hit = cached_report(self.options.cache_dir, key, compute)
                 remember_sources(self.options.cache_dir, self.sources, self.fingerprint)
-            else:
-                self._protocol = compute()
         return self._protocol
 
     def _from_sources_cache(self) -> ProtocolReport | None:

@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-from pytest_qdm.analyse.sensitivity import plan_target
 from pytest_qdm.options import QdmOptions
 
 # Options that only judge or present a result, never change it.
@@ -51,7 +50,7 @@ def sources_key(options: QdmOptions) -> str | None:
 
     settings = options.model_dump(mode="json", exclude=_PRESENTATION)
     if options.sensitivity:  # the plan's survival target is a gate bound's
-        settings["sensitivity_target"] = plan_target(options.min_survived, options.match_bits)
+        settings["sensitivity_target"] = options.sensitivity_target
     payload = json.dumps([parts, settings, library_versions()], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
