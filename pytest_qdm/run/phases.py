@@ -212,8 +212,8 @@ def feature_phase(
             lambda: run_shards(
                 *(model, inputs.sae, shard_tokens, conditions, prepared, inputs.hook, config),
                 advance,
-                finished=store.load("shards"),
-                keep=lambda states: store.save("shards", states),
+                finished=store.load_shards(),
+                keep=store.save_shards,
             ),
             device,
         )
