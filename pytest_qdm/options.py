@@ -11,6 +11,7 @@ Defaults shared with :class:`~pytest_qdm.settings.AuditConfig` are read from it.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -18,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pytest_qdm.analyse.sensitivity import check_focus, plan_target
 from pytest_qdm.compress.names import scheme_name
 from pytest_qdm.gate.thresholds import BaselineCheck, GateCheck, parse_baseline, parse_gate
+from pytest_qdm.load.tokens import DOMAIN_LABEL
 from pytest_qdm.settings import (
     DEFAULT_BITS,
     DEFAULT_MATCH_BITS,
@@ -49,6 +51,29 @@ def _baseline_checks(values: Any) -> tuple[BaselineCheck, ...]:
 
 def _schemes(values: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(scheme_name(v) for v in values))
+
+
+def _datasets(values: Any) -> tuple[str, ...]:
+    values = (values,) if isinstance(values, str) else tuple(values or ())
+    labelled = [domain_label(v) is not None for v in values]
+    if len(values) > 1 and not all(labelled):
+        raise ValueError(
+            f"several sources {list(values)} need a domain label each, "
+            "e.g. --qdm-dataset prose=builtin --qdm-dataset code=builtin:code"
+        )
+    labels = [domain_label(v) for v in values]
+    repeated = sorted({x for x in labels if x and labels.count(x) > 1})
+    if repeated:
+        raise ValueError(f"domain labels must be unique, got {repeated} more than once")
+    return values
+
+
+def domain_label(value: str) -> str | None:
+    """The label of a ``LABEL=SOURCE`` dataset entry, or None (an unlabelled source)."""
+    label, sep, _ = value.partition("=")
+    if not sep or not DOMAIN_LABEL.match(label) or Path(value).expanduser().exists():
+        return None
+    return label
 
 
 def _lenses(values: Any) -> tuple[str, ...]:
@@ -94,11 +119,14 @@ class QdmOptions(BaseModel):
         description="bit width whose perplexity the pruning comparison matches (0: skip)",
         json_schema_extra=cli("match-bits", "int", "B"),
     )
-    dataset: str | None = Field(
-        None,
-        description="token source: builtin, a text file, or hf:NAME:CONFIG:SPLIT "
-        "(Hugging Face datasets)",
-        json_schema_extra=cli("dataset", metavar="SOURCE", shown="the preset's (tiny: builtin)"),
+    dataset: Annotated[tuple[str, ...], BeforeValidator(_datasets)] = Field(
+        (),
+        description="token source: builtin (prose), builtin:code, a text file, or "
+        "hf:NAME:CONFIG:SPLIT (Hugging Face datasets); LABEL=SOURCE, repeated, audits labelled "
+        "domains in one pass (e.g. prose=builtin code=builtin:code)",
+        json_schema_extra=cli(
+            "dataset", "list", "[LABEL=]SOURCE", shown="the preset's (tiny: builtin)"
+        ),
     )
     tokens: int | None = Field(
         None,
@@ -292,6 +320,21 @@ class QdmOptions(BaseModel):
         return plan_target(self.min_survived, self.match_bits)
 
     @property
+    def token_source(self) -> str | dict[str, str] | None:
+        """``--qdm-dataset`` as ``load_tokens`` takes it: one source, or labelled domains."""
+        if not self.dataset:
+            return None
+        if domain_label(self.dataset[0]) is None:
+            return self.dataset[0]
+        return {domain_label(v): v.partition("=")[2] for v in self.dataset}
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The labelled domains' names (none for one unlabelled source)."""
+        source = self.token_source
+        return tuple(source) if isinstance(source, dict) else ()
+
+    @property
     def gates(self) -> tuple[GateCheck, ...]:
         return self.min_survived + self.max_damaged + self.max_ppl_change
 
@@ -348,7 +391,7 @@ def _parse(flag: str, kind: Kind, value: Any) -> Any:
         if kind == "names":
             return tuple(v.lower() for v in _split(value))
         if kind == "list":
-            return tuple(value)
+            return (value,) if isinstance(value, str) else tuple(value)
         if kind == "not-flag":
             return not value
         return bool(value) if kind == "flag" else str(value)

@@ -24,13 +24,14 @@ import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from pytest_qdm.schema.analyses import PerplexityResult
+from pytest_qdm.schema.analyses import DomainPerplexity, PerplexityResult
 
 if TYPE_CHECKING:
     import torch
     from transformer_lens import HookedTransformer
 
     from pytest_qdm.compress.conditions import Condition
+    from pytest_qdm.stream.domains import RowDomains
 
 
 def relative_change(compressed: float, reference: float) -> float:
@@ -121,6 +122,17 @@ def _result(total: float, count: int, **fields) -> PerplexityResult:
     )
 
 
+def _domain_result(total: float, count: int) -> DomainPerplexity:
+    if not count:
+        return DomainPerplexity(perplexity=None, mean_nll=None, n_scored_tokens=0)
+    mean_nll = total / count
+    try:
+        perplexity: float | None = math.exp(mean_nll)
+    except OverflowError:
+        perplexity = None
+    return DomainPerplexity(perplexity=perplexity, mean_nll=mean_nll, n_scored_tokens=count)
+
+
 def chunked_perplexity(
     model: HookedTransformer,
     tokens: torch.Tensor,
@@ -128,11 +140,13 @@ def chunked_perplexity(
     bos_in_tokens: bool,
     batch_size: int = 8,
     observer: BatchObserver | None = None,
+    domains: RowDomains | None = None,
 ) -> PerplexityResult:
     """Perplexity of non-overlapping blocks ``tokens`` [n, ctx] (one forward per block).
 
     ``observer`` (e.g. :class:`pytest_qdm.transfer.TransferSums`) measures more on the same
-    forwards.
+    forwards. ``domains``: the rows' domains; each domain's perplexity comes from the same
+    forwards (``result.by_domain``).
 
     Every position 1..ctx-1 of each block is scored from the positions before it, so
     n * (ctx - 1) tokens are scored either way. ``bos_in_tokens=True`` says column 0 is
@@ -161,16 +175,24 @@ def chunked_perplexity(
         bos_token_id = int(first[0])
     from pytest_qdm.stream.distributed import local_share, summed
 
-    def score() -> tuple[float, int]:
+    names = domains.names if domains is not None else ()
+
+    def score() -> tuple[float, int, torch.Tensor, torch.Tensor]:
         total, count = 0.0, 0
+        by_domain = torch.zeros(len(names), dtype=torch.float64)
+        counted = torch.zeros(len(names), dtype=torch.long)
         with torch.inference_mode():
             for start in local_share(range(0, n_blocks, batch_size)):  # this rank's share
                 nll = _token_nll(model, tokens[start : start + batch_size], observer)
                 total += float(nll.double().sum())
                 count += nll.numel()
-        return total, count
+                if domains is not None:
+                    codes = domains.codes[start : start + nll.shape[0]]
+                    by_domain.index_add_(0, codes, nll.double().sum(1))
+                    counted.index_add_(0, codes, torch.full_like(codes, nll.shape[1]))
+        return total, count, by_domain, counted
 
-    total, count = summed(score)
+    total, count, by_domain, counted = summed(score)
     if observer is not None:
         observer.sum_over_ranks()
     if bos_in_tokens:
@@ -186,6 +208,10 @@ def chunked_perplexity(
     return _result(
         total,
         count,
+        by_domain={
+            name: _domain_result(float(by_domain[i]), int(counted[i]))
+            for i, name in enumerate(names)
+        },
         protocol="chunked",
         context_length=ctx,
         stride=None,

@@ -148,7 +148,7 @@ def sae_transfers(
         seen["activation"] = activation
 
     with torch.inference_mode():
-        for batch in torch.split(local_rows(tokens, batch_size), batch_size):  # this rank's
+        for batch in torch.split(tokens[local_rows(len(tokens), batch_size)], batch_size):
             batch = batch.to(model.cfg.device)
             loss = model.run_with_hooks(
                 batch, return_type="loss", loss_per_token=True, fwd_hooks=[(hook, keep)]

@@ -36,8 +36,10 @@ def preflight(options: QdmOptions) -> None:
 def _check_dataset(options: QdmOptions) -> None:
     from pytest_qdm.load.presets import get_preset, preset_names
 
-    if options.dataset and (problem := source_problem(options.dataset)):
-        raise ValueError(f"--qdm-dataset {problem}")
+    source = options.token_source
+    for label, each in source.items() if isinstance(source, dict) else [(None, source)]:
+        if each and (problem := source_problem(each)):
+            raise ValueError(f"--qdm-dataset {label + '=' if label else ''}{problem}")
     preset = get_preset(options.model) if options.model in preset_names() else None
     context = options.context_length or (preset.context_length if preset else None)
     if options.tokens is not None and context and options.tokens < context:
@@ -80,6 +82,13 @@ def _check_candidates(options: QdmOptions) -> None:
 def _check_gated_conditions(options: QdmOptions) -> None:
     """A bound on an RTN width or scheme that the run does not audit would only fail late."""
     audited = audited_names(options)
+    for gate in options.gates:
+        if gate.domain is not None and gate.domain not in options.domains:
+            known = ", ".join(options.domains) or "none: label them as --qdm-dataset LABEL=SOURCE"
+            raise ValueError(
+                f"--qdm-{gate.option.replace('_', '-')} bounds domain {gate.domain!r}, which "
+                f"--qdm-dataset does not label (domains: {known})"
+            )
     checks = [*options.gates, *(c for c in options.baseline_checks if c.condition)]
     for check in checks:
         name = check.condition

@@ -77,11 +77,19 @@ def _folder_files(spec: str | None) -> str | None:
 
 
 def _corpus(options: QdmOptions) -> str | None:
-    source = options.dataset or "builtin"
-    if source == "builtin":
-        from pytest_qdm.load.corpus import builtin_source_files
+    source = options.token_source or "builtin"
+    if isinstance(source, dict):
+        parts = [(label, _source(each)) for label, each in source.items()]
+        return None if any(d is None for _, d in parts) else repr(parts)
+    return _source(source)
 
-        return f"builtin:{sys.version}:" + _digest_stats(builtin_source_files())
+
+def _source(source: str) -> str | None:
+    from pytest_qdm.load.corpus import BUILTIN_SOURCES, builtin_source_files
+
+    if source in BUILTIN_SOURCES:
+        domain = BUILTIN_SOURCES[source]
+        return f"builtin:{domain}:{sys.version}:" + _digest_stats(builtin_source_files(domain))
     path = Path(source).expanduser()
     return _digest_files([path]) if path.is_file() else None
 

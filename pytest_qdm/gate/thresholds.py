@@ -4,7 +4,8 @@ Gate expressions (``--qdm-min-survived int6:0.6``): ``CONDITION:BOUND`` where CO
 ``int6`` / ``rtn-int6`` (any condition name, e.g. ``candidate:llama-w4a16``), ``*`` for every
 RTN condition or ``candidate`` for every ``--qdm-candidate``, and BOUND is a
 fraction (``0.6``) or a percentage (``60%``). Perplexity change bounds are relative
-(``int6:0.05`` or ``int6:5%`` = at most +5%).
+(``int6:0.05`` or ``int6:5%`` = at most +5%). ``CONDITION@DOMAIN:BOUND`` (``int6@code:0.6``)
+bounds the condition on one labelled domain of ``--qdm-dataset LABEL=SOURCE``.
 
 Baseline expressions (``--qdm-baseline-fail survived:-2%``): ``[CONDITION.]METRIC:±AMOUNT``;
 the sign says which direction is bad (``-``: a drop, ``+``: a rise) and AMOUNT is in the
@@ -27,7 +28,10 @@ GATE_METRICS = {
 }
 _NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
 _CANDIDATE = r"candidate(?::[\w-]+)?"
-_GATE = re.compile(rf"^(?P<cond>\*|{_CANDIDATE}|[\w.-]+):(?P<value>{_NUMBER})(?P<pct>%?)$")
+_GATE = re.compile(
+    rf"^(?P<cond>\*|{_CANDIDATE}|[\w.-]+)(?:@(?P<domain>[A-Za-z][\w-]*))?"
+    rf":(?P<value>{_NUMBER})(?P<pct>%?)$"
+)
 _BASELINE = re.compile(
     rf"^(?:(?P<cond>{_CANDIDATE}|[\w-]+)\.)?(?P<metric>\w+):(?P<sign>[-+])(?P<value>{_NUMBER})%?$"
 )
@@ -42,6 +46,7 @@ class GateCheck:
     metric: str
     direction: Literal["min", "max"]
     bound: float  # in the metric's unit (percent for *_pct, a fraction for ppl change)
+    domain: str | None = None  # a labelled domain; None: all tokens
 
     def describe(self, value: float | None, condition: str | None = None) -> tuple[bool, str]:
         """(passed, message) for an observed ``value`` of ``condition`` (default: the
@@ -68,8 +73,8 @@ def parse_gate(option: str, text: str) -> GateCheck:
     match = _GATE.match(text.strip())
     if not match:
         raise ValueError(
-            f"--qdm-{option.replace('_', '-')} {text!r} is not CONDITION:BOUND "
-            "(e.g. int6:0.6 or int6:60%)"
+            f"--qdm-{option.replace('_', '-')} {text!r} is not CONDITION[@DOMAIN]:BOUND "
+            "(e.g. int6:0.6, int6:60% or int6@code:0.6)"
         )
     value = float(match["value"]) / (100 if match["pct"] else 1)
     if metric.endswith("_pct"):
@@ -81,7 +86,7 @@ def parse_gate(option: str, text: str) -> GateCheck:
         value *= 100
     condition = "*" if match["cond"] == "*" else condition_name(match["cond"])
     _check_bits_in_name(condition, text)
-    return GateCheck(option, condition, metric, direction, value)
+    return GateCheck(option, condition, metric, direction, value, match["domain"])
 
 
 def as_fraction(name: str, value: object) -> float:

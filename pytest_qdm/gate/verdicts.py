@@ -27,7 +27,8 @@ def named_checks(
     out, seen = [], {}
     for gate in gates:
         for condition in groups.get(gate.condition, [gate.condition]):
-            name = f"{gate.option}[{condition}]"
+            where = f"{condition}@{gate.domain}" if gate.domain else condition
+            name = f"{gate.option}[{where}]"
             seen[name] = seen.get(name, 0) + 1
             out.append((name if seen[name] == 1 else f"{name}-{seen[name]}", gate, condition))
     return out
@@ -55,7 +56,14 @@ def gate_verdicts(report: ProtocolReport, gates: tuple[GateCheck, ...]) -> list[
             )
             verdicts.append(Verdict(name, False, message))
             continue
-        passed, message = gate.describe(getattr(row, gate.metric), condition)
+        if gate.domain is None:
+            passed, message = gate.describe(getattr(row, gate.metric), condition)
+        elif gate.domain in row.domains:
+            value = getattr(row.domains[gate.domain], gate.metric)
+            passed, message = gate.describe(value, f"{condition}@{gate.domain}")
+        else:
+            known = ", ".join(row.domains) or "none"
+            passed, message = False, f"{condition} has no domain {gate.domain!r} (domains: {known})"
         verdicts.append(Verdict(name, passed, message))
     return verdicts
 

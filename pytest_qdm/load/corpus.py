@@ -1,5 +1,6 @@
-"""Text corpora: the built-in one (CPython's documentation, read from the running
-interpreter), local text files, and Hugging Face datasets (``hf:NAME:CONFIG:SPLIT``).
+"""Text corpora: the built-in ones read from the running interpreter (``builtin`` = prose:
+CPython's documentation; ``builtin:code``: its standard-library source), local text files,
+and Hugging Face datasets (``hf:NAME:CONFIG:SPLIT``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ _EXCLUDED_PARTS = frozenset(
     }
 )
 
+
+#: Standard-library path parts whose source is not in the ``builtin:code`` domain.
+CODE_EXCLUDED_PARTS = frozenset(
+    {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+)
+
+#: The built-in sources: prose (documentation) and code (standard-library source).
+BUILTIN_SOURCES = {"builtin": "prose", "builtin:prose": "prose", "builtin:code": "code"}
 
 _HF_PATTERN = re.compile(r"^(?:hf:)?([\w.\-/]+):([\w.\-]*):([\w.\-\[\]:%+]+)$")
 
@@ -97,11 +106,45 @@ def _docstrings(tree: ast.AST, prefix: str) -> list[tuple[str, str]]:
     return out
 
 
-def builtin_source_files() -> list[Path]:
-    """The files the builtin corpus is read from (to identify it without parsing them)."""
+def builtin_source_files(domain: str = "prose") -> list[Path]:
+    """The files a built-in domain is read from (to identify it without parsing them)."""
+    if domain == "code":
+        return [path for _, path in _code_files()]
     from pydoc_data import topics
 
     return [path for _, path in _module_files(_stdlib_dir())] + [Path(topics.__file__)]
+
+
+def _code_files() -> list[tuple[str, Path]]:
+    """(relative POSIX path, path) of the stdlib ``.py`` files of the code domain, by path."""
+    root = _stdlib_dir()
+    found = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if any(p in CODE_EXCLUDED_PARTS for p in rel.parts) or rel.name.startswith("test_"):
+            continue
+        found.append((rel.as_posix(), path))
+    return sorted(found)
+
+
+def code_documents(split: Literal["train", "heldout"] = "train") -> list[tuple[str, str]]:
+    """The code domain as (``src:<relative path>``, source text) documents of one split:
+    every stdlib ``.py`` file but tests and installed packages, in path order, line ends
+    normalised, tabs expanded, trailing spaces stripped (files that are not UTF-8 are
+    skipped). Held out by the same rule as the prose, on the relative path."""
+    want_heldout = _check_split(split) == "heldout"
+    docs = []
+    for rel, path in _code_files():
+        if _is_heldout(rel) != want_heldout:
+            continue
+        try:
+            text = path.read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        except (OSError, UnicodeDecodeError):
+            continue
+        text = "\n".join(line.expandtabs(8).rstrip() for line in text.split("\n")).strip("\n")
+        if text:
+            docs.append((f"src:{rel}", text))
+    return docs
 
 
 @lru_cache(maxsize=1)
@@ -146,9 +189,15 @@ def builtin_documents(
     return [(k, t) for k, t in _all_builtin_documents() if _is_heldout(k) == want_heldout]
 
 
-@lru_cache(maxsize=2)
-def builtin_corpus(split: Literal["train", "heldout"] = "train") -> Corpus:
-    """The built-in corpus (pydoc topics + stdlib docstrings), documents joined by a blank line."""
+@lru_cache(maxsize=4)
+def builtin_corpus(
+    split: Literal["train", "heldout"] = "train", domain: Literal["prose", "code"] = "prose"
+) -> Corpus:
+    """A built-in domain, documents joined by a blank line: prose (pydoc topics + stdlib
+    docstrings) or code (stdlib source, :func:`code_documents`)."""
+    if domain == "code":
+        text = "\n\n".join(t for _, t in code_documents(split))
+        return Corpus(name=f"builtin:code:{split}", text=text, sha256=_sha256(text))
     text = "\n\n".join(t for _, t in builtin_documents(split)) + "\n"
     return Corpus(name=f"builtin:{split}", text=text, sha256=_sha256(text))
 
@@ -189,7 +238,7 @@ def _read_hf_dataset(name: str, config: str, split: str, source: str) -> Corpus:
 
 def source_problem(source: str) -> str | None:
     """Why ``source`` cannot name a corpus (checked without reading it), or None."""
-    if source == "builtin" or Path(source).expanduser().is_file():
+    if source in BUILTIN_SOURCES or Path(source).expanduser().is_file():
         return None
     if Path(source).expanduser().is_dir():
         return f"{source!r} is a directory; expected a text file"
@@ -197,23 +246,27 @@ def source_problem(source: str) -> str | None:
         if _HF_PATTERN.match(source):
             return None
         return f"{source!r} is malformed; expected hf:NAME:CONFIG:SPLIT (e.g. hf:wikitext:wikitext-2-raw-v1:test)"
-    return f"{source!r} is not builtin, an existing text file, or hf:NAME:CONFIG:SPLIT"
+    return (
+        f"{source!r} is not builtin, builtin:code, an existing text file, or hf:NAME:CONFIG:SPLIT"
+    )
 
 
 def read_corpus(source: str, split: str = "train") -> Corpus:
-    """Read a corpus: ``"builtin"``, a local text file path, or ``"hf:NAME:CONFIG:SPLIT"``.
+    """Read a corpus: ``"builtin"`` (prose, also ``"builtin:prose"``), ``"builtin:code"``,
+    a local text file path, or ``"hf:NAME:CONFIG:SPLIT"``.
 
-    ``split`` ("train" or "heldout") applies to the built-in corpus only; a file is read
+    ``split`` ("train" or "heldout") applies to the built-in corpora only; a file is read
     whole and a dataset's split is part of its name.
     """
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if not isinstance(source, str) or not source:
         raise TypeError(
-            f"source must be 'builtin', a text file path or 'hf:NAME:CONFIG:SPLIT', got {source!r}"
+            "source must be 'builtin', 'builtin:code', a text file path or "
+            f"'hf:NAME:CONFIG:SPLIT', got {source!r}"
         )
-    if source == "builtin":
-        return builtin_corpus(_check_split(split))  # type: ignore[arg-type]
+    if source in BUILTIN_SOURCES:
+        return builtin_corpus(_check_split(split), BUILTIN_SOURCES[source])  # type: ignore[arg-type]
     path = Path(source).expanduser()
     if path.is_file():
         text = path.read_bytes().decode("utf-8")  # no newline translation: hash the file as is

@@ -359,6 +359,51 @@ def drilldown_lines(report: ProtocolReport, width: int, n: int = DRILLDOWN_SHOWN
     return lines
 
 
+def domains(report: ProtocolReport) -> list[str]:
+    """The labelled domains of the audit tokens, in row order (none: one unlabelled source)."""
+    return list(report.audit.tokens.domains)
+
+
+def domain_table(report: ProtocolReport) -> TitledTable | None:
+    """Survival and perplexity change per labelled domain and condition; None without
+    domains."""
+    names = domains(report)
+    if not names:
+        return None
+    headers = ("condition", *(f"{d}\n{m}" for d in names for m in ("surv %", "mean r", "ΔPPL")))
+    rows = []
+    for row in report.sweep:
+        if row.kind == "Reference":
+            continue
+        cells = [row.condition]
+        for d in names:
+            cell = row.domains.get(d)
+            cells += [
+                num(cell and cell.survived_pct, ".1f"),
+                num(cell and cell.mean_correlation, ".4f"),
+                change(cell and cell.ppl_chunked_change),
+            ]
+        rows.append(cells)
+    return "Survival per domain", headers, rows
+
+
+def domain_caption(report: ProtocolReport) -> str | None:
+    """Tokens and active features per domain; bands count the domain's own active features."""
+    names = domains(report)
+    if not names:
+        return None
+    reference = next(r for r in report.sweep if r.kind == "Reference")
+    parts = [
+        f"{d}: {report.audit.tokens.domains[d]:,} tokens, {reference.domains[d].n_active:,} active"
+        for d in names
+        if d in reference.domains
+    ]
+    return (
+        "; ".join(parts) + ". Each domain's bands count the features active on its own "
+        "tokens; ΔPPL is chunked perplexity on its rows. Gate one with COND@DOMAIN:BOUND."
+    )
+
+
 SENSITIVITY_HEADERS = ("condition", "survived %", "mean r", "ΔPPL chunk")
 
 

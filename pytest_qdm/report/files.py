@@ -62,6 +62,7 @@ def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool,
     out = [f"## QDM audit: `{report.audit.hook_name}`", "", f"{first}; {second}.", ""]
     out += [_table(fmt.WIDE_HEADERS, [fmt.sweep_cells(r) for r in report.sweep], 2), ""]
     for table, legend in [
+        (fmt.domain_table(report), fmt.domain_caption(report)),
         (fmt.lens_table(report), fmt.LENS_LEGEND),
         (fmt.sae_pruning_table(report), None),
         (fmt.sensitivity_table(report), fmt.sensitivity_plan_line(report)),

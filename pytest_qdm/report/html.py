@@ -160,6 +160,11 @@ def html_report(
         "<h2>Findings</h2>" + _findings(report),
         "<h2>Survival</h2>" + _table(fmt.WIDE_HEADERS, [fmt.sweep_cells(r) for r in report.sweep]),
     ]
+    per_domain = fmt.domain_table(report)
+    if per_domain is not None:
+        domain_title, headers, rows = per_domain
+        caption = f'<p class="muted">{escape(fmt.domain_caption(report))}</p>'
+        sections.append(f"<h2>{escape(domain_title)}</h2>" + _table(headers, rows) + caption)
     lens = fmt.lens_table(report)
     if lens is not None:
         lens_title, headers, rows = lens

@@ -193,13 +193,34 @@ def _plot_sae_pruning(report: ProtocolReport, plt) -> Figure:
     return fig
 
 
+def _plot_domain_survival(report: ProtocolReport, plt) -> Figure:
+    """Survived % per condition, one bar per labelled domain."""
+    names = fmt.domains(report)
+    rows = [r for r in report.sweep if r.kind != "Reference"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
+    width = 0.8 / len(names)
+    x = np.arange(len(rows))
+    for i, domain in enumerate(names):
+        cells = [r.domains.get(domain) for r in rows]
+        values = [np.nan if c is None or c.survived_pct is None else c.survived_pct for c in cells]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=domain)
+    ax.set_xticks(x, [r.condition for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("survived % of the domain's active features")
+    ax.set_ylim(0, 102)
+    ax.set_title("Feature survival per text domain")
+    ax.legend(title="domain")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
 def plot_report(report: ProtocolReport, out_dir: Path) -> list[Path]:
     """Write the report's figures as PNG files into ``out_dir``; return their paths.
 
     survival_vs_bits.png, correlation_hist.png, survival_by_peak_quartile.png,
     rtn_vs_pruning_damage.png when the report has a pruning comparison, and
-    lenses_vs_survival.png when it has token-level or SAE transfer numbers, and
-    sae_pruning.png when it has an SAE pruning sweep.
+    lenses_vs_survival.png when it has token-level or SAE transfer numbers,
+    sae_pruning.png when it has an SAE pruning sweep, and domain_survival.png when the
+    tokens have labelled domains.
     """
     plt = _pyplot()
     out_dir = Path(out_dir)
@@ -215,6 +236,8 @@ def plot_report(report: ProtocolReport, out_dir: Path) -> list[Path]:
         figures["lenses_vs_survival.png"] = _plot_lenses
     if report.sae_pruning is not None:
         figures["sae_pruning.png"] = _plot_sae_pruning
+    if fmt.domains(report):
+        figures["domain_survival.png"] = _plot_domain_survival
     written = []
     for name, draw in figures.items():
         fig = draw(report, plt)

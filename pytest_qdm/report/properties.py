@@ -10,7 +10,10 @@ e.g. ``reference``, ``rtn-int6``, ``prune-0.175``):
   (relative, PPL_C / PPL_FP - 1), ``sae_ev``, ``sae_loss_recovered`` (SAE transfer
   quality on the perplexity tokens), ``sample_r``, ``topk_agreement``,
   ``procrustes_error``, ``unaligned_error`` (token lenses), ``budget_spread_pp``,
-  ``subsets_spread_pp`` (percentage points). A bare audit (:func:`audit_properties`)
+  ``subsets_spread_pp`` (percentage points).
+- ``qdm.<condition>@<domain>.<metric>`` per labelled domain (``--qdm-dataset LABEL=SOURCE``):
+  ``n_active``, ``survived_pct``, ``degraded_pct``, ``damaged_pct``, ``mean_r``,
+  ``ppl_chunked``, ``ppl_chunked_change``. A bare audit (:func:`audit_properties`)
   adds ``n_active`` and ``survived_count``/``degraded_count``/``damaged_count`` and has no
   perplexity.
 - ``qdm.predictor.``: ``status`` (string), ``auc``, ``auc_std``, ``n_features``,
@@ -60,6 +63,15 @@ _SUMMARY_FIELDS = {
     "silenced_count": "silenced_count",
     "emergent_count": "emergent_count",
 }
+_DOMAIN_FIELDS = {
+    "n_active": "n_active",
+    "survived_pct": "survived_pct",
+    "degraded_pct": "degraded_pct",
+    "damaged_pct": "damaged_pct",
+    "mean_r": "mean_correlation",
+    "ppl_chunked": "ppl_chunked",
+    "ppl_chunked_change": "ppl_chunked_change",
+}
 
 
 def _value(value: object) -> str | float | int | None:
@@ -98,6 +110,8 @@ def _conditions(report: ProtocolReport) -> list[Property]:
                 ("subsets_spread_pp", spreads[1].get(row.condition)),
             ],
         )
+        for domain, cell in row.domains.items():
+            out += _fields(f"{prefix}@{domain}", cell, _DOMAIN_FIELDS)
     return out
 
 
@@ -218,5 +232,8 @@ def audit_properties(result: AuditResult, condition: str) -> list[tuple[str, flo
         raise ValueError(
             f"condition {condition!r} is not in the audit; it has {sorted(result.conditions)}"
         )
-    summary = result.conditions[condition].summary
-    return _fields(f"qdm.{condition}", summary, _SUMMARY_FIELDS)  # type: ignore[return-value]
+    cond = result.conditions[condition]
+    out = _fields(f"qdm.{condition}", cond.summary, _SUMMARY_FIELDS)
+    for domain, summary in cond.domains.items():
+        out += _fields(f"qdm.{condition}@{domain}", summary, _SUMMARY_FIELDS)
+    return out  # type: ignore[return-value]

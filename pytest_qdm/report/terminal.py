@@ -155,6 +155,7 @@ def render_report(
     console.print()
     sections = [
         _sweep_table(report, console.width < WIDE_MIN_WIDTH),
+        _titled_table(fmt.domain_table(report), caption=fmt.domain_caption(report)),
         _titled_table(fmt.lens_table(report), caption=fmt.LENS_LEGEND),
         _titled_table(fmt.sae_pruning_table(report)),
         _titled_table(fmt.sensitivity_table(report), caption=fmt.sensitivity_plan_line(report)),

@@ -20,6 +20,7 @@ from pytest_qdm.schema.audit import (
 )
 from pytest_qdm.settings import DEFAULT_BITS, AuditConfig
 from pytest_qdm.stream.distributed import local_rows, merged_state
+from pytest_qdm.stream.domains import RowDomains
 from pytest_qdm.stream.drilldown import NO_LABELS, Labels
 from pytest_qdm.stream.engine import (
     EngineState,
@@ -36,10 +37,15 @@ def as_token_tensor(tokens) -> torch.Tensor:
     return getattr(tokens, "tokens", tokens)
 
 
-def token_summary(tokens: torch.Tensor) -> TokenSummary:
+def token_summary(tokens: torch.Tensor, domains: RowDomains | None = None) -> TokenSummary:
     digest = hashlib.sha256(tokens.detach().cpu().to(torch.int64).numpy().tobytes()).hexdigest()
     n, ctx = tokens.shape
-    return TokenSummary(n_sequences=n, context_length=ctx, n_tokens=n * ctx, sha256=digest)
+    per_domain = {}
+    if domains is not None:
+        per_domain = {name: (stop - start) * ctx for name, start, stop in domains.runs()}
+    return TokenSummary(
+        n_sequences=n, context_length=ctx, n_tokens=n * ctx, sha256=digest, domains=per_domain
+    )
 
 
 def prepare_conditions(
@@ -69,11 +75,9 @@ def finalize(
     active = firing > config.active_threshold
     results = {}
     for condition in conditions:
-        paired = state.paired[condition.name]
-        r, silenced = paired.correlation()
-        correlation = np.where(active, r, np.nan)
-        firing_c = (paired.fire_count_y / max(paired.n, 1)).cpu().numpy()
-        emergent = ~active & (firing_c > config.active_threshold)
+        correlation, silenced, emergent, firing_c = _bands_input(
+            state.reference, state.paired[condition.name], config
+        )
         loss = state.loss.get(condition.name)
         agreement = state.agreement.get(condition.name)
         drilldown = None
@@ -92,6 +96,10 @@ def finalize(
             n_loss_tokens=loss.count if loss else None,
             agreement=agreement.result(config.top_k) if agreement is not None else None,
             drilldown=drilldown,
+            domains={
+                domain: _summary(sums.reference, sums.paired[condition.name], config)
+                for domain, sums in state.domains.items()
+            },
         )
     ref_loss = state.loss.get("reference")
     return AuditResult(
@@ -112,6 +120,23 @@ def finalize(
     )
 
 
+def _bands_input(reference, paired, config: AuditConfig):
+    """(correlation with NaN where not active, silenced, emergent, compressed firing rate)
+    of one condition's paired statistics against its reference statistics."""
+    active = reference.firing_rate() > config.active_threshold
+    r, silenced = paired.correlation()
+    firing_c = (paired.fire_count_y / max(paired.n, 1)).cpu().numpy()
+    emergent = ~active & (firing_c > config.active_threshold)
+    return np.where(active, r, np.nan), silenced, emergent, firing_c
+
+
+def _summary(reference, paired, config: AuditConfig):
+    """Bands of one condition over one domain, among the features active in that domain."""
+    correlation, silenced, emergent, _ = _bands_input(reference, paired, config)
+    active = reference.firing_rate() > config.active_threshold
+    return summarize(correlation, active, silenced, emergent, config)
+
+
 def audit(
     model,
     sae,
@@ -129,16 +154,22 @@ def audit(
     """
     config = config or AuditConfig()
     conditions = list(conditions) if conditions is not None else [RTN(b) for b in DEFAULT_BITS]
+    domains = RowDomains.of_tokens(tokens)
     tokens = as_token_tensor(tokens)
     validate_conditions(conditions)
     hook = resolve_hook(model, sae, config)
     validate_inputs(model, sae, tokens, hook, config.lens_k)
     prepared = prepare_conditions(model, conditions, hook, config.compute_loss)
-    rows = local_rows(tokens, config.batch_size)  # all of them outside torch.distributed
-    steps = pass_steps(rows, conditions, config)
+    share = local_rows(tokens.shape[0], config.batch_size)  # all rows outside torch.distributed
+    rows, labels = tokens[share], domains and domains.take(share)
+    steps = pass_steps(rows, conditions, config, labels)
     device = torch.device(config.device or model.cfg.device)
     with progress_bar("QDM audit", steps, config.progress) as advance:
         state = merged_state(
-            lambda: run_pass(model, sae, rows, conditions, prepared, hook, config, advance), device
+            lambda: run_pass(
+                *(model, sae, rows, conditions, prepared, hook, config, advance), domains=labels
+            ),
+            device,
         )
-    return finalize(state, conditions, hook, token_summary(tokens), config, Labels.of(model, sae))
+    summary = token_summary(tokens, domains)
+    return finalize(state, conditions, hook, summary, config, Labels.of(model, sae))

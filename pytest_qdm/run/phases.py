@@ -45,9 +45,10 @@ from pytest_qdm.schema.analyses import (
     TransferQuality,
 )
 from pytest_qdm.schema.audit import AuditResult
-from pytest_qdm.schema.protocol import Finding, SweepRow
+from pytest_qdm.schema.protocol import DomainRow, Finding, SweepRow
 from pytest_qdm.settings import AuditConfig, ProtocolConfig
 from pytest_qdm.stream.distributed import concatenated, local_share
+from pytest_qdm.stream.domains import RowDomains
 from pytest_qdm.stream.drilldown import Labels
 from pytest_qdm.stream.engine import (
     EngineState,
@@ -74,10 +75,24 @@ class Inputs:
     focus: str  # the RTN condition the predictor, overlap and SAE pruning are about
     config: AuditConfig
     cfg: ProtocolConfig
+    domains: RowDomains | None = None  # the rows' labelled domains
+
+    @property
+    def _ppl_rows(self) -> torch.Tensor:
+        """The perplexity rows: the first ones, or the first of each domain in equal parts."""
+        n = max(1, -(-self.cfg.ppl_tokens // self.tokens.shape[1]))
+        if self.domains is None:
+            return torch.arange(min(n, self.tokens.shape[0]))
+        per = max(1, -(-n // len(self.domains.names)))
+        return torch.cat([self.domains.rows(d)[:per] for d in self.domains.names])
 
     @property
     def ppl_tokens(self) -> torch.Tensor:
-        return self.tokens[: max(1, -(-self.cfg.ppl_tokens // self.tokens.shape[1]))]
+        return self.tokens[self._ppl_rows]
+
+    @property
+    def ppl_domains(self) -> RowDomains | None:
+        return None if self.domains is None else self.domains.take(self._ppl_rows)
 
 
 @dataclass
@@ -109,6 +124,7 @@ def check_inputs(
 ) -> tuple[Inputs, SaeFit]:
     """Every check that needs no long work, then the SAE fit (refused below its bound)."""
     bos = bool(getattr(getattr(tokens, "info", None), "prepend_bos", False))
+    domains = RowDomains.of_tokens(tokens)
     tokens = as_token_tensor(tokens)
     rtn = [RTN(b) for b in bits]
     if match_bits is not None and match_bits not in bits:
@@ -130,7 +146,9 @@ def check_inputs(
             f"{fit.reason}. {ADVICE} (ProtocolConfig(min_explained_variance=None) audits anyway)"
         )
     focus = focus_condition(rtn, match_bits)
-    inputs = Inputs(model, sae, tokens, bos, hook, rtn, list(extra), match_bits, focus, config, cfg)
+    inputs = Inputs(
+        *(model, sae, tokens, bos, hook, rtn, list(extra), match_bits, focus, config, cfg), domains
+    )
     return inputs, fit
 
 
@@ -139,7 +157,13 @@ def measure(inputs: Inputs, into: Perplexities, name: str) -> None:
     cfg, model = inputs.cfg, inputs.model
     sums = TransferSums(model, inputs.sae, inputs.hook) if cfg.sae_transfer else None
     into.perplexity[name] = _perplexities(
-        model, inputs.ppl_tokens, inputs.bos, cfg, inputs.config.batch_size, sums
+        model,
+        inputs.ppl_tokens,
+        inputs.bos,
+        cfg,
+        inputs.config.batch_size,
+        sums,
+        inputs.ppl_domains,
     )
     if sums is not None:
         into.transfer[name] = sums.result()
@@ -204,8 +228,12 @@ def feature_phase(
     model, config = inputs.model, inputs.config
     prepared = prepare_conditions(model, conditions, inputs.hook, compute_loss=False)
     # under torch.distributed each rank runs a contiguous share of the shards
-    shard_tokens = local_share(_shards(inputs.tokens, inputs.cfg.n_shards, inputs.cfg.seed))
-    steps = sum(pass_steps(t, conditions, config) for t in shard_tokens)
+    rows = local_share(_shards(inputs.tokens.shape[0], inputs.cfg.n_shards, inputs.cfg.seed))
+    shard_tokens = [inputs.tokens[r] for r in rows]
+    domains = [inputs.domains and inputs.domains.take(r) for r in rows]
+    steps = sum(
+        pass_steps(t, conditions, config, d) for t, d in zip(shard_tokens, domains, strict=True)
+    )
     device = torch.device(config.device or model.cfg.device)
     with progress_bar("QDM protocol", steps, config.progress) as advance:
         shards = concatenated(
@@ -214,13 +242,13 @@ def feature_phase(
                 advance,
                 finished=store.load_shards(),
                 keep=store.save_shards,
+                domains=domains,
             ),
             device,
         )
     labels = Labels.of(model, inputs.sae)
-    result = finalize(
-        merge_all(shards), conditions, inputs.hook, token_summary(inputs.tokens), config, labels
-    )
+    summary = token_summary(inputs.tokens, inputs.domains)
+    result = finalize(merge_all(shards), conditions, inputs.hook, summary, config, labels)
     return FeaturePass(shards, result)
 
 
@@ -334,17 +362,27 @@ def sweep_rows(
 
 
 def _perplexities(
-    model, ppl_tokens: torch.Tensor, bos: bool, cfg: ProtocolConfig, batch: int, observer=None
+    model,
+    ppl_tokens: torch.Tensor,
+    bos: bool,
+    cfg: ProtocolConfig,
+    batch: int,
+    observer=None,
+    domains: RowDomains | None = None,
 ):
     """Chunked and sliding-window perplexity of the model as it currently is
-    (``observer`` rides on the chunked forwards)."""
+    (``observer`` rides on the chunked forwards; ``domains``: chunked per domain too)."""
     ctx = ppl_tokens.shape[1]
     stream = (ppl_tokens[:, 1:] if bos else ppl_tokens).reshape(-1)
     bos_id = int(ppl_tokens[0, 0]) if bos else None
     stride = max(1, int(ctx * cfg.sliding_stride_fraction))
     return {
         "chunked": chunked_perplexity(
-            model, ppl_tokens, bos_in_tokens=bos, batch_size=batch, observer=observer
+            *(model, ppl_tokens),
+            bos_in_tokens=bos,
+            batch_size=batch,
+            observer=observer,
+            domains=domains,
         ),
         "sliding": sliding_window_perplexity(
             model, stream, window=ctx, stride=stride, bos_token_id=bos_id, batch_size=batch
@@ -352,12 +390,10 @@ def _perplexities(
     }
 
 
-def _shards(tokens: torch.Tensor, n_shards: int, seed: int) -> list[torch.Tensor]:
-    order = torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(seed))
-    return [
-        tokens[idx.sort().values]
-        for idx in torch.tensor_split(order, min(n_shards, tokens.shape[0]))
-    ]
+def _shards(n_rows: int, n_shards: int, seed: int) -> list[torch.Tensor]:
+    """Row indices of ``n_shards`` random disjoint shards, each in row order."""
+    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))
+    return [idx.sort().values for idx in torch.tensor_split(order, min(n_shards, n_rows))]
 
 
 def findings_phase(report_rows: list[SweepRow], cfg: ProtocolConfig) -> list[Finding]:
@@ -414,4 +450,25 @@ def _row(name, cond, ppl, ref_ppl, ci, quality) -> SweepRow:
         procrustes_error=agreement.procrustes_aligned_error if agreement else None,
         unaligned_error=agreement.unaligned_error if agreement else None,
         survived_ci=(ci.low, ci.high) if ci else None,
+        domains={
+            domain: _domain_row(summary, chunked, ref_ppl.get("chunked"), domain)
+            for domain, summary in cond.domains.items()
+        },
+    )
+
+
+def _domain_row(summary, chunked, ref_chunked, domain: str) -> DomainRow:
+    ppl = chunked.by_domain.get(domain) if chunked else None
+    ref = ref_chunked.by_domain.get(domain) if ref_chunked else None
+    change = None
+    if ppl and ref and ppl.perplexity and ref.perplexity:
+        change = relative_change(ppl.perplexity, ref.perplexity)
+    return DomainRow(
+        n_active=summary.n_active,
+        survived_pct=summary.survived_pct,
+        degraded_pct=summary.degraded_pct,
+        damaged_pct=summary.damaged_pct,
+        mean_correlation=summary.mean_correlation,
+        ppl_chunked=ppl.perplexity if ppl else None,
+        ppl_chunked_change=change,
     )

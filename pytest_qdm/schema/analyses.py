@@ -13,6 +13,16 @@ from pytest_qdm.schema.audit import AuditResult
 from pytest_qdm.schema.base import _Frozen
 
 
+class DomainPerplexity(BaseModel):
+    """Chunked perplexity over one labelled domain's rows (same forwards as the total)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    perplexity: float | None
+    mean_nll: float | None
+    n_scored_tokens: int
+
+
 class PerplexityResult(BaseModel):
     """One perplexity measurement and the protocol that produced it.
 
@@ -27,6 +37,7 @@ class PerplexityResult(BaseModel):
         prepend_bos: whether each block/window starts with a BOS token.
         bos_token_id: that BOS id, or None.
         note: which tokens were scored, in words.
+        by_domain: per labelled domain (chunked only), from the same forwards.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -40,6 +51,7 @@ class PerplexityResult(BaseModel):
     prepend_bos: bool
     bos_token_id: int | None
     note: str
+    by_domain: dict[str, DomainPerplexity] = {}
 
 
 class TransferQuality(BaseModel):

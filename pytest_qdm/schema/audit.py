@@ -46,6 +46,7 @@ class TokenSummary(_Frozen):
     context_length: int
     n_tokens: int
     sha256: str
+    domains: dict[str, int] = {}  # tokens per labelled domain, in row order
 
 
 class ReferenceResult(_Frozen):
@@ -103,6 +104,7 @@ class ConditionResult(_Frozen):
     n_loss_tokens: int | None = None
     agreement: TokenAgreement | None = None  # token lenses (config.token_lenses)
     drilldown: list[FeatureDrilldown] | None = None  # most damaged first (config.drilldown)
+    domains: dict[str, Summary] = {}  # bands per labelled domain (its own active features)
 
     def damage(self) -> np.ndarray:
         """Damage score 1 - r per feature (NaN where not active)."""

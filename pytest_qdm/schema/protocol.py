@@ -21,6 +21,21 @@ from pytest_qdm.schema.audit import SCHEMA_VERSION, AuditResult
 from pytest_qdm.settings import ProtocolConfig
 
 
+class DomainRow(BaseModel):
+    """One condition over one labelled domain: bands among the features active in that
+    domain, and the chunked perplexity change on its rows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    n_active: int
+    survived_pct: float | None
+    degraded_pct: float | None
+    damaged_pct: float | None
+    mean_correlation: float | None
+    ppl_chunked: float | None = None
+    ppl_chunked_change: float | None = None
+
+
 class SweepRow(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -46,6 +61,7 @@ class SweepRow(BaseModel):
     procrustes_error: float | None = None
     unaligned_error: float | None = None
     survived_ci: tuple[float | None, float | None] | None
+    domains: dict[str, DomainRow] = {}  # per labelled domain (--qdm-dataset LABEL=SOURCE)
 
 
 class Finding(BaseModel):

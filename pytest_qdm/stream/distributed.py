@@ -85,14 +85,14 @@ def local_share(items: S) -> S:
     return items[start:stop]
 
 
-def local_rows(tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """This rank's share of ``tokens`` [n, ctx] in whole batches of ``batch_size`` rows, so
-    each batch is the one a single process runs (the last rank's may be shorter)."""
+def local_rows(n_rows: int, batch_size: int) -> slice:
+    """This rank's share of ``n_rows`` token rows in whole batches of ``batch_size`` rows,
+    so each batch is the one a single process runs (the last rank's may be shorter)."""
     rank, size = rank_and_size()
     if size == 1:
-        return tokens
-    start, stop = share_bounds(-(-tokens.shape[0] // batch_size), rank, size)
-    return tokens[start * batch_size : stop * batch_size]
+        return slice(0, n_rows)
+    start, stop = share_bounds(-(-n_rows // batch_size), rank, size)
+    return slice(start * batch_size, min(stop * batch_size, n_rows))
 
 
 def init_from_torchrun() -> None:

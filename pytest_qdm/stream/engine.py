@@ -26,6 +26,8 @@ Performance, and what is exact (measurements: benchmarks/README.md):
   A^T B product per batch.
 - The drill-down (``config.drilldown``, see stream/drilldown.py) reads the same sparse
   entries: each feature's top contexts on both sides, for every condition but the null.
+- With labelled domains (stream/domains.py) a batch never mixes domains, and its sums are
+  added to its domain's as well as to the totals: per-domain survival from the same pass.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch
 
 from pytest_qdm.compress.conditions import Condition, Reference, applied
 from pytest_qdm.settings import AuditConfig
+from pytest_qdm.stream.domains import RowDomains, count_batches, domain_batches
 from pytest_qdm.stream.drilldown import DrilldownState
 from pytest_qdm.stream.hooks import hook_width, run_to_hook
 from pytest_qdm.stream.lenses import AgreementSums, TokenReference
@@ -114,6 +117,34 @@ class LossSums:
 
 
 @dataclass
+class DomainSums:
+    """The reference's and each condition's statistics over one domain's rows."""
+
+    reference: ReferenceStats
+    paired: dict[str, PairedStats]
+
+    @classmethod
+    def empty(cls, d_sae: int, names: Sequence[str], device) -> DomainSums:
+        paired = {n: PairedStats.empty(d_sae, device) for n in names}
+        return cls(ReferenceStats.empty(d_sae, device), paired)
+
+    def merge(self, other: DomainSums) -> DomainSums:
+        return DomainSums(
+            self.reference.merge(other.reference),
+            {n: self.paired[n].merge(other.paired[n]) for n in self.paired},
+        )
+
+
+def _merge_domains(
+    ours: dict[str, DomainSums], theirs: dict[str, DomainSums]
+) -> dict[str, DomainSums]:
+    merged = dict(ours)
+    for name, sums in theirs.items():
+        merged[name] = merged[name].merge(sums) if name in merged else sums
+    return merged
+
+
+@dataclass
 class EngineState:
     """Mergeable state of a (partial) pass: shards merged equal one pass."""
 
@@ -122,6 +153,7 @@ class EngineState:
     loss: dict[str, LossSums] = field(default_factory=dict)  # "reference" + condition names
     agreement: dict[str, AgreementSums] = field(default_factory=dict)  # token lenses
     drilldown: DrilldownState | None = None  # top contexts per feature (config.drilldown)
+    domains: dict[str, DomainSums] = field(default_factory=dict)  # labelled domains' sums
 
     def merge(self, other: EngineState) -> EngineState:
         if set(self.paired) != set(other.paired):
@@ -137,6 +169,7 @@ class EngineState:
                 for n, s in self.agreement.items()
             },
             drilldown,
+            _merge_domains(self.domains, other.domains),
         )
 
 
@@ -159,9 +192,14 @@ class _Readout:
         return act, loss
 
 
-def pass_steps(tokens: torch.Tensor, conditions: Sequence[Condition], config: AuditConfig) -> int:
+def pass_steps(
+    tokens: torch.Tensor,
+    conditions: Sequence[Condition],
+    config: AuditConfig,
+    domains: RowDomains | None = None,
+) -> int:
     """Forward passes :func:`run_pass` makes (for progress bars)."""
-    return -(-tokens.shape[0] // config.batch_size) * (1 + len(conditions))
+    return count_batches(tokens.shape[0], config.batch_size, domains) * (1 + len(conditions))
 
 
 def encode(sae, activations: torch.Tensor) -> torch.Tensor:
@@ -253,11 +291,13 @@ def run_pass(
     config: AuditConfig,
     advance: Callable[[int], None] = lambda n: None,
     drilldown: DrilldownState | None = None,
+    domains: RowDomains | None = None,
 ) -> EngineState:
     """One pass over ``tokens`` in batches; ``prepared`` holds each condition's weights.
 
     ``advance(n)`` is called as work completes (one unit per forward pass). ``drilldown``
     (with ``config.drilldown``): a drill-down to go on filling, in place, instead of a new one.
+    ``domains``: the rows' domains; their sums are kept apart too (``state.domains``).
     """
     device = torch.device(config.device or model.cfg.device)
     readout = _Readout(model, hook, config.compute_loss)
@@ -277,7 +317,8 @@ def run_pass(
             drilldown = DrilldownState.empty(sae.cfg.d_sae, k, drilled, device)
         state.drilldown = drilldown
     with torch.inference_mode(), heap_allocations(device):
-        for index, batch in enumerate(torch.split(tokens, config.batch_size)):
+        batches = domain_batches(tokens, config.batch_size, domains)
+        for index, (domain, batch) in enumerate(batches):
             batch = batch.to(device)
             act, loss = readout(batch, "reference", index)
             reference = _BatchReference(sae, act, top_k)
@@ -285,6 +326,12 @@ def run_pass(
             if state.drilldown is not None:
                 drilldown = state.drilldown.batch(batch, reference.entries)
             state.reference = state.reference.merge(reference.stats)
+            sums = None
+            if domain is not None:
+                if domain not in state.domains:
+                    state.domains[domain] = DomainSums.empty(sae.cfg.d_sae, state.paired, device)
+                sums = state.domains[domain]
+                sums.reference = sums.reference.merge(reference.stats)
             if loss:
                 state.loss["reference"] = state.loss["reference"].merge(loss)
             advance(1)
@@ -297,6 +344,8 @@ def run_pass(
                 if keep:
                     drilldown.add_condition(name, entries)
                 state.paired[name] = state.paired[name].merge(pair)
+                if sums is not None:
+                    sums.paired[name] = sums.paired[name].merge(pair)
                 if agreement is not None:
                     state.agreement[name] = state.agreement[name].merge(agreement)
                 if loss:
@@ -318,6 +367,7 @@ def run_shards(
     advance: Callable[[int], None] = lambda n: None,
     finished: list[EngineState] | None = None,
     keep: Callable[[list[EngineState]], None] = lambda states: None,
+    domains: Sequence[RowDomains | None] | None = None,
 ) -> list[EngineState]:
     """:func:`run_pass` over each shard of rows, in order. One drill-down is filled across
     them and held by the first state (the others hold none): ``merge_all`` of the states
@@ -325,14 +375,19 @@ def run_shards(
     only gathers the contexts that beat those of the shards before it.
 
     ``finished``: the states of the first shards from an interrupted run (they are not run
-    again); ``keep(states)`` is called after each shard, e.g. to save them."""
+    again); ``keep(states)`` is called after each shard, e.g. to save them. ``domains``:
+    each shard's row domains."""
     states: list[EngineState] = list(finished or [])
-    for index, rows in enumerate(shards):
+    shards = list(shards)
+    domains = list(domains) if domains is not None else [None] * len(shards)
+    for index, (rows, labels) in enumerate(zip(shards, domains, strict=True)):
         if index < len(states):
-            advance(pass_steps(rows, conditions, config))
+            advance(pass_steps(rows, conditions, config, labels))
             continue
         shared = states[0].drilldown if states else None
-        state = run_pass(model, sae, rows, conditions, prepared, hook, config, advance, shared)
+        state = run_pass(
+            *(model, sae, rows, conditions, prepared, hook, config, advance, shared), labels
+        )
         if states:
             state.drilldown = None
         states.append(state)
