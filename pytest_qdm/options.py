@@ -321,9 +321,12 @@ class QdmOptions(BaseModel):
 
     @property
     def token_source(self) -> str | dict[str, str] | None:
-        """``--qdm-dataset`` as ``load_tokens`` takes it: one source, or labelled domains."""
+        """The tokens' source as ``load_tokens`` takes it (one source, or labelled domains):
+        ``--qdm-dataset``, else the preset's, else None (a model folder: builtin)."""
         if not self.dataset:
-            return None
+            from pytest_qdm.load.presets import get_preset, preset_names
+
+            return get_preset(self.model).dataset if self.model in preset_names() else None
         if domain_label(self.dataset[0]) is None:
             return self.dataset[0]
         return {domain_label(v): v.partition("=")[2] for v in self.dataset}

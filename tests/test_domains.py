@@ -209,3 +209,19 @@ def test_the_gate_reports_and_gates_each_domain(pytester, domain_files, monkeypa
     )
     assert (pytester.path / "qdm-report" / "domain_survival.png").is_file()
     assert "Survival per domain" in (pytester.path / "qdm-report" / "index.html").read_text()
+
+
+def test_a_preset_can_name_domains(monkeypatch):
+    from dataclasses import replace
+
+    from pytest_qdm.load import presets
+    from pytest_qdm.options import QdmOptions
+
+    domains = {"prose": "builtin", "code": "builtin:code"}
+    preset = replace(presets.get_preset("tiny"), name="tiny-domains", dataset=domains)
+    monkeypatch.setitem(presets._registry, "tiny-domains", preset)
+    options = QdmOptions(model="tiny-domains", min_survived=("int6@code:0.6",))
+    assert options.token_source == domains and options.domains == ("prose", "code")
+    assert QdmOptions(model="tiny-domains", dataset="builtin").domains == ()
+    with pytest.raises(ValueError, match="Preset.dataset must be"):
+        replace(preset, dataset={"code": ""})

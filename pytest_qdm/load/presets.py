@@ -17,7 +17,12 @@ from dataclasses import dataclass, fields
 ENTRY_POINT_GROUP = "pytest_qdm.presets"
 PAPER = "https://arxiv.org/abs/2606.03002"
 WIKITEXT_TEST = "wikitext:wikitext-2-raw-v1:test"
-_FIELD_KINDS = {"token_budget": "count", "context_length": "count", "prepend_bos": "bool"}
+_FIELD_KINDS = {
+    "token_budget": "count",
+    "context_length": "count",
+    "prepend_bos": "bool",
+    "dataset": "source",
+}
 _FIELD_KINDS.update(
     dict.fromkeys(("second_sae_id", "second_hook_name", "source", "description"), "text")
 )
@@ -25,6 +30,7 @@ _EXPECTED = {
     "count": "a positive int",
     "bool": "a bool",
     "text": "a str or None",
+    "source": "a non-empty str, or a non-empty dict of domain label -> source",
     "name": "a non-empty str",
 }
 
@@ -43,7 +49,9 @@ class Preset:
         token_budget: tokens the audit reads by default.
         context_length: tokens per sequence.
         prepend_bos: whether each sequence starts with BOS.
-        dataset: token source string for :func:`pytest_qdm.load.tokens.load_tokens`.
+        dataset: token source for :func:`pytest_qdm.load.tokens.load_tokens`: one source
+            string, or labelled domains ``{"prose": "builtin", "code": "builtin:code"}``
+            (survival per domain, as ``--qdm-dataset LABEL=SOURCE`` gives).
         cpu_dtype, gpu_dtype: torch dtype names used on each device.
         source: where the numbers and releases come from (URLs).
         description: one line for ``--help`` and reports.
@@ -59,7 +67,7 @@ class Preset:
     token_budget: int = 200_000
     context_length: int = 512
     prepend_bos: bool = False
-    dataset: str = WIKITEXT_TEST
+    dataset: str | dict[str, str] = WIKITEXT_TEST
     cpu_dtype: str = "float32"
     gpu_dtype: str = "float32"
     source: str = ""
@@ -74,6 +82,10 @@ class Preset:
                 bad = not isinstance(value, bool)
             elif expected == "text":
                 bad = value is not None and not isinstance(value, str)
+            elif expected == "source" and isinstance(value, dict):
+                bad = not value or not all(
+                    isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()
+                )
             else:
                 bad = not isinstance(value, str) or not value
             if bad:

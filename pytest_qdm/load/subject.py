@@ -55,7 +55,7 @@ def load_subject(options: QdmOptions) -> Subject:
         preset.context_length if preset else min(model.cfg.n_ctx, 256)
     )
     tokens = load_tokens(
-        options.token_source or (preset.dataset if preset else "builtin"),
+        options.token_source or "builtin",
         model.tokenizer,
         context_length=min(context, model.cfg.n_ctx),
         max_tokens=options.tokens or (preset.token_budget if preset else 50_000),
