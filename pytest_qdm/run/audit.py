@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from pytest_qdm.schema.audit import (
     AuditResult,
     ConditionResult,
     ReferenceResult,
+    Summary,
     TokenSummary,
     lowest_correlations,
     summarize,
@@ -75,29 +77,27 @@ def finalize(
     active = firing > config.active_threshold
     results = {}
     for condition in conditions:
-        correlation, silenced, emergent, firing_c = _bands_input(
-            state.reference, state.paired[condition.name], config
-        )
+        paired = _Paired.of(state.reference, state.paired[condition.name], config)
         loss = state.loss.get(condition.name)
         agreement = state.agreement.get(condition.name)
         drilldown = None
         if state.drilldown is not None and condition.name in state.drilldown.compressed:
-            worst = lowest_correlations(correlation, config.drilldown_features)
+            worst = lowest_correlations(paired.correlation, config.drilldown_features)
             drilldown = state.drilldown.result(condition.name, worst, labels)
         results[condition.name] = ConditionResult(
             name=condition.name,
             spec=condition.describe(),
-            correlation=correlation,
-            silenced=silenced & active,
-            emergent=emergent,
-            firing_rate=firing_c,
-            summary=summarize(correlation, active, silenced, emergent, config),
+            correlation=paired.correlation,
+            silenced=paired.silenced & active,
+            emergent=paired.emergent,
+            firing_rate=paired.firing_rate,
+            summary=paired.summary,
             mean_nll=loss.nll / loss.count if loss and loss.count else None,
             n_loss_tokens=loss.count if loss else None,
             agreement=agreement.result(config.top_k) if agreement is not None else None,
             drilldown=drilldown,
-            domains={
-                domain: _summary(sums.reference, sums.paired[condition.name], config)
+            domains={  # each domain's bands among the features active on its tokens
+                domain: _Paired.of(sums.reference, sums.paired[condition.name], config).summary
                 for domain, sums in state.domains.items()
             },
         )
@@ -120,21 +120,25 @@ def finalize(
     )
 
 
-def _bands_input(reference, paired, config: AuditConfig):
-    """(correlation with NaN where not active, silenced, emergent, compressed firing rate)
-    of one condition's paired statistics against its reference statistics."""
-    active = reference.firing_rate() > config.active_threshold
-    r, silenced = paired.correlation()
-    firing_c = (paired.fire_count_y / max(paired.n, 1)).cpu().numpy()
-    emergent = ~active & (firing_c > config.active_threshold)
-    return np.where(active, r, np.nan), silenced, emergent, firing_c
+class _Paired(NamedTuple):
+    """One condition's per-feature results against the reference, over the same tokens."""
 
+    active: np.ndarray  # reference firing rate above the active threshold
+    correlation: np.ndarray  # r, NaN where not active
+    silenced: np.ndarray
+    emergent: np.ndarray
+    firing_rate: np.ndarray  # the condition's
+    summary: Summary  # the bands
 
-def _summary(reference, paired, config: AuditConfig):
-    """Bands of one condition over one domain, among the features active in that domain."""
-    correlation, silenced, emergent, _ = _bands_input(reference, paired, config)
-    active = reference.firing_rate() > config.active_threshold
-    return summarize(correlation, active, silenced, emergent, config)
+    @classmethod
+    def of(cls, reference, paired, config: AuditConfig) -> _Paired:
+        active = reference.firing_rate() > config.active_threshold
+        r, silenced = paired.correlation()
+        firing = (paired.fire_count_y / max(paired.n, 1)).cpu().numpy()
+        emergent = ~active & (firing > config.active_threshold)
+        correlation = np.where(active, r, np.nan)
+        summary = summarize(correlation, active, silenced, emergent, config)
+        return cls(active, correlation, silenced, emergent, firing, summary)
 
 
 def audit(
