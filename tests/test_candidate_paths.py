@@ -113,14 +113,33 @@ def test_llm_int8_forward_path_quantizes_activations(reference, sae, few, shippe
     with torch.inference_mode():
         hidden = forward.original_model(few, output_hidden_states=True).hidden_states[2]
     assert torch.equal(acts["forward"], hidden.reshape(acts["forward"].shape))
-    kinds = [type(m).__name__ for m in forward.original_model.modules()]
-    assert kinds.count("Linear8bitLt") == 6 * 7  # every block linear (lm_head stays dense)
-    # int8 activations (|x| <= threshold) move the read-out, beyond the dequantized weights
-    # alone: measured 0.38 % of its norm here, and 2.8 of 97 active features' r
+    layers = [m for m in forward.original_model.modules() if type(m).__name__ == "Linear8bitLt"]
+    assert len(layers) == 6 * 7  # every block linear (lm_head stays dense)
+    # the kernel under the bridge quantizes its input: one LLM.int8 layer equals its
+    # dequantized weights times the input rounded to int8 per row (absmax / 127, after
+    # bitsandbytes' float16 cast; no outliers below the threshold 6), not times the input
+    layer = layers[0]
+    scales = (
+        layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
+    )  # after a forward
+    weight = layer.weight.data.float() * scales.float()[:, None] / 127
+    x = (torch.randn(64, weight.shape[1], generator=torch.Generator().manual_seed(0)) * 2).clamp(
+        -5.9, 5.9
+    )
+    scale = x.half().float().abs().amax(dim=1, keepdim=True) / 127
+    int8_input = torch.round(x.half().float() / scale) * scale
+    with torch.inference_mode():
+        out = layer(x)
+    emulated = torch.nn.functional.linear(int8_input, weight)
+    dense = torch.nn.functional.linear(x, weight)
+    # measured 2.3e-4 (the float16 output) vs 6.3e-3
+    assert relative(out, emulated) < 1e-3 < relative(out, dense)
+    # so the read-out moves from the dequantize path's (measured 0.41 % of its norm on these
+    # 256 tokens), and per-feature r with it (survival 96.1 % dequantize, 95.1 % forward)
     assert relative(acts["forward"], acts["dequantize"]) > 1e-3
     r, survived = paired_r(reference, sae, few, candidates)
     assert np.abs(r["forward"] - r["dequantize"]).max() > 0.1
-    assert survived["forward"] != survived["dequantize"]
+    assert survived["forward"] < survived["dequantize"]
 
 
 def test_nf4_forward_path_is_close_to_the_dequantize_path(reference, sae, few, shipped):  # noqa: F811
@@ -128,8 +147,9 @@ def test_nf4_forward_path_is_close_to_the_dequantize_path(reference, sae, few, s
     weights. Not bit-equal here: bitsandbytes' fused CPU 4-bit kernel computes in bfloat16
     (activations and block scales cast; backends/cpu/ops.py), so the read-outs agree to
     bfloat16 rounding (2^-8 = 0.4 % per element; measured 0.32 % of the norm), which moves
-    per-feature r by a median of 4e-5 (a few rare features more) and survival by < 1 point.
-    Where the kernel runs in float32 the two agree to float32 rounding."""
+    per-feature r by a median of 3e-5 (a few rare features more) and survival by 0.75 points
+    (6 of 798 active features) on these 256 tokens. Where the kernel runs in float32 the
+    two agree to float32 rounding (torchao's int8 weight-only below)."""
     folder = nf4_folder(shipped)
     assert inspect_checkpoint(folder).path == "dequantize"  # the scheme's own path
     candidates = both_paths(folder)
@@ -137,7 +157,7 @@ def test_nf4_forward_path_is_close_to_the_dequantize_path(reference, sae, few, s
     assert relative(acts["forward"], acts["dequantize"]) < 1e-2
     r, survived = paired_r(reference, sae, few, candidates)
     assert np.median(np.abs(r["forward"] - r["dequantize"])) < 1e-3
-    assert abs(survived["forward"] - survived["dequantize"]) < 1
+    assert abs(survived["forward"] - survived["dequantize"]) < 1.5
 
 
 def torchao_folder(make, name: str, config) -> str:
