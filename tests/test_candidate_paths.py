@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import needs
-from test_checkpoints import bnb_folder, nf4_folder, shipped  # noqa: F401 (a fixture)
+from test_checkpoints import (  # noqa: F401 (shipped: a fixture)
+    bnb_folder,
+    llmcompressor_folder,
+    nf4_folder,
+    shipped,
+)
 
 import pytest_qdm as qdm
 from pytest_qdm.load.checkpoints import CheckpointInfo, choose_path, inspect_checkpoint
@@ -158,6 +163,36 @@ def test_nf4_forward_path_is_close_to_the_dequantize_path(reference, sae, few, s
     r, survived = paired_r(reference, sae, few, candidates)
     assert np.median(np.abs(r["forward"] - r["dequantize"])) < 1e-3
     assert abs(survived["forward"] - survived["dequantize"]) < 1.5
+
+
+@pytest.mark.parametrize("scheme", ["FP8_DYNAMIC", "W8A8"])
+def test_compressed_tensors_rounds_inputs_per_token(reference, sae, few, shipped, scheme):  # noqa: F811
+    """Decompressed at load (``run_compressed=False``'s successor), each compressed-tensors
+    module keeps its quantized forward: under the bridge a layer equals its weights times
+    the input rounded per token, to FP8 e4m3 (scale absmax / 448) or to symmetric int8
+    (scale absmax / 127.5, q in -128..127), exactly."""
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    modifier = QuantizationModifier(targets="Linear", scheme=scheme, ignore=["lm_head"])
+    folder = llmcompressor_folder(shipped, f"tiny-{scheme.lower()}", modifier)
+    assert inspect_checkpoint(folder).path == "forward"
+    candidates = both_paths(folder)
+    bridged = candidates["forward"].model.original_model
+    layer = next(m for m in bridged.modules() if hasattr(m, "weight_scale"))
+    x = torch.randn(2, 32, layer.in_features, generator=torch.Generator().manual_seed(0)) * 2
+    absmax = x.abs().amax(dim=-1, keepdim=True)  # per token ([batch, position, features])
+    if scheme == "FP8_DYNAMIC":
+        scale = absmax / torch.finfo(torch.float8_e4m3fn).max
+        rounded = (x / scale).to(torch.float8_e4m3fn).float() * scale
+    else:
+        scale = absmax / 127.5
+        rounded = torch.clamp(torch.round(x / scale), -128, 127) * scale
+    with torch.inference_mode():
+        out = layer(x)
+    torch.testing.assert_close(out, torch.nn.functional.linear(rounded, layer.weight))
+    assert relative(out, torch.nn.functional.linear(x, layer.weight)) > 1e-3
+    r, survived = paired_r(reference, sae, few, candidates)
+    assert np.abs(r["forward"] - r["dequantize"]).max() > 0.1
 
 
 def torchao_folder(make, name: str, config) -> str:

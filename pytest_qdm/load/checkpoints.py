@@ -22,8 +22,8 @@ Two paths, chosen per scheme (:attr:`CheckpointInfo.path`, forced with
   (:mod:`pytest_qdm.compress.conditions`). compressed-tensors is decompressed at load
   (``CompressedTensorsConfig(dequantize=True)``, the same as ``run_compressed=False``;
   compressed modules cannot run under the bridge), and its modules keep their quantized
-  forward: each input activation is fake-quantized per token (int8 or FP8), as the
-  deployed kernel quantizes it. GGUF and HQQ have no quantized forward here (transformers
+  forward: each input activation is fake-quantized per token (int8 or FP8: rounded and
+  scaled back in float), as the deployed kernel quantizes it. GGUF and HQQ have no quantized forward here (transformers
   dequantizes GGUF at load; hqq's loader is standalone): they take the dequantize path
   only, and llama.cpp's q8 activations are not modelled.
 """
