@@ -236,6 +236,17 @@ class QdmOptions(BaseModel):
         "audited as condition candidate:<folder name> (repeatable)",
         json_schema_extra=cli("candidate", "list", "PATH", shown="none"),
     )
+    candidate_path: Literal["dequantize", "forward"] | None = Field(
+        None,
+        description="how every --qdm-candidate is audited: dequantize (the format's library "
+        "dequantizes its weights into the reference) or forward (its deployed quantized "
+        "forward, read through a TransformerLens TransformerBridge)",
+        json_schema_extra=cli(
+            "candidate-path",
+            metavar="PATH",
+            shown="per scheme: forward where the deployed kernel quantizes activations",
+        ),
+    )
     lenses: Annotated[tuple[str, ...], BeforeValidator(_lenses)] = Field(
         LENSES,
         description="lenses beside per-feature survival: token (sample correlation, top-k "

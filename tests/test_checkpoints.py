@@ -163,7 +163,9 @@ def test_simulated_double_quant_equals_bitsandbytes_reference_kernel():
 
 def test_bnb_llm_int8_is_flagged_as_quantizing_activations(reference, sae, tokens, shipped):
     folder = bnb_folder(shipped, "tiny-llm-int8", load_in_8bit=True)
-    candidate = qdm.Candidate.from_pretrained(folder, device="cpu")
+    # its own path is forward (tests/test_candidate_paths.py); the dequantized weights alone
+    # are within a grid step of per-row int8
+    candidate = qdm.Candidate.from_pretrained(folder, device="cpu", path="dequantize")
     assert candidate.checkpoint.scheme == "llm-int8 threshold 6"
     assert candidate.checkpoint.activations_quantized  # the dense path is an approximation
     result = audit(reference, sae, tokens, [qdm.RTN(8), candidate])

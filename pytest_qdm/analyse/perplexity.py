@@ -332,8 +332,7 @@ def perplexity_under(
     model: HookedTransformer, condition: Condition, tokens: torch.Tensor, **kwargs
 ) -> PerplexityResult:
     """:func:`chunked_perplexity` of ``tokens`` with ``condition``'s weights swapped in
-    (every layer; the model is restored on exit). ``kwargs`` go to chunked_perplexity."""
-    from pytest_qdm.compress.conditions import applied
-
-    with applied(model, condition.compressed_weights(model)):
-        return chunked_perplexity(model, tokens, **kwargs)
+    (every layer; the model is restored on exit; a candidate on the forward path runs its
+    own model). ``kwargs`` go to chunked_perplexity."""
+    with condition.running(model, condition.compressed_weights(model)) as running:
+        return chunked_perplexity(running, tokens, **kwargs)

@@ -21,13 +21,14 @@ import copy
 import dataclasses
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from numbers import Real
 
 import numpy as np
 import torch
 
 from pytest_qdm.analyse.transfer import sae_transfers
-from pytest_qdm.compress.conditions import Candidate, Condition, applied
+from pytest_qdm.compress.conditions import Candidate, Condition
 from pytest_qdm.progress import progress_bar
 from pytest_qdm.schema.analyses import SaePruningRow, SaePruningSweep
 from pytest_qdm.schema.audit import AuditResult, ReferenceResult
@@ -227,9 +228,12 @@ def sae_pruning_sweep(
     with progress_bar("SAE pruning sweep", total, progress) as advance:
         for condition in [None, *conditions]:
             name = "reference" if condition is None else condition.name
-            weights = {} if condition is None else condition.compressed_weights(model)
-            with applied(model, weights):
-                qualities = sae_transfers(model, [p for _, p in saes], tokens, hook, batch_size)
+            if condition is None:
+                running = nullcontext(model)
+            else:
+                running = condition.running(model, condition.compressed_weights(model))
+            with running as run:
+                qualities = sae_transfers(run, [p for _, p in saes], tokens, hook, batch_size)
             for (fraction, pruned), quality in zip(saes, qualities, strict=True):
                 found[fraction, name] = SaePruningRow(
                     fraction=float(fraction),
@@ -238,7 +242,6 @@ def sae_pruning_sweep(
                     **quality.model_dump(include=_ROW_FIELDS),
                 )
             advance(len(saes))
-            del weights
     names = ["reference", *(c.name for c in conditions)]
     rows = [found[f, n] for f in fractions for n in names]
     return SaePruningSweep(method=method, hook_name=hook, rows=rows)

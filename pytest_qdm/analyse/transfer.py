@@ -41,7 +41,9 @@ class TransferSums:
     """
 
     def __init__(self, model, sae, hook: str):
-        self.model, self.sae, self.hook, self.resume = model, sae, hook, resume_layer(hook)
+        # a TransformerBridge (a candidate's forward path) cannot resume mid-model
+        resume = resume_layer(hook) if hasattr(model, "input_to_embed") else None
+        self.model, self.sae, self.hook, self.resume = model, sae, hook, resume
         self.sums = torch.zeros(6, dtype=F64)  # clean, spliced, zero loss; SSE; sum ||a||^2; L0
         self.total: torch.Tensor | None = None  # sum of activations [d_in]
         self.n_tokens = self.n_scored = 0

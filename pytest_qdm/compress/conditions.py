@@ -133,6 +133,14 @@ class Condition:
         """Typed parameters of this condition, for reports and fingerprints."""
         return ConditionSpec(kind=type(self).__name__, name=self.name)
 
+    @contextmanager
+    def running(self, model: HookedTransformer, weights: dict[str, torch.Tensor]):
+        """The model this condition's forward passes run on, for the body of the ``with``:
+        ``model`` with ``weights`` (from :meth:`compressed_weights`) swapped in and restored
+        on exit. A candidate on the forward path yields its own model instead."""
+        with applied(model, weights):
+            yield model
+
 
 def _check_bits(bits: int) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
@@ -241,9 +249,12 @@ class Reference(Condition):
 class Candidate(Condition):
     """A compressed model the user already has, with the reference's architecture.
 
-    Its parameters replace the reference's; names and shapes must match (checked by
-    :meth:`check_compatible` before any forward pass). ``checkpoint`` records the format
-    it was loaded from (:meth:`from_pretrained`).
+    On the ``dequantize`` path ``model`` is a HookedTransformer whose parameters replace the
+    reference's (names and shapes must match: :meth:`check_compatible`, before any forward
+    pass). On the ``forward`` path ``model`` is a TransformerLens ``TransformerBridge``
+    around the deployed quantized model: the audit runs it in place of the reference and
+    reads the same hook names from it. ``checkpoint`` records the format it was loaded from
+    and the path (:meth:`from_pretrained`).
     """
 
     model: Any = field(repr=False)
@@ -251,40 +262,71 @@ class Candidate(Condition):
     checkpoint: CheckpointSpec | None = None
 
     @classmethod
-    def from_pretrained(cls, path_or_name: str, name: str | None = None, **load_kwargs):
+    def from_pretrained(
+        cls,
+        path_or_name: str,
+        name: str | None = None,
+        path: str | None = None,
+        **load_kwargs,
+    ):
         """Load a checkpoint as a candidate: a local folder, a ``.gguf`` file or a Hub name,
-        dense or quantized (bitsandbytes, torchao, compressed-tensors, GGUF; dequantized by
-        the format's own library). Named ``candidate:<folder>`` unless ``name`` is given."""
+        dense or quantized (bitsandbytes, torchao, compressed-tensors, GGUF, HQQ). ``path``:
+        ``"dequantize"`` (the format's own library dequantizes the weights), ``"forward"``
+        (the deployed quantized forward, read through a TransformerBridge) or None, the
+        scheme's own: forward where the deployed kernel quantizes activations
+        (:mod:`pytest_qdm.load.checkpoints`). Named ``candidate:<folder>`` unless ``name``
+        is given."""
         from pytest_qdm.load.checkpoints import candidate_name
         from pytest_qdm.load.models import load_candidate
 
-        model, info = load_candidate(path_or_name, **load_kwargs)
+        model, info, chosen = load_candidate(path_or_name, path=path, **load_kwargs)
         checkpoint = CheckpointSpec(
             location=str(path_or_name),
             quant_method=info.quant_method,
             scheme=info.scheme,
-            path=info.path,
+            path=chosen,
             activations_quantized=info.activations_quantized,
         )
         return cls(model=model, name=name or candidate_name(path_or_name), checkpoint=checkpoint)
 
+    @property
+    def forward(self) -> bool:
+        """Whether the audit runs this candidate's own forward (the forward path)."""
+        return self.checkpoint is not None and self.checkpoint.path == "forward"
+
     def describe(self):
         return super().describe().model_copy(update={"checkpoint": self.checkpoint})
 
-    def check_compatible(self, reference: HookedTransformer) -> None:
+    def check_compatible(self, reference: HookedTransformer, hook: str | None = None) -> None:
+        """ValueError (one line) unless this is a compressed copy of ``reference``; on the
+        forward path also unless its model has ``hook`` (the read-out, when given)."""
         ours, theirs = self.model.cfg, reference.cfg
+        architecture = (
+            type(self.model.original_model).__name__
+            if self.forward
+            else getattr(ours, "original_architecture", None)
+        )
         for key, what in (
             ("original_architecture", "architecture"),
             ("n_layers", "layer count"),
             ("d_model", "width d_model"),
             ("d_vocab", "vocabulary size"),
         ):
-            a, b = getattr(theirs, key, None), getattr(ours, key, None)
+            a = getattr(theirs, key, None)
+            b = architecture if key == "original_architecture" else getattr(ours, key, None)
             if a != b:
                 raise ValueError(
                     f"candidate {self.name!r} is not a compressed copy of the reference: "
                     f"{what} {b!r} vs the reference's {a!r}; audit a checkpoint of the same model"
                 )
+        if self.forward:  # quantized modules: their parameters are not the reference's
+            if hook is not None and hook not in self.model.hook_dict:
+                raise ValueError(
+                    f"candidate {self.name!r} (forward path): its TransformerBridge has no "
+                    f"hook {hook!r}, the read-out; use --qdm-candidate-path dequantize "
+                    "(path='dequantize')"
+                )
+            return
         ours = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
         theirs = {n: tuple(p.shape) for n, p in reference.named_parameters()}
         if ours != theirs:
@@ -299,8 +341,11 @@ class Candidate(Condition):
 
     def compressed_weights(self, model, layers=None):
         """Every candidate parameter (in ``layers`` for block parameters), not only the
-        block linear weights: a user's checkpoint may differ anywhere."""
+        block linear weights: a user's checkpoint may differ anywhere. Nothing on the forward
+        path, which runs its own model (:meth:`running`)."""
         self.check_compatible(model)
+        if self.forward:
+            return {}
         wanted = None if layers is None else set(layers)
         weights = {}
         for name, param in self.model.named_parameters():
@@ -309,6 +354,14 @@ class Candidate(Condition):
                 continue
             weights[name] = param.data
         return weights
+
+    @contextmanager
+    def running(self, model, weights):
+        if not self.forward:
+            with super().running(model, weights) as swapped:
+                yield swapped
+            return
+        yield self.model
 
 
 @contextmanager

@@ -57,9 +57,10 @@ def audited_names(options: QdmOptions) -> set[str]:
 
 
 def _check_candidates(options: QdmOptions) -> None:
-    """Each --qdm-candidate exists, is in a supported format, and its library is installed;
-    names must not collide. Only metadata is read; Hub ids are checked when they load."""
-    from pytest_qdm.load.checkpoints import candidate_name, inspect_checkpoint
+    """Each --qdm-candidate exists, is in a supported format, its library is installed and
+    it can take --qdm-candidate-path; names must not collide. Only metadata is read; Hub
+    ids are checked when they load."""
+    from pytest_qdm.load.checkpoints import candidate_name, choose_path, inspect_checkpoint
     from pytest_qdm.load.hub import local_dir
 
     names: dict[str, str] = {}
@@ -74,7 +75,7 @@ def _check_candidates(options: QdmOptions) -> None:
         file = Path(path).expanduser()
         try:
             if file.is_file() or local_dir(path) is not None:
-                inspect_checkpoint(file)
+                choose_path(inspect_checkpoint(file), options.candidate_path)
         except (OSError, ImportError, ValueError) as error:
             raise ValueError(f"--qdm-candidate: {error}") from None
 

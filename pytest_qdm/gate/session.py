@@ -81,7 +81,11 @@ class GateSession:
             "match_bits": options.match_bits,
             "schemes": list(options.audited_schemes),
             "candidates": [
-                {**c.describe().model_dump(exclude={"checkpoint"}), "sha256": state_sha256(c.model)}
+                {
+                    **c.describe().model_dump(exclude={"checkpoint"}),
+                    "path": c.checkpoint.path,  # dequantize or forward: not the same numbers
+                    "sha256": state_sha256(c.model),
+                }
                 for c in s.candidates
             ],
         }

@@ -1,7 +1,7 @@
 """The run's inputs digested from their files alone, so a cache hit loads nothing heavy.
 
-:func:`sources_key` hashes what the gate would read (model, SAE and candidate files, the
-corpus, the options that shape the protocol, library versions) without importing torch,
+:func:`sources_key` hashes what the gate would read (model, SAE and candidate files and the
+path each candidate takes, the corpus, the options that shape the protocol, library versions) without importing torch,
 loading a model or tokenizing text. The result cache maps this key to the full
 :class:`~pytest_qdm.schema.gate.Fingerprint` of the run that computed it; a later run with
 the same key reads the report without loading anything. Sources that are not local files
@@ -32,6 +32,7 @@ _PRESENTATION = {
     "cache_dir",
     "plots",
     "progress",
+    "candidate_path",  # in each candidate's part, as the path it resolves to
 }
 _WEIGHT_FILES = ("*.json", "*.safetensors", "*.bin", "*.gguf", "*.pt", "tokenizer.model")
 
@@ -42,7 +43,7 @@ def sources_key(options: QdmOptions) -> str | None:
         _model_files(options.model),
         _folder_files(options.sae) if options.sae else "preset-sae",
         _corpus(options),
-        *(_folder_files(c) for c in options.candidates),
+        *(_candidate(c, options.candidate_path) for c in options.candidates),
     ]
     if any(p is None for p in parts):
         return None
@@ -74,6 +75,17 @@ def _folder_files(spec: str | None) -> str | None:
     if folder is None:
         return None  # a Hub name: its files are known only after resolving it
     return _digest_files(sorted(f for pattern in _WEIGHT_FILES for f in folder.rglob(pattern)))
+
+
+def _candidate(spec: str, forced: str | None) -> str | None:
+    """A candidate's files and the path it is audited by (a forced path, else its scheme's:
+    a cached result of the other path is not reused)."""
+    files = _folder_files(spec)
+    if files is None:
+        return None
+    from pytest_qdm.load.checkpoints import choose_path, inspect_checkpoint
+
+    return f"{files}:{choose_path(inspect_checkpoint(spec), forced)}"
 
 
 def _corpus(options: QdmOptions) -> str | None:

@@ -1,5 +1,5 @@
 """Compressed checkpoints as teams ship them: which format a checkpoint is in, which
-library reads it, and the dense weights that library dequantizes it to.
+library reads it, and the two ways the audit reaches the compressed computation.
 
 A checkpoint is a Hugging Face folder whose ``config.json`` names a
 ``quantization_config.quant_method`` (bitsandbytes, torchao, compressed-tensors from
@@ -7,12 +7,25 @@ llm-compressor), a folder written by hqq's ``AutoHQQHFModel.save_quantized`` (co
 and ``qmodel.pt``), a folder with neither (dense), or a ``.gguf`` file (llama.cpp), also a
 folder holding exactly one. :func:`inspect_checkpoint` reads only metadata (no torch, no
 weights), so the gate refuses a bad candidate before any model loads.
-:func:`dequantized_model` then loads it with transformers' integration of the format's own
-library (hqq: hqq's own loader) and returns plain ``nn.Linear`` weights: the dequantize
-path, exact for weight-only schemes. Where the deployed kernel also quantizes activations (LLM.int8's
-int8 matmul, FP8 dynamic, W8A8, llama.cpp's q8 activations) the dense weights are not the
-deployed computation; :attr:`CheckpointInfo.activations_quantized` says so and the report
-carries it.
+
+Two paths, chosen per scheme (:attr:`CheckpointInfo.path`, forced with
+:func:`choose_path`):
+
+- ``dequantize`` (weight-only schemes): :func:`dequantized_model` loads the checkpoint
+  with transformers' integration of the format's own library (hqq: hqq's own loader) and
+  returns plain ``nn.Linear`` weights, which the audit swaps into the reference. Exact for
+  weight-only schemes.
+- ``forward`` (schemes that quantize activations: LLM.int8's int8 matmul, compressed-tensors
+  W8A8 and FP8 dynamic, torchao's dynamic-activation configs): :func:`deployed_model` loads
+  it as it deploys, quantized modules and their kernels, and the audit reads the
+  read-out hook from a TransformerLens ``TransformerBridge`` around it
+  (:mod:`pytest_qdm.compress.conditions`). compressed-tensors is decompressed at load
+  (``CompressedTensorsConfig(dequantize=True)``, the same as ``run_compressed=False``;
+  compressed modules cannot run under the bridge), and its modules keep their quantized
+  forward: each input activation is fake-quantized per token (int8 or FP8: rounded and
+  scaled back in float), as the deployed kernel quantizes it. GGUF and HQQ have no quantized forward here (transformers
+  dequantizes GGUF at load; hqq's loader is standalone): they take the dequantize path
+  only, and llama.cpp's q8 activations are not modelled.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +47,10 @@ FORMAT_LIBRARIES = {
     "hqq": ("hqq", "hqq"),
 }
 DENSE = "none"
+PATHS = ("dequantize", "forward")
+# formats whose quantized forward transformers runs here (GGUF: dequantized at load; HQQ:
+# hqq's standalone loader)
+FORWARD_FORMATS = (DENSE, "bitsandbytes", "torchao", "compressed-tensors")
 HQQ_WEIGHTS = "qmodel.pt"  # hqq's BaseHQQModel.get_weight_file
 
 
@@ -57,8 +75,31 @@ class CheckpointInfo:
 
     @property
     def path(self) -> str:
-        """How the audit reaches its weights: always dequantized by the format's library."""
-        return "dequantize"
+        """The path its scheme takes by default: ``forward`` where the deployed kernel
+        quantizes activations and transformers runs it here, else ``dequantize``."""
+        forward = self.activations_quantized and self.quant_method in FORWARD_FORMATS
+        return "forward" if forward else "dequantize"
+
+
+def choose_path(info: CheckpointInfo, path: str | None = None) -> str:
+    """``path`` (None: the scheme's own, :attr:`CheckpointInfo.path`); ValueError with one
+    line for a path this checkpoint cannot take."""
+    if path is None:
+        return info.path
+    if path not in PATHS:
+        raise ValueError(f"candidate path must be one of {', '.join(PATHS)}, got {path!r}")
+    if path == "forward" and info.quant_method not in FORWARD_FORMATS:
+        why = {
+            "gguf": "transformers dequantizes GGUF at load, so its forward is the dequantize "
+            "path (llama.cpp's quantized kernels do not run here)",
+            "hqq": "hqq checkpoints load with hqq's standalone loader, whose forward is "
+            "its dequantized weights",
+        }[info.quant_method]
+        raise ValueError(
+            f"candidate {str(info.location)!r}: no forward path for {info.quant_method}: "
+            f"{why}; use the dequantize path"
+        )
+    return path
 
 
 def candidate_name(location: str | Path) -> str:
@@ -217,23 +258,15 @@ def dequantized_model(info: CheckpointInfo, dtype: Any):
     """The checkpoint as a transformers model whose block linears are plain dense weights,
     dequantized by the format's own library (on CPU; the audit moves it)."""
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with _quiet_loading():
         kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
         if info.quant_method == "gguf":
             model = AutoModelForCausalLM.from_pretrained(
                 info.folder, gguf_file=info.gguf_file, **kwargs
             )
         elif info.quant_method == "compressed-tensors":
-            from transformers import CompressedTensorsConfig
-
-            config = CompressedTensorsConfig(dequantize=True)
-            model = AutoModelForCausalLM.from_pretrained(
-                info.folder, quantization_config=config, **kwargs
-            )
+            model = _compressed_tensors_model(info.folder, kwargs)
         elif info.quant_method == "bitsandbytes":
             model = AutoModelForCausalLM.from_pretrained(info.folder, device_map="cpu", **kwargs)
             model = model.dequantize(dtype=dtype)
@@ -244,10 +277,51 @@ def dequantized_model(info: CheckpointInfo, dtype: Any):
             _dequantize_tensor_subclasses(model, dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(info.folder, **kwargs)
+    return model.eval()
+
+
+def deployed_model(info: CheckpointInfo, dtype: Any, device: str):
+    """The checkpoint as it deploys, for the forward path: transformers' quantized modules
+    with their own kernels (bitsandbytes, torchao), compressed-tensors modules with their
+    quantized forward (input activations fake-quantized per token), on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    choose_path(info, "forward")
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
+    with _quiet_loading():
+        if info.quant_method in ("bitsandbytes", "torchao"):
+            model = AutoModelForCausalLM.from_pretrained(
+                info.folder, device_map={"": device}, **kwargs
+            )
+        elif info.quant_method == "compressed-tensors":
+            model = _compressed_tensors_model(info.folder, kwargs).to(device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(info.folder, **kwargs).to(device)
+    return model.eval()
+
+
+def _compressed_tensors_model(folder: Path, kwargs: dict):
+    """Decompressed at load (``run_compressed=False``'s successor): float weights, each module
+    keeping compressed-tensors' quantized forward (weights and, per the scheme, input
+    activations fake-quantized)."""
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    config = CompressedTensorsConfig(dequantize=True)
+    return AutoModelForCausalLM.from_pretrained(folder, quantization_config=config, **kwargs)
+
+
+@contextmanager
+def _quiet_loading():
+    """No transformers progress bars while a checkpoint loads."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    return model.eval()
 
 
 def _dequantize_tensor_subclasses(model, dtype) -> None:

@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_qdm.load.architectures import SUPPORTED_ARCHITECTURES, _converters
-from pytest_qdm.load.checkpoints import CheckpointInfo, dequantized_model, inspect_checkpoint
+from pytest_qdm.load.checkpoints import (
+    CheckpointInfo,
+    choose_path,
+    deployed_model,
+    dequantized_model,
+    inspect_checkpoint,
+)
 from pytest_qdm.load.hub import from_hub, local_dir, quiet_deprecations
 from pytest_qdm.load.presets import Preset, preset_for_model
 
@@ -127,13 +133,18 @@ def load_candidate(
     device: str | None = None,
     dtype: Any = None,
     offline: bool | None = None,
-) -> tuple[HookedTransformer, CheckpointInfo]:
-    """A compressed checkpoint (local folder, ``.gguf`` file or Hub repo) as a
-    HookedTransformer, with what was read about its format."""
+    path: str | None = None,
+    tokenizer: Any = None,
+) -> tuple[Any, CheckpointInfo, str]:
+    """A compressed checkpoint (local folder, ``.gguf`` file or Hub repo), what was read
+    about its format, and its path (``path``: force ``dequantize`` or ``forward``; None:
+    the scheme's own): on the dequantize path a HookedTransformer of the dequantized
+    weights, on the forward path a TransformerBridge around the deployed model.
+    ``tokenizer`` (e.g. the reference's): the forward path's, where the folder has none."""
     file = Path(str(name_or_path)).expanduser()
     local = file if file.is_file() else local_dir(name_or_path)  # local_dir refuses a file
     if local is not None:
-        return load_checkpoint(local, device=device, dtype=dtype)
+        return load_checkpoint(local, device=device, dtype=dtype, path=path, tokenizer=tokenizer)
     name = str(name_or_path)
     instead = (
         f"`hf download {name} --local-dir DIR` where the Hub is reachable, "
@@ -144,7 +155,7 @@ def load_candidate(
 
         patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.gguf", "qmodel.pt"]
         folder = snapshot_download(name, allow_patterns=patterns)
-    return load_checkpoint(folder, device=device, dtype=dtype)
+    return load_checkpoint(folder, device=device, dtype=dtype, path=path, tokenizer=tokenizer)
 
 
 def load_model_from_disk(
@@ -156,38 +167,59 @@ def load_model_from_disk(
     folder's config, so the model need not be in TransformerLens' list. A quantized
     checkpoint (bitsandbytes, torchao, compressed-tensors, GGUF, HQQ) is dequantized by its
     format's own library (:mod:`pytest_qdm.load.checkpoints`)."""
-    return load_checkpoint(path, device=device, dtype=dtype)[0]
+    return load_checkpoint(path, device=device, dtype=dtype, path="dequantize")[0]
 
 
 def load_checkpoint(
-    path: str | Path, *, device: str | None = None, dtype: Any = None
-) -> tuple[HookedTransformer, CheckpointInfo]:
-    """:func:`load_model_from_disk` and what was read about the checkpoint's format."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"local model folder {str(path)!r} does not exist")
-    if path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+    location: str | Path,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    path: str | None = None,
+    tokenizer: Any = None,
+) -> tuple[Any, CheckpointInfo, str]:
+    """:func:`load_candidate` of a local folder or ``.gguf`` file."""
+    folder = Path(location).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"local model folder {str(folder)!r} does not exist")
+    if (
+        folder.is_dir()
+        and not (folder / "config.json").is_file()
+        and not any(folder.glob("*.gguf"))
+    ):
         raise FileNotFoundError(
-            f"{str(path)!r} has no config.json; expected a Hugging Face checkpoint folder "
+            f"{str(folder)!r} has no config.json; expected a Hugging Face checkpoint folder "
             "(written by model.save_pretrained)"
         )
-    info = inspect_checkpoint(path)
+    info = inspect_checkpoint(folder)
+    chosen = choose_path(info, path)
     if info.architecture and info.quant_method != "gguf":
-        check_architecture(info.architecture, path)
+        check_architecture(info.architecture, folder)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    hf_model = dequantized_model(info, torch_dtype)
-    check_architecture(type(hf_model).__name__, path)
+    if chosen == "forward":
+        hf_model = deployed_model(info, torch_dtype, device)
+    else:
+        hf_model = dequantized_model(info, torch_dtype)
+    check_architecture(type(hf_model).__name__, folder)
     has_tokenizer = any((info.folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
-    tokenizer = None
+    fallback, tokenizer = tokenizer, None
     if has_tokenizer:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(
             info.folder, local_files_only=True, add_bos_token=True
         )
-    name = info.location.stem if info.gguf_file else path.name
-    return hooked_from_hf(hf_model, name, tokenizer, device, torch_dtype), info
+    if chosen == "forward":
+        if tokenizer is None and fallback is None:
+            raise ValueError(
+                f"{str(folder)!r} has no tokenizer (tokenizer.json or tokenizer.model), which "
+                "the forward path's TransformerBridge needs; save the tokenizer beside the "
+                "weights, or pass the reference's: tokenizer=model.tokenizer"
+            )
+        return bridge_from_hf(hf_model, info.folder, tokenizer or fallback), info, chosen
+    name = info.location.stem if info.gguf_file else folder.name
+    return hooked_from_hf(hf_model, name, tokenizer, device, torch_dtype), info, chosen
 
 
 def check_architecture(architecture: str | None, path: str | Path) -> None:
@@ -226,6 +258,19 @@ def hooked_from_hf(hf_model, name: str, tokenizer, device: str, dtype) -> Hooked
     )
     model.move_model_modules_to_device()
     return model.eval()
+
+
+def bridge_from_hf(hf_model, folder: Path, tokenizer):
+    """A transformers causal LM, run as it is (quantized modules and their kernels), with
+    TransformerLens hook names: a ``TransformerBridge`` (no weight processing, so its hooks
+    read what an unprocessed HookedTransformer reads)."""
+    with quiet_deprecations():
+        from transformer_lens.model_bridge import TransformerBridge
+
+        bridge = TransformerBridge.boot_transformers(
+            str(folder), hf_model=hf_model, tokenizer=tokenizer, dtype=hf_model.dtype
+        )
+    return bridge.eval()
 
 
 # ------------------------------------------------------------------------------- SAEs

@@ -64,11 +64,18 @@ def load_subject(options: QdmOptions) -> Subject:
     from pytest_qdm.compress.conditions import Candidate
 
     candidates = [
-        Candidate.from_pretrained(path, device=options.device, dtype=model.cfg.dtype)
+        Candidate.from_pretrained(
+            path,
+            device=options.device,
+            dtype=model.cfg.dtype,
+            path=options.candidate_path,
+            tokenizer=model.tokenizer,  # the forward path's, where the folder has none
+        )
         for path in options.candidates
     ]
+    hook = options.hook or sae.cfg.metadata.hook_name
     for candidate in candidates:
-        candidate.check_compatible(model)  # before any forward pass
+        candidate.check_compatible(model, hook)  # before any forward pass
     return Subject(spec, sae_name, model, sae, second, tokens, candidates)
 
 

@@ -175,14 +175,32 @@ def sae_pruning_table(report: ProtocolReport) -> TitledTable | None:
 
 
 def headline(report: ProtocolReport) -> list[str]:
-    """Read-out site, active features and tokens; thresholds and reference perplexity."""
+    """Read-out site, active features and tokens; thresholds and reference perplexity; the
+    format and path of each shipped candidate."""
     audit, cfg = report.audit, report.audit.config
     return [
         f"{audit.hook_name}: {audit.reference.n_active:,} of {audit.d_sae:,} SAE features "
         f"active on {audit.tokens.n_tokens:,} tokens",
         f"survived r > {cfg.survival_threshold:g}, damaged r < {cfg.damage_threshold:g}; "
         f"reference perplexity {_reference_ppl(report)}",
+        *(
+            candidate_line(name, cond.spec.checkpoint)
+            for name, cond in audit.conditions.items()
+            if cond.spec.checkpoint is not None
+        ),
     ]
+
+
+def candidate_line(name: str, checkpoint) -> str:
+    """'candidate:x: bitsandbytes llm-int8 threshold 6, forward path (...)'."""
+    how = {
+        "forward": "its deployed quantized forward",
+        "dequantize": "dequantized weights in the reference",
+    }.get(checkpoint.path, checkpoint.path)
+    line = f"{name}: {checkpoint.quant_method} {checkpoint.scheme}, {checkpoint.path} path ({how})"
+    if checkpoint.activations_quantized and checkpoint.path != "forward":
+        line += "; its deployed kernel also quantizes activations, not measured here"
+    return line
 
 
 def _reference_ppl(report: ProtocolReport) -> str:

@@ -58,8 +58,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: 
 
 def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool, str]] = ()) -> str:
     """The report as GitHub-flavoured markdown: sweep table, findings, one-liners, verdicts."""
-    first, second = fmt.headline(report)
+    first, second, *candidates = fmt.headline(report)
     out = [f"## QDM audit: `{report.audit.hook_name}`", "", f"{first}; {second}.", ""]
+    out += [*(f"- {line}" for line in candidates), ""] if candidates else []
     out += [_table(fmt.WIDE_HEADERS, [fmt.sweep_cells(r) for r in report.sweep], 2), ""]
     for table, legend in [
         (fmt.domain_table(report), fmt.domain_caption(report)),

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from pytest_qdm.compress.conditions import RTN, Condition
+from pytest_qdm.compress.conditions import RTN, Candidate, Condition
 from pytest_qdm.progress import progress_bar
 from pytest_qdm.schema.audit import (
     AuditResult,
@@ -57,6 +57,9 @@ def prepare_conditions(
 
     Feature statistics only need the blocks up to the read-out layer; loss needs all.
     """
+    for condition in conditions:
+        if isinstance(condition, Candidate):  # a forward path's model must have the hook
+            condition.check_compatible(model, hook)
     stop = None if compute_loss else stop_layer(hook)
     layers = None if stop is None else range(stop)
     return {c.name: c.compressed_weights(model, layers) for c in conditions}

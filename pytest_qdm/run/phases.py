@@ -29,7 +29,14 @@ from pytest_qdm.analyse.stability import (
     threshold_grid,
 )
 from pytest_qdm.analyse.transfer import TransferSums
-from pytest_qdm.compress.conditions import RTN, Condition, MagnitudePrune, Reference, applied
+from pytest_qdm.compress.conditions import (
+    RTN,
+    Candidate,
+    Condition,
+    MagnitudePrune,
+    Reference,
+    applied,
+)
 from pytest_qdm.progress import progress_bar
 from pytest_qdm.run.audit import as_token_tensor, audit, finalize, prepare_conditions, token_summary
 from pytest_qdm.run.resume import Checkpoints
@@ -133,6 +140,9 @@ def check_inputs(
     validate_conditions([Reference(), *rtn, *extra])
     hook = resolve_hook(model, sae, config)
     validate_inputs(model, sae, tokens, hook, config.lens_k)
+    for condition in extra:
+        if isinstance(condition, Candidate):  # before the perplexity phase runs it
+            condition.check_compatible(model, hook)
     if second_sae is not None:
         validate_inputs(
             model, second_sae, tokens[:1], resolve_hook(model, second_sae, AuditConfig())
@@ -152,9 +162,10 @@ def check_inputs(
     return inputs, fit
 
 
-def measure(inputs: Inputs, into: Perplexities, name: str) -> None:
-    """Perplexities (and SAE transfer quality) of the model as it currently is."""
-    cfg, model = inputs.cfg, inputs.model
+def measure(inputs: Inputs, into: Perplexities, name: str, model=None) -> None:
+    """Perplexities (and SAE transfer quality) of ``model`` (default: the reference) as it
+    currently is."""
+    cfg, model = inputs.cfg, inputs.model if model is None else model
     sums = TransferSums(model, inputs.sae, inputs.hook) if cfg.sae_transfer else None
     into.perplexity[name] = _perplexities(
         model,
@@ -180,8 +191,9 @@ def perplexity_phase(inputs: Inputs, tick) -> Perplexities:
     measure(inputs, measured, Reference().name)
     tick()
     for condition in [*inputs.rtn, *inputs.extra]:
-        with applied(inputs.model, condition.compressed_weights(inputs.model)):
-            measure(inputs, measured, condition.name)
+        weights = condition.compressed_weights(inputs.model)
+        with condition.running(inputs.model, weights) as model:
+            measure(inputs, measured, condition.name, model)
         tick()
     return measured
 

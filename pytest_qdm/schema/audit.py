@@ -23,7 +23,9 @@ class CheckpointSpec(_Frozen):
     location: str
     quant_method: str  # bitsandbytes, torchao, compressed-tensors, gguf, none (dense)
     scheme: str
-    path: str  # "dequantize": the format's library dequantized the weights
+    # "dequantize": the format's library dequantized the weights, swapped into the reference;
+    # "forward": the deployed quantized forward, read through a TransformerBridge
+    path: str
     activations_quantized: bool  # the deployed kernel also quantizes activations
 
 

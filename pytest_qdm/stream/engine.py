@@ -1,9 +1,10 @@
 """The one-pass engine: reference once per batch, every condition on the same batch.
 
 For each batch of token sequences the reference forward (stopped after the read-out
-layer) and the SAE encode run once; then each condition's prepared weights are swapped in,
-the same batch goes through, and the paired statistics are updated. Memory is bounded by
-the batch size: no [tokens x d_sae] matrix is ever kept.
+layer) and the SAE encode run once; then each condition's prepared weights are swapped in
+(a candidate on the forward path runs its own deployed model instead, read at the same
+hook: ``Condition.running``), the same batch goes through, and the paired statistics are
+updated. Memory is bounded by the batch size: no [tokens x d_sae] matrix is ever kept.
 
 Performance, and what is exact (measurements: benchmarks/README.md):
 
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pytest_qdm.compress.conditions import Condition, Reference, applied
+from pytest_qdm.compress.conditions import Condition, Reference
 from pytest_qdm.settings import AuditConfig
 from pytest_qdm.stream.domains import RowDomains, count_batches, domain_batches
 from pytest_qdm.stream.drilldown import DrilldownState
@@ -176,11 +177,11 @@ class EngineState:
 class _Readout:
     """Runs a batch to the read-out hook, returning activations [tokens, width] (and loss)."""
 
-    def __init__(self, model, hook: str, compute_loss: bool):
-        self.model, self.hook, self.compute_loss = model, hook, compute_loss
+    def __init__(self, hook: str, compute_loss: bool):
+        self.hook, self.compute_loss = hook, compute_loss
 
-    def __call__(self, batch: torch.Tensor, label: str, index: int):
-        act, out = run_to_hook(self.model, batch, self.hook, loss=self.compute_loss)
+    def __call__(self, model, batch: torch.Tensor, label: str, index: int):
+        act, out = run_to_hook(model, batch, self.hook, loss=self.compute_loss)
         if not torch.isfinite(act).all():
             raise ValueError(
                 f"non-finite activations (NaN/inf) at {self.hook!r} for condition {label!r} "
@@ -300,7 +301,7 @@ def run_pass(
     ``domains``: the rows' domains; their sums are kept apart too (``state.domains``).
     """
     device = torch.device(config.device or model.cfg.device)
-    readout = _Readout(model, hook, config.compute_loss)
+    readout = _Readout(hook, config.compute_loss)
     state = EngineState(
         ReferenceStats.empty(sae.cfg.d_sae, device),
         {c.name: PairedStats.empty(sae.cfg.d_sae, device) for c in conditions},
@@ -320,7 +321,7 @@ def run_pass(
         batches = domain_batches(tokens, config.batch_size, domains)
         for index, (domain, batch) in enumerate(batches):
             batch = batch.to(device)
-            act, loss = readout(batch, "reference", index)
+            act, loss = readout(model, batch, "reference", index)
             reference = _BatchReference(sae, act, top_k)
             drilldown = None
             if state.drilldown is not None:
@@ -336,8 +337,8 @@ def run_pass(
                 state.loss["reference"] = state.loss["reference"].merge(loss)
             advance(1)
             for condition in conditions:
-                with applied(model, prepared[condition.name]):
-                    act, loss = readout(batch, condition.name, index)
+                with condition.running(model, prepared[condition.name]) as running:
+                    act, loss = readout(running, batch, condition.name, index)
                 name = condition.name
                 keep = drilldown is not None and name in drilldown.state.compressed
                 pair, agreement, entries = reference.paired(sae, act, keep)
