@@ -32,6 +32,8 @@ _PRESENTATION = {
     "cache_dir",
     "plots",
     "progress",
+    "two_phase",  # same numbers either way (stream/two_phase.py)
+    "two_phase_dir",
 }
 _WEIGHT_FILES = ("*.json", "*.safetensors", "*.bin", "*.gguf", "*.pt", "tokenizer.model")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,15 +42,36 @@ def token_summary(tokens: torch.Tensor) -> TokenSummary:
     return TokenSummary(n_sequences=n, context_length=ctx, n_tokens=n * ctx, sha256=digest)
 
 
+class OnDemand(Mapping):
+    """Each condition's compressed weights, computed when asked for and not kept (the
+    two-phase pass asks once per condition, so one compressed copy is in memory)."""
+
+    def __init__(self, model, conditions: Sequence[Condition], layers):
+        self.model, self.layers = model, layers
+        self.conditions = {c.name: c for c in conditions}
+
+    def __getitem__(self, name: str) -> dict[str, torch.Tensor]:
+        return self.conditions[name].compressed_weights(self.model, self.layers)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.conditions)
+
+    def __len__(self) -> int:
+        return len(self.conditions)
+
+
 def prepare_conditions(
-    model, conditions: Sequence[Condition], hook: str, compute_loss: bool
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Compressed weights of every condition, computed once, before any forward pass.
+    model, conditions: Sequence[Condition], hook: str, compute_loss: bool, lazy: bool = False
+) -> Mapping[str, dict[str, torch.Tensor]]:
+    """Compressed weights of every condition, computed once, before any forward pass
+    (``lazy``: each when the pass asks for it, see :class:`OnDemand`).
 
     Feature statistics only need the blocks up to the read-out layer; loss needs all.
     """
     stop = None if compute_loss else stop_layer(hook)
     layers = None if stop is None else range(stop)
+    if lazy:
+        return OnDemand(model, conditions, layers)
     return {c.name: c.compressed_weights(model, layers) for c in conditions}
 
 
@@ -88,7 +109,7 @@ def finalize(
             emergent=emergent,
             firing_rate=firing_c,
             summary=summarize(correlation, active, silenced, emergent, config),
-            mean_nll=loss.nll / loss.count if loss and loss.count else None,
+            mean_nll=loss.mean if loss else None,
             n_loss_tokens=loss.count if loss else None,
             agreement=agreement.result(config.top_k) if agreement is not None else None,
             drilldown=drilldown,
@@ -107,7 +128,7 @@ def finalize(
             active=active,
             rms_activation=ref.rms_activation(),
         ),
-        reference_mean_nll=ref_loss.nll / ref_loss.count if ref_loss and ref_loss.count else None,
+        reference_mean_nll=ref_loss.mean if ref_loss else None,
         conditions=results,
     )
 
@@ -133,7 +154,7 @@ def audit(
     validate_conditions(conditions)
     hook = resolve_hook(model, sae, config)
     validate_inputs(model, sae, tokens, hook, config.lens_k)
-    prepared = prepare_conditions(model, conditions, hook, config.compute_loss)
+    prepared = prepare_conditions(model, conditions, hook, config.compute_loss, config.two_phase)
     rows = local_rows(tokens, config.batch_size)  # all of them outside torch.distributed
     steps = pass_steps(rows, conditions, config)
     device = torch.device(config.device or model.cfg.device)
