@@ -16,6 +16,7 @@ from pytest_qdm.analyse.stability import merge_all
 from pytest_qdm.compress.conditions import RTN
 from pytest_qdm.options import build_options
 from pytest_qdm.run.audit import finalize, prepare_conditions, token_summary
+from pytest_qdm.stream import two_phase
 from pytest_qdm.stream.drilldown import Labels
 from pytest_qdm.stream.stats import Entries
 from pytest_qdm.stream.two_phase import CODES, RESIDUAL, representation
@@ -104,6 +105,29 @@ def test_shards_resume_and_the_shared_drilldown_are_the_same_in_two_phases(refer
     assert two[0].drilldown is not None and two[1].drilldown is None
 
 
+def test_parked_reference_weights_come_back_bit_for_bit(
+    reference, sae, tokens, tmp_path, monkeypatch
+):
+    """The accelerator path on CPU: each replaced reference tensor is copied to the park
+    device while its condition runs; same numbers, and the model is restored exactly."""
+    before = {name: p.detach().clone() for name, p in reference.named_parameters()}
+    rows, conditions = tokens[:4], [RTN(4), qdm.MagnitudePrune(0.3)]
+    settings = config(token_lenses=False, two_phase=True, two_phase_dir=str(tmp_path))
+    in_place = qdm.audit(reference, sae, rows, conditions, settings)
+    parked = []
+
+    def park(device):
+        parked.append(device)
+        return torch.device("cpu")
+
+    monkeypatch.setattr(two_phase, "park_device", park)
+    moved = qdm.audit(reference, sae, rows, conditions, settings)
+    assert len(parked) == len(conditions)
+    same(in_place, moved)
+    for name, param in reference.named_parameters():
+        assert torch.equal(param, before[name]), name
+
+
 def test_the_cache_is_removed_after_the_pass_and_after_a_failure(reference, sae, tokens, tmp_path):
     rows = tokens[:4]
     qdm.audit(reference, sae, rows, [RTN(8)], config(two_phase=True, two_phase_dir=str(tmp_path)))
@@ -190,6 +214,19 @@ def test_bad_two_phase_settings_are_refused(reference, sae, tokens, tmp_path):
     options = build_options({"model": "tiny", "two-phase": True, "cache-dir": "c"})
     assert options.audit_config().two_phase_dir == "c/two-phase"
     assert build_options({"model": "tiny"}).audit_config().two_phase_dir is None
+
+
+def test_two_phase_is_in_neither_fingerprint():
+    """Same numbers either way, so caches and baselines (also those saved before the option
+    existed) serve both modes."""
+    from pytest_qdm.gate.session import NOT_FINGERPRINTED
+    from pytest_qdm.gate.sources import sources_key
+
+    plain = build_options({"model": "tiny"})
+    two = build_options({"model": "tiny", "two-phase": True, "two-phase-dir": "x"})
+    settings = [o.audit_config().model_dump_json(exclude=NOT_FINGERPRINTED) for o in (plain, two)]
+    assert settings[0] == settings[1] and "two_phase" not in settings[0]
+    assert sources_key(plain) == sources_key(two) is not None
 
 
 def test_the_gate_runs_in_two_phases_and_shares_the_one_phase_cache(pytester, monkeypatch):

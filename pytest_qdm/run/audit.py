@@ -53,6 +53,13 @@ class OnDemand(Mapping):
     def __getitem__(self, name: str) -> dict[str, torch.Tensor]:
         return self.conditions[name].compressed_weights(self.model, self.layers)
 
+    def by_block(self, name: str) -> Iterator[dict[str, torch.Tensor]]:
+        """``self[name]`` one block at a time (a tensor outside the blocks, such as a
+        candidate's embedding, may come with every block: take it once)."""
+        layers = self.layers if self.layers is not None else range(self.model.cfg.n_layers)
+        for layer in layers:
+            yield self.conditions[name].compressed_weights(self.model, [layer])
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.conditions)
 

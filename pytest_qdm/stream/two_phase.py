@@ -5,9 +5,13 @@ each batch's read-out to a safetensors file in a fresh cache folder (``qdm-refer
 under ``AuditConfig.two_phase_dir``, else the system's temporary folder; every process of a
 torch.distributed run makes its own and caches only its own rows). Phase 2 loops over the
 conditions, and for each over the batches: it prepares that ONE condition's compressed
-weights (so one compressed copy is in memory at a time, beside the reference), reads each
-batch's cached reference back and runs the condition's forward against it. The folder is
-removed when the pass ends, whether it succeeded or not, unless ``two_phase_keep``.
+weights, block by block when the mapping of weights can (run/audit.py's ``OnDemand``), and
+swaps them in for all its batches (:func:`swapped`); on an accelerator each reference
+tensor it replaces waits on the host meanwhile, so the device holds about one model's
+weights (never the reference and a compressed copy together) and one compressed copy
+exists at a time. Each batch's cached reference is read back and the condition's forward
+runs against it. The folder is removed when the pass ends, whether it succeeded or not,
+unless ``two_phase_keep``.
 
 What a batch's file holds is the smaller of:
 
@@ -35,13 +39,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from pytest_qdm.compress.conditions import Condition, applied
+from pytest_qdm.compress.conditions import Condition
 from pytest_qdm.settings import AuditConfig
 from pytest_qdm.stream.drilldown import REFERENCE, TOKENS, DrilldownState, TopContexts
 from pytest_qdm.stream.engine import (
@@ -151,6 +156,39 @@ def cache_folder(config: AuditConfig) -> Path:
     return Path(tempfile.mkdtemp(prefix=CACHE_PREFIX, dir=parent))
 
 
+def park_device(device: torch.device) -> torch.device | None:
+    """Where phase 2 keeps the reference's replaced weights: the host when the pass runs
+    on an accelerator (None on CPU: they stay where they are)."""
+    return None if device.type == "cpu" else torch.device("cpu")
+
+
+@contextmanager
+def swapped(model, parts: Iterable[dict[str, torch.Tensor]], park: torch.device | None):
+    """Swap a condition's weights into ``model`` part by part for the whole ``with``
+    block, like :func:`~pytest_qdm.compress.conditions.applied`; with ``park``, each
+    replaced reference tensor waits there (copied, so the device holds about one model's
+    weights, never reference and condition together) and comes back bit for bit."""
+    params = dict(model.named_parameters())
+    originals: dict[str, torch.Tensor] = {}
+    try:
+        for weights in parts:
+            for name, tensor in weights.items():
+                if name in originals:  # already swapped in by an earlier part
+                    continue
+                param = params.get(name)
+                if param is None or tensor.shape != param.shape:
+                    raise ValueError(f"weight {name!r} does not fit the model's parameters")
+                original = param.data
+                originals[name] = original if park is None else original.to(park, copy=True)
+                param.data = tensor.to(device=original.device, dtype=original.dtype)
+                del original
+        yield
+    finally:
+        for name, original in originals.items():
+            device = params[name].data.device
+            params[name].data = original if park is None else original.to(device)
+
+
 def _buffer(start: TopContexts, names: Sequence[str]) -> TopContexts:
     """A copy of the reference buffer ``start`` with the windows ``names`` only."""
     return TopContexts(start.values.clone(), {n: start.windows[n].clone() for n in names})
@@ -186,14 +224,18 @@ def run_two_phase(
                 *(state, sae, batches, readout, cache, config, device, io), advance
             )
             for condition in conditions:
-                own = _condition_phase(
-                    *(state, model, sae, batches, readout, cache, config, device, io),
-                    condition.name,
-                    prepared[condition.name],  # this condition's weights, and no other's
-                    advance,
-                )
+                name = condition.name
+                by_block = getattr(prepared, "by_block", None)  # run/audit.py's OnDemand
+                parts = by_block(name) if by_block else [prepared[name]]
+                # this condition's weights and no other's, swapped in for all its batches
+                with swapped(model, parts, park_device(device)):
+                    own = _condition_phase(
+                        *(state, sae, batches, readout, cache, config, device, io),
+                        name,
+                        advance,
+                    )
                 if own is not None:
-                    windows[condition.name] = own
+                    windows[name] = own
             if state.drilldown is not None:
                 state.drilldown.reference = TopContexts(windows.pop("values"), windows)
     finally:
@@ -229,7 +271,7 @@ def _reference_phase(state, sae, batches, readout, cache, config, device, io, ad
 
 
 def _condition_phase(
-    state, model, sae, batches, readout, cache, config, device, io, name, weights, advance
+    state, sae, batches, readout, cache, config, device, io, name, advance
 ) -> torch.Tensor | None:
     """Phase 2 for one condition: its statistics over every batch against the cache; with
     the drill-down, its windows of the reference buffer's contexts (else None)."""
@@ -246,8 +288,7 @@ def _condition_phase(
             pending = io.submit(cache.read, index + 1)
         batch = batch.to(device)
         reference = cache.reference(tensors, sae, config.lens_k, device)
-        with applied(model, weights):
-            act, loss = readout(batch, name, index)
+        act, loss = readout(batch, name, index)  # the condition's weights are in
         batch_drilldown = drilled.batch(batch, reference.entries) if drilled else None
         add_condition(state, sae, reference, name, act, loss, batch_drilldown)
         if batch_drilldown is not None:
