@@ -206,8 +206,9 @@ def run_two_phase(
     drilldown: DrilldownState | None = None,
 ) -> EngineState:
     """:func:`~pytest_qdm.stream.engine.run_pass` in two phases (module docstring):
-    the same state, bit for bit. ``prepared[name]`` is read once per condition, in phase
-    2, so a mapping that computes the weights when asked keeps one copy in memory."""
+    the same state, bit for bit. ``prepared`` is read once per condition, in phase 2,
+    block by block where it has ``by_block`` (run/audit.py's ``OnDemand``, which computes
+    the weights when asked), so one compressed copy exists at a time."""
     device = torch.device(config.device or model.cfg.device)
     readout = _Readout(model, hook, config.compute_loss)
     state = new_state(sae, conditions, config, device, drilldown)
