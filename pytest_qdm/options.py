@@ -299,6 +299,18 @@ class QdmOptions(BaseModel):
     plots: bool = Field(
         True, description="skip the PNG plots", json_schema_extra=cli("no-plots", "not-flag")
     )
+    two_phase: bool = Field(
+        False,
+        description="for a model whose reference and a compressed copy do not fit on the "
+        "device together: cache the reference read-out on disk first, then run one condition "
+        "at a time against it (same numbers; more time and disk)",
+        json_schema_extra=cli("two-phase", "flag"),
+    )
+    two_phase_dir: str | None = Field(
+        None,
+        description="where --qdm-two-phase caches the reference read-out (removed after the pass)",
+        json_schema_extra=cli("two-phase-dir", metavar="DIR", shown="<--qdm-cache-dir>/two-phase"),
+    )
     progress: bool = True  # from pytest's verbosity (-q -q turns it off)
 
     @model_validator(mode="after")
@@ -311,6 +323,8 @@ class QdmOptions(BaseModel):
                 f"--qdm-match-bits {self.match_bits} is not among --qdm-bits {list(self.bits)}"
             )
         check_focus(self.match_bits, self.sensitivity)
+        if self.two_phase_dir is not None and not self.two_phase:
+            raise ValueError("--qdm-two-phase-dir needs --qdm-two-phase")
         if self.damage_threshold > self.survival_threshold:
             raise ValueError(
                 f"--qdm-damage-threshold {self.damage_threshold} must not exceed "
@@ -354,11 +368,15 @@ class QdmOptions(BaseModel):
 
     def audit_config(self, hook: str | None = None) -> AuditConfig:
         """The audit settings these options name (shared fields by name)."""
-        shared = set(_AUDIT) & set(type(self).model_fields)
+        shared = set(_AUDIT) & set(type(self).model_fields) - {"two_phase_dir"}
+        two_phase_dir = None
+        if self.two_phase:
+            two_phase_dir = self.two_phase_dir or str(Path(self.cache_dir) / "two-phase")
         return AuditConfig(
             **self.model_dump(include=shared),
             hook_name=hook or self.hook,
             token_lenses="token" in self.lenses,
+            two_phase_dir=two_phase_dir,
         )
 
 

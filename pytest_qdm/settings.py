@@ -35,6 +35,13 @@ class AuditConfig(BaseModel):
             r) the report drills into; 0 turns the drill-down off.
         drilldown_contexts: top contexts kept per feature and side (reference, compressed);
             0 turns the drill-down off.
+        two_phase: for models whose reference and a compressed copy do not fit on the
+            device together: first run only the reference and cache its read-out on disk,
+            then run one condition at a time against the cache (stream/two_phase.py).
+            Identical numbers; more time and disk. Not part of any fingerprint.
+        two_phase_dir: the folder under which a two-phase pass makes its cache folder
+            (``qdm-reference-*``); None: the system's temporary folder.
+        two_phase_keep: keep the cache folder after the pass (by default it is removed).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -51,6 +58,9 @@ class AuditConfig(BaseModel):
     top_k: int = Field(10, ge=1)
     drilldown_features: int = Field(20, ge=0)
     drilldown_contexts: int = Field(5, ge=0)
+    two_phase: bool = False
+    two_phase_dir: str | None = None
+    two_phase_keep: bool = False
 
     @property
     def lens_k(self) -> int | None:
@@ -69,6 +79,8 @@ class AuditConfig(BaseModel):
                 f"damage_threshold ({self.damage_threshold}) must not exceed "
                 f"survival_threshold ({self.survival_threshold})"
             )
+        if not self.two_phase and (self.two_phase_dir is not None or self.two_phase_keep):
+            raise ValueError("two_phase_dir and two_phase_keep need two_phase=True")
         return self
 
 

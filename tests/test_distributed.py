@@ -86,6 +86,20 @@ def test_perplexity_and_sae_transfer_over_two_ranks_equal_one_process(
         assert split[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
 
 
+def test_two_phase_on_two_ranks_equals_one_phase(qdm_model, qdm_sae, qdm_tokens, tmp_path):
+    rows, conditions = qdm_tokens.tokens[:7], [qdm.RTN(4), qdm.MagnitudePrune(0.3)]
+    folder = tmp_path / f"rank{dist.get_rank()}"  # each rank caches its own rows
+    one_phase = qdm.AuditConfig(progress=False, batch_size=2)
+    two_phase = one_phase.model_copy(update=dict(two_phase=True, two_phase_dir=str(folder)))
+    one, two = (
+        arrays(qdm.audit(qdm_model, qdm_sae, rows, conditions, config))
+        for config in (one_phase, two_phase)
+    )
+    for key, values in one.items():
+        np.testing.assert_array_equal(two[key], values, err_msg=key)
+    assert list(folder.iterdir()) == []
+
+
 def test_a_rank_that_raises_ends_every_rank_with_its_error(audited, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("rank one broke on purpose")
@@ -163,6 +177,8 @@ def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.update(MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
     env.update(GITHUB_STEP_SUMMARY=str(cwd / "step-summary.md"))
+    # this checkout's package, also where another one is installed (git worktrees)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     command += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args]
     return subprocess.run(
@@ -184,7 +200,7 @@ def test_torchrun_pytest_gate_and_audits(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:] + "".join(stdout.values())[-6000:]
     assert sorted(stdout) == ["0", "1"]
     for text in stdout.values():
-        assert "5 passed" in text  # audit item, min_survived check, the three inner tests
+        assert "6 passed" in text  # audit item, min_survived check, the four inner tests
     assert "reports:" in stdout["0"] and "reports:" not in stdout["1"]
     written = {p.name for p in reports.iterdir()}
     assert {"qdm-report.json", "qdm-summary.md", "run.json", "verdicts.json"} <= written

@@ -225,3 +225,17 @@ def test_a_preset_can_name_domains(monkeypatch):
     assert QdmOptions(model="tiny-domains", dataset="builtin").domains == ()
     with pytest.raises(ValueError, match="Preset.dataset must be"):
         replace(preset, dataset={"code": ""})
+
+
+def test_the_two_phase_pass_keeps_the_domains(reference, sae, domain_tokens):
+    import pytest_qdm as qdm
+
+    config = qdm.AuditConfig(progress=False, token_lenses=False)
+    conditions = [qdm.RTN(4)]
+    one = qdm.audit(reference, sae, domain_tokens, conditions, config)
+    two_phase = config.model_copy(update={"two_phase": True})
+    two = qdm.audit(reference, sae, domain_tokens, conditions, two_phase)
+    assert two.conditions["rtn-int4"].domains == one.conditions["rtn-int4"].domains
+    np.testing.assert_array_equal(
+        two.conditions["rtn-int4"].correlation, one.conditions["rtn-int4"].correlation
+    )

@@ -34,6 +34,9 @@ from pytest_qdm.settings import ProtocolConfig
 from pytest_qdm.stream.distributed import agreed, from_main, init_from_torchrun
 
 SENSITIVITY_FIELDS = {"sensitivity", "sensitivity_target", "sensitivity_max_raised"}
+# settings that never change a number (two-phase gives the one-phase numbers bit for bit):
+# out of the fingerprint, so either mode reuses the other's cached results and baselines
+NOT_FINGERPRINTED = {"progress", "two_phase", "two_phase_dir", "two_phase_keep"}
 
 
 @dataclass
@@ -69,7 +72,7 @@ class GateSession:
     def fingerprint(self) -> Fingerprint:
         s, options = self.subject, self.options
         settings = {
-            "audit": json.loads(options.audit_config().model_dump_json(exclude={"progress"})),
+            "audit": json.loads(options.audit_config().model_dump_json(exclude=NOT_FINGERPRINTED)),
             # sensitivity off: its fields stay out, so fingerprints (caches, baselines) made
             # before the option existed still match
             "protocol": json.loads(

@@ -33,6 +33,8 @@ _PRESENTATION = {
     "plots",
     "progress",
     "candidate_path",  # in each candidate's part, as the path it resolves to
+    "two_phase",  # same numbers either way (stream/two_phase.py)
+    "two_phase_dir",
 }
 _WEIGHT_FILES = ("*.json", "*.safetensors", "*.bin", "*.gguf", "*.pt", "tokenizer.model")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -50,10 +50,36 @@ def token_summary(tokens: torch.Tensor, domains: RowDomains | None = None) -> To
     )
 
 
+class OnDemand(Mapping):
+    """Each condition's compressed weights, computed when asked for and not kept (the
+    two-phase pass asks once per condition, so one compressed copy is in memory)."""
+
+    def __init__(self, model, conditions: Sequence[Condition], layers):
+        self.model, self.layers = model, layers
+        self.conditions = {c.name: c for c in conditions}
+
+    def __getitem__(self, name: str) -> dict[str, torch.Tensor]:
+        return self.conditions[name].compressed_weights(self.model, self.layers)
+
+    def by_block(self, name: str) -> Iterator[dict[str, torch.Tensor]]:
+        """``self[name]`` one block at a time (a tensor outside the blocks, such as a
+        candidate's embedding, may come with every block: take it once)."""
+        layers = self.layers if self.layers is not None else range(self.model.cfg.n_layers)
+        for layer in layers:
+            yield self.conditions[name].compressed_weights(self.model, [layer])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.conditions)
+
+    def __len__(self) -> int:
+        return len(self.conditions)
+
+
 def prepare_conditions(
-    model, conditions: Sequence[Condition], hook: str, compute_loss: bool
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Compressed weights of every condition, computed once, before any forward pass.
+    model, conditions: Sequence[Condition], hook: str, compute_loss: bool, lazy: bool = False
+) -> Mapping[str, dict[str, torch.Tensor]]:
+    """Compressed weights of every condition, computed once, before any forward pass
+    (``lazy``: each when the pass asks for it, see :class:`OnDemand`).
 
     Feature statistics only need the blocks up to the read-out layer; loss needs all.
     """
@@ -62,6 +88,8 @@ def prepare_conditions(
             condition.check_compatible(model, hook)
     stop = None if compute_loss else stop_layer(hook)
     layers = None if stop is None else range(stop)
+    if lazy:
+        return OnDemand(model, conditions, layers)
     return {c.name: c.compressed_weights(model, layers) for c in conditions}
 
 
@@ -95,7 +123,7 @@ def finalize(
             emergent=paired.emergent,
             firing_rate=paired.firing_rate,
             summary=paired.summary,
-            mean_nll=loss.nll / loss.count if loss and loss.count else None,
+            mean_nll=loss.mean if loss else None,
             n_loss_tokens=loss.count if loss else None,
             agreement=agreement.result(config.top_k) if agreement is not None else None,
             drilldown=drilldown,
@@ -118,7 +146,7 @@ def finalize(
             active=active,
             rms_activation=ref.rms_activation(),
         ),
-        reference_mean_nll=ref_loss.nll / ref_loss.count if ref_loss and ref_loss.count else None,
+        reference_mean_nll=ref_loss.mean if ref_loss else None,
         conditions=results,
     )
 
@@ -166,7 +194,7 @@ def audit(
     validate_conditions(conditions)
     hook = resolve_hook(model, sae, config)
     validate_inputs(model, sae, tokens, hook, config.lens_k)
-    prepared = prepare_conditions(model, conditions, hook, config.compute_loss)
+    prepared = prepare_conditions(model, conditions, hook, config.compute_loss, config.two_phase)
     share = local_rows(tokens.shape[0], config.batch_size)  # all rows outside torch.distributed
     rows, labels = tokens[share], domains and domains.take(share)
     steps = pass_steps(rows, conditions, config, labels)

@@ -238,7 +238,10 @@ def feature_phase(
     With ``store``, finished shards are saved as they complete and reused by a rerun."""
     store = store or Checkpoints(None)
     model, config = inputs.model, inputs.config
-    prepared = prepare_conditions(model, conditions, inputs.hook, compute_loss=False)
+    # two-phase: each shard prepares one condition's weights at a time (run/audit.py)
+    prepared = prepare_conditions(
+        model, conditions, inputs.hook, compute_loss=False, lazy=config.two_phase
+    )
     # under torch.distributed each rank runs a contiguous share of the shards
     rows = local_share(_shards(inputs.tokens.shape[0], inputs.cfg.n_shards, inputs.cfg.seed))
     shard_tokens = [inputs.tokens[r] for r in rows]

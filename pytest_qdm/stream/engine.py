@@ -29,13 +29,18 @@ Performance, and what is exact (measurements: benchmarks/README.md):
   entries: each feature's top contexts on both sides, for every condition but the null.
 - With labelled domains (stream/domains.py) a batch never mixes domains, and its sums are
   added to its domain's as well as to the totals: per-domain survival from the same pass.
+- No host synchronisation per feature or per small op: loss and lens sums stay device
+  tensors until read; what remains is a few per batch (docs/distributed.md, "GPU
+  readiness").
+- ``config.two_phase`` (stream/two_phase.py): the reference's read-out is cached on disk
+  first, then the conditions run one at a time against it; the same numbers, bit for bit.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -44,7 +49,7 @@ import torch
 from pytest_qdm.compress.conditions import Condition, Reference
 from pytest_qdm.settings import AuditConfig
 from pytest_qdm.stream.domains import RowDomains, count_batches, domain_batches
-from pytest_qdm.stream.drilldown import DrilldownState
+from pytest_qdm.stream.drilldown import BatchDrilldown, DrilldownState
 from pytest_qdm.stream.hooks import hook_width, run_to_hook
 from pytest_qdm.stream.lenses import AgreementSums, TokenReference
 from pytest_qdm.stream.stats import Entries, PairedStats, PairedSums, ReferenceStats
@@ -108,13 +113,20 @@ def validate_conditions(conditions: Sequence[Condition]) -> None:
 
 @dataclass
 class LossSums:
-    """Summed next-token negative log-likelihood (float64) and the count of scored tokens."""
+    """Summed next-token negative log-likelihood (float64) and the count of scored tokens.
 
-    nll: float = 0.0
+    ``nll`` is a float64 tensor on the pass's device while the pass runs (no host
+    synchronisation per forward) and a float wherever it is read (:attr:`mean`)."""
+
+    nll: float | torch.Tensor = 0.0
     count: int = 0
 
     def merge(self, other: LossSums) -> LossSums:
         return LossSums(self.nll + other.nll, self.count + other.count)
+
+    @property
+    def mean(self) -> float | None:
+        return float(self.nll) / self.count if self.count else None
 
 
 @dataclass
@@ -182,14 +194,14 @@ class _Readout:
 
     def __call__(self, model, batch: torch.Tensor, label: str, index: int):
         act, out = run_to_hook(model, batch, self.hook, loss=self.compute_loss)
-        if not torch.isfinite(act).all():
+        if not torch.isfinite(act).all():  # one host synchronisation per forward
             raise ValueError(
                 f"non-finite activations (NaN/inf) at {self.hook!r} for condition {label!r} "
                 f"in batch {index}; the compressed weights or the model overflow in its dtype"
             )
         loss = None
         if self.compute_loss:
-            loss = LossSums(float(out.double().sum()), int(out.numel()))
+            loss = LossSums(out.double().sum(), out.numel())
         return act, loss
 
 
@@ -208,13 +220,21 @@ def encode(sae, activations: torch.Tensor) -> torch.Tensor:
     return sae.encode(activations.to(sae.dtype)).float()
 
 
+def block_heights(n_rows: int, d_sae: int, device: torch.device) -> list[int]:
+    """Rows of each encode block of a batch of ``n_rows`` tokens (``tensor_split``'s sizes)."""
+    budget = ENCODE_BLOCK_ELEMENTS.get(device.type)
+    rows = n_rows
+    if budget is not None:
+        rows = max(budget // d_sae, MIN_BLOCK_ROWS)
+    count = max(1, n_rows // rows)
+    base, extra = divmod(n_rows, count)
+    return [base + (i < extra) for i in range(count)]
+
+
 def encode_blocks(sae, activations: torch.Tensor) -> Iterator[torch.Tensor]:
     """:func:`encode` of ``activations`` [tokens, d_in] block by block of rows, in order."""
-    budget = ENCODE_BLOCK_ELEMENTS.get(activations.device.type)
-    rows = activations.shape[0]
-    if budget is not None:
-        rows = max(budget // sae.cfg.d_sae, MIN_BLOCK_ROWS)
-    for block in activations.tensor_split(max(1, activations.shape[0] // rows)):
+    heights = block_heights(activations.shape[0], sae.cfg.d_sae, activations.device)
+    for block in activations.split(heights):
         yield encode(sae, block)
 
 
@@ -259,6 +279,20 @@ class _BatchReference:
             if top_k:
                 self.token_refs.append(TokenReference.of(x, entries, top_k))
             self.heights.append(x.shape[0])
+        self._finish()
+
+    @classmethod
+    def of_entries(cls, entries: Entries, n: int, d_sae: int, device) -> _BatchReference:
+        """From the batch's nonzero entries (row-major, as :meth:`Entries.cat` of the
+        blocks gives them), cut back into the encode blocks (no token lenses)."""
+        self = cls.__new__(cls)
+        self.n, self.d_sae, self.top_k, self.activations = n, d_sae, None, None
+        self.heights, self.token_refs = block_heights(n, d_sae, torch.device(device)), []
+        self.blocks = entries.split_rows(self.heights)
+        self._finish()
+        return self
+
+    def _finish(self) -> None:
         self.entries = Entries.cat(self.blocks, self.heights)
         self.stats = ReferenceStats.of_entries(self.n, self.d_sae, self.entries)
 
@@ -282,12 +316,81 @@ class _BatchReference:
         return sums.stats(), agreement, Entries.cat(kept, self.heights) if kept else None
 
 
+def new_state(
+    sae,
+    conditions: Sequence[Condition],
+    config: AuditConfig,
+    device: torch.device,
+    drilldown: DrilldownState | None = None,
+) -> EngineState:
+    """An empty state for a pass over ``conditions`` (``drilldown``: one to go on filling)."""
+    state = EngineState(
+        ReferenceStats.empty(sae.cfg.d_sae, device),
+        {c.name: PairedStats.empty(sae.cfg.d_sae, device) for c in conditions},
+    )
+    if config.compute_loss:
+        state.loss = {name: LossSums() for name in ["reference", *state.paired]}
+    if config.lens_k:
+        state.agreement = {name: AgreementSums() for name in state.paired}
+    if config.drilldown:
+        drilled = [c.name for c in conditions if not isinstance(c, Reference)]
+        k = config.drilldown_contexts
+        if drilldown is None:
+            drilldown = DrilldownState.empty(sae.cfg.d_sae, k, drilled, device)
+        state.drilldown = drilldown
+    return state
+
+
+def add_reference(
+    state: EngineState,
+    reference: _BatchReference,
+    loss: LossSums | None,
+    domain: str | None = None,
+) -> None:
+    """Fold one batch's reference side into ``state`` (and into ``domain``'s sums)."""
+    state.reference = state.reference.merge(reference.stats)
+    if domain is not None:
+        if domain not in state.domains:
+            device = state.reference.total.device
+            state.domains[domain] = DomainSums.empty(reference.d_sae, state.paired, device)
+        sums = state.domains[domain]
+        sums.reference = sums.reference.merge(reference.stats)
+    if loss:
+        state.loss["reference"] = state.loss["reference"].merge(loss)
+
+
+def add_condition(
+    state: EngineState,
+    sae,
+    reference: _BatchReference,
+    name: str,
+    act: torch.Tensor,
+    loss: LossSums | None,
+    drilldown: BatchDrilldown | None,
+    domain: str | None = None,
+) -> None:
+    """Fold condition ``name``'s read-out ``act`` of one batch into ``state`` (and into
+    ``domain``'s sums; and, when ``drilldown`` drills into it, into the batch's drill-down)."""
+    keep = drilldown is not None and name in drilldown.state.compressed
+    pair, agreement, entries = reference.paired(sae, act, keep)
+    if keep:
+        drilldown.add_condition(name, entries)
+    state.paired[name] = state.paired[name].merge(pair)
+    if domain is not None:
+        sums = state.domains[domain]
+        sums.paired[name] = sums.paired[name].merge(pair)
+    if agreement is not None:
+        state.agreement[name] = state.agreement[name].merge(agreement)
+    if loss:
+        state.loss[name] = state.loss[name].merge(loss)
+
+
 def run_pass(
     model,
     sae,
     tokens: torch.Tensor,
     conditions: Sequence[Condition],
-    prepared: dict[str, dict[str, torch.Tensor]],
+    prepared: Mapping[str, dict[str, torch.Tensor]],
     hook: str,
     config: AuditConfig,
     advance: Callable[[int], None] = lambda n: None,
@@ -299,61 +402,36 @@ def run_pass(
     ``advance(n)`` is called as work completes (one unit per forward pass). ``drilldown``
     (with ``config.drilldown``): a drill-down to go on filling, in place, instead of a new one.
     ``domains``: the rows' domains; their sums are kept apart too (``state.domains``).
+    With ``config.two_phase`` the reference is cached first and the conditions run one at
+    a time against the cache (:func:`pytest_qdm.stream.two_phase.run_two_phase`).
     """
+    if config.two_phase:
+        from pytest_qdm.stream.two_phase import run_two_phase
+
+        return run_two_phase(
+            *(model, sae, tokens, conditions, prepared, hook, config, advance, drilldown), domains
+        )
     device = torch.device(config.device or model.cfg.device)
     readout = _Readout(hook, config.compute_loss)
-    state = EngineState(
-        ReferenceStats.empty(sae.cfg.d_sae, device),
-        {c.name: PairedStats.empty(sae.cfg.d_sae, device) for c in conditions},
-    )
-    if config.compute_loss:
-        state.loss = {name: LossSums() for name in ["reference", *state.paired]}
-    top_k = config.lens_k
-    if top_k:
-        state.agreement = {name: AgreementSums() for name in state.paired}
-    if config.drilldown:
-        drilled = [c.name for c in conditions if not isinstance(c, Reference)]
-        k = config.drilldown_contexts
-        if drilldown is None:
-            drilldown = DrilldownState.empty(sae.cfg.d_sae, k, drilled, device)
-        state.drilldown = drilldown
+    state = new_state(sae, conditions, config, device, drilldown)
     with torch.inference_mode(), heap_allocations(device):
         batches = domain_batches(tokens, config.batch_size, domains)
         for index, (domain, batch) in enumerate(batches):
             batch = batch.to(device)
             act, loss = readout(model, batch, "reference", index)
-            reference = _BatchReference(sae, act, top_k)
-            drilldown = None
+            reference = _BatchReference(sae, act, config.lens_k)
+            drilled = None
             if state.drilldown is not None:
-                drilldown = state.drilldown.batch(batch, reference.entries)
-            state.reference = state.reference.merge(reference.stats)
-            sums = None
-            if domain is not None:
-                if domain not in state.domains:
-                    state.domains[domain] = DomainSums.empty(sae.cfg.d_sae, state.paired, device)
-                sums = state.domains[domain]
-                sums.reference = sums.reference.merge(reference.stats)
-            if loss:
-                state.loss["reference"] = state.loss["reference"].merge(loss)
+                drilled = state.drilldown.batch(batch, reference.entries)
+            add_reference(state, reference, loss, domain)
             advance(1)
             for condition in conditions:
                 with condition.running(model, prepared[condition.name]) as running:
                     act, loss = readout(running, batch, condition.name, index)
-                name = condition.name
-                keep = drilldown is not None and name in drilldown.state.compressed
-                pair, agreement, entries = reference.paired(sae, act, keep)
-                if keep:
-                    drilldown.add_condition(name, entries)
-                state.paired[name] = state.paired[name].merge(pair)
-                if sums is not None:
-                    sums.paired[name] = sums.paired[name].merge(pair)
-                if agreement is not None:
-                    state.agreement[name] = state.agreement[name].merge(agreement)
-                if loss:
-                    state.loss[name] = state.loss[name].merge(loss)
+                add_condition(state, sae, reference, condition.name, act, loss, drilled, domain)
                 advance(1)
-            if drilldown is not None:
-                drilldown.finish()
+            if drilled is not None:
+                drilled.finish()
     return state
 
 
@@ -362,7 +440,7 @@ def run_shards(
     sae,
     shards: Iterable[torch.Tensor],
     conditions: Sequence[Condition],
-    prepared: dict[str, dict[str, torch.Tensor]],
+    prepared: Mapping[str, dict[str, torch.Tensor]],
     hook: str,
     config: AuditConfig,
     advance: Callable[[int], None] = lambda n: None,

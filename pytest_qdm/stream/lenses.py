@@ -47,14 +47,16 @@ class TokenReference:
     d_sae: int
     total: torch.Tensor  # [tokens] sum_i x_ti
     total_sq: torch.Tensor  # [tokens] sum_i x_ti^2
-    eligible: torch.Tensor  # [tokens] bool: at least k active features
+    eligible: torch.Tensor  # [eligible tokens] the rows with at least k active features
     top: torch.Tensor  # [eligible tokens, k] feature ids
 
     @classmethod
     def of(cls, x: torch.Tensor, entries: Entries, k: int) -> TokenReference:
         n = x.shape[0]
-        positive = entries.values > 0
-        eligible = torch.bincount(entries.rows[positive], minlength=n) >= k
+        active = _row_sum(n, entries.rows, (entries.values > 0).to(F64))
+        # row ids, found once per block here, so that a condition's side indexes y without
+        # a host synchronisation (a boolean mask would need one per condition)
+        eligible = (active >= k).nonzero().squeeze(1)
         return cls(
             x.shape[1],
             _row_sum(n, entries.rows, entries.values),
@@ -64,9 +66,21 @@ class TokenReference:
         )
 
 
+def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of ``values`` where ``mask`` holds, as a 0-dim tensor: on CPU over the selected
+    entries (the sums of earlier versions, bit for bit), elsewhere with the others zeroed
+    (a boolean selection would synchronise with the host)."""
+    if values.device.type == "cpu":
+        return values[mask].sum()
+    return torch.where(mask, values, 0.0).sum()
+
+
 @dataclass
 class AgreementSums:
-    """Mergeable sums behind :class:`TokenAgreement`."""
+    """Mergeable sums behind :class:`TokenAgreement`.
+
+    While a pass runs the numbers are 0-dim tensors on its device (float64 sums, int64
+    counts), added without a host synchronisation; :meth:`result` reads them once."""
 
     corr_sum: float = 0.0
     corr_count: int = 0
@@ -89,13 +103,13 @@ class AgreementSums:
         var_y = total_y_sq - total_y.square() / d
         valid = (var_x > 0) & (var_y > 0)
         cov = total_xy - ref.total * total_y / d
-        self.corr_sum += float((cov[valid] / (var_x[valid] * var_y[valid]).sqrt()).sum())
-        self.corr_count += int(valid.sum())
+        self.corr_sum += _masked_sum(cov / (var_x * var_y).sqrt(), valid)
+        self.corr_count += valid.sum()
         if ref.top.shape[0]:
             top_y = y[ref.eligible].topk(k, dim=1)
             fired = (top_y.values > 0).unsqueeze(1)
             shared = (ref.top.unsqueeze(2) == top_y.indices.unsqueeze(1)) & fired
-            self.topk_sum += float(shared.any(2).sum()) / k
+            self.topk_sum += shared.any(2).sum().to(F64) / k
             self.topk_count += ref.top.shape[0]
 
     def add_readout(self, act_x: torch.Tensor, act_y: torch.Tensor) -> None:
@@ -103,9 +117,9 @@ class AgreementSums:
         a, b = act_x.to(F64), act_y.to(F64)
         cross = a.T @ b
         self.cross = cross if self.cross is None else self.cross + cross
-        self.norm_a += float(a.square().sum())
-        self.norm_b += float(b.square().sum())
-        self.diff += float((a - b).square().sum())
+        self.norm_a += a.square().sum()
+        self.norm_b += b.square().sum()
+        self.diff += (a - b).square().sum()
 
     @classmethod
     def of_batch(cls, x, y, act_x, act_y, k: int) -> AgreementSums:
@@ -129,17 +143,20 @@ class AgreementSums:
         from scipy.linalg import svd
 
         aligned = unaligned = None
-        if self.cross is not None and self.norm_b > 0:
+        norm_a, norm_b, diff = float(self.norm_a), float(self.norm_b), float(self.diff)
+        corr_sum, corr_count = float(self.corr_sum), int(self.corr_count)
+        topk_sum, topk_count = float(self.topk_sum), int(self.topk_count)
+        if self.cross is not None and norm_b > 0:
             cross = self.cross.cpu().numpy()
             singular = svd(cross, compute_uv=False)  # max tr(R^T A^T B) over orthogonal R
-            aligned = np.sqrt(max(self.norm_a + self.norm_b - 2 * singular.sum(), 0) / self.norm_b)
-            unaligned = np.sqrt(self.diff / self.norm_b)
+            aligned = np.sqrt(max(norm_a + norm_b - 2 * singular.sum(), 0) / norm_b)
+            unaligned = np.sqrt(diff / norm_b)
         return TokenAgreement(
-            sample_correlation=self.corr_sum / self.corr_count if self.corr_count else None,
-            n_correlated_tokens=self.corr_count,
-            topk_agreement=self.topk_sum / self.topk_count if self.topk_count else None,
+            sample_correlation=corr_sum / corr_count if corr_count else None,
+            n_correlated_tokens=corr_count,
+            topk_agreement=topk_sum / topk_count if topk_count else None,
             k=k,
-            n_topk_tokens=self.topk_count,
+            n_topk_tokens=topk_count,
             procrustes_aligned_error=None if aligned is None else float(aligned),
             unaligned_error=None if unaligned is None else float(unaligned),
         )

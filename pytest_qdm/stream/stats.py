@@ -50,6 +50,9 @@ class Entries:
 
     @classmethod
     def of(cls, features: torch.Tensor) -> Entries:
+        if features.device.type != "cpu":  # one host synchronisation (nonzero's count)
+            rows, cols = _as_2d(features).nonzero(as_tuple=True)
+            return cls(rows, cols, features[rows, cols].to(F64))
         bits = _as_2d(features).view(_SAME_WIDTH_INT.get(features.dtype, features.dtype))
         rows, cols = bits.nonzero(as_tuple=True)
         values = features[rows, cols].to(F64)
@@ -68,6 +71,17 @@ class Entries:
             torch.cat([b.cols for b in blocks]),
             torch.cat([b.values for b in blocks]),
         )
+
+    def split_rows(self, heights: list[int]) -> list[Entries]:
+        """Inverse of :meth:`cat`: the entries of consecutive blocks of ``heights`` rows,
+        each with its own row numbers (one host synchronisation)."""
+        ends = np.cumsum(heights).tolist()
+        found = torch.searchsorted(self.rows, torch.tensor(ends, device=self.rows.device))
+        cuts = [0, *found.tolist()]
+        return [
+            Entries(self.rows[a:b] - offset, self.cols[a:b], self.values[a:b])
+            for a, b, offset in zip(cuts[:-1], cuts[1:], [0, *ends[:-1]], strict=True)
+        ]
 
     def at(self, features: torch.Tensor) -> torch.Tensor:
         """float64 values of ``features`` (same shape as this block) at these entries."""
