@@ -478,12 +478,7 @@ def _domain_row(summary, chunked, ref_chunked, domain: str) -> DomainRow:
     change = None
     if ppl and ref and ppl.perplexity and ref.perplexity:
         change = relative_change(ppl.perplexity, ref.perplexity)
+    bands = summary.model_dump(include=set(DomainRow.model_fields))
     return DomainRow(
-        n_active=summary.n_active,
-        survived_pct=summary.survived_pct,
-        degraded_pct=summary.degraded_pct,
-        damaged_pct=summary.damaged_pct,
-        mean_correlation=summary.mean_correlation,
-        ppl_chunked=ppl.perplexity if ppl else None,
-        ppl_chunked_change=change,
+        **bands, ppl_chunked=ppl.perplexity if ppl else None, ppl_chunked_change=change
     )
