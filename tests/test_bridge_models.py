@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import fitted_sae
-from test_loading import char_tokenizer, randomize, rtn_numpy, sample_tokens
+from test_loading import char_tokenizer, randomize, round_linears, rtn_numpy, sample_tokens
 
 import pytest_qdm as qdm
 from pytest_qdm.compress.conditions import (
@@ -206,6 +206,42 @@ def test_audit_r_agrees_across_backends(both):
         diff = np.nanmax(np.abs(ra - rb))
         print(f"{condition.name}: max |r_hooked - r_bridge| = {diff:.3g}")
         assert diff <= 1e-5
+
+
+def test_a_candidate_checkpoint_on_a_bridge_reference(both, llama, tmp_path):
+    """A user's RTN'd checkpoint, loaded with the reference's backend, swaps into the bridge
+    by its parameter names and gives RTN(4)'s r; a backend mismatch is refused."""
+    hooked, bridge = both
+    folder = tmp_path / "rtn4"
+    round_linears(fresh_hf(llama), 4).save_pretrained(folder)
+    char_tokenizer(128).save_pretrained(folder)
+    candidate = qdm.Candidate.from_pretrained(str(folder), backend="bridge", device="cpu")
+    sae = fitted_sae(hooked, HOOK)
+    tokens = sample_tokens(seed=5, shape=(8, 24))
+    result = qdm.audit(bridge, sae, tokens, [RTN(4), candidate])
+    ours = result.conditions[candidate.name].correlation
+    np.testing.assert_allclose(ours, result.conditions["rtn-int4"].correlation, atol=1e-7)
+    hooked_candidate = qdm.Candidate.from_pretrained(str(folder), device="cpu")
+    with pytest.raises(ValueError, match="is a HookedTransformer but the reference is a"):
+        hooked_candidate.check_compatible(bridge)
+
+
+def test_two_phase_and_loss_on_a_bridge(both):
+    """The two-phase pass (block by block, reference parked) and the loss (full forward)
+    give the one-pass numbers on a bridge too."""
+    _, bridge = both
+    sae = fitted_sae(bridge, HOOK)
+    tokens = sample_tokens(seed=6, shape=(8, 24))
+    conditions = [RTN(4), MixedRTN({0: 8}, default_bits=4)]
+    settings = dict(progress=False, batch_size=4, compute_loss=True)
+    one = qdm.audit(bridge, sae, tokens, conditions, qdm.AuditConfig(**settings))
+    two = qdm.audit(bridge, sae, tokens, conditions, qdm.AuditConfig(**settings, two_phase=True))
+    for condition in conditions:
+        a, b = one.conditions[condition.name], two.conditions[condition.name]
+        np.testing.assert_allclose(a.correlation, b.correlation, atol=1e-6)
+        assert a.mean_nll is not None and a.n_loss_tokens == b.n_loss_tokens
+        assert b.mean_nll == pytest.approx(a.mean_nll, rel=1e-6)
+        assert a.mean_nll != one.reference_mean_nll  # the loss ran on the compressed weights
 
 
 # ------------------------------------------------ (b) architectures only the bridge supports

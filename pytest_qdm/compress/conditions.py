@@ -59,6 +59,13 @@ def is_bridge(model: Any) -> bool:
     return hasattr(model, "original_model") and hasattr(model, "adapter")
 
 
+def architecture_of(model: Any) -> str | None:
+    """The Hugging Face architecture (``LlamaForCausalLM``) a model was made from."""
+    if is_bridge(model):
+        return type(model.original_model).__name__
+    return getattr(model.cfg, "original_architecture", None)
+
+
 def target_weights(
     model: HookedTransformer, layers: Iterable[int] | None = None
 ) -> dict[str, torch.nn.Parameter]:
@@ -430,24 +437,29 @@ class Candidate(Condition):
         """ValueError (one line) unless this is a compressed copy of ``reference``; on the
         forward path also unless its model has ``hook`` (the read-out, when given)."""
         ours, theirs = self.model.cfg, reference.cfg
-        architecture = (
-            type(self.model.original_model).__name__
-            if self.forward
-            else getattr(ours, "original_architecture", None)
-        )
         for key, what in (
             ("original_architecture", "architecture"),
             ("n_layers", "layer count"),
             ("d_model", "width d_model"),
             ("d_vocab", "vocabulary size"),
         ):
-            a = getattr(theirs, key, None)
-            b = architecture if key == "original_architecture" else getattr(ours, key, None)
+            a = architecture_of(reference) if key == "original_architecture" else None
+            b = architecture_of(self.model) if key == "original_architecture" else None
+            a = a or getattr(theirs, key, None)
+            b = b or getattr(ours, key, None)
             if a != b:
                 raise ValueError(
                     f"candidate {self.name!r} is not a compressed copy of the reference: "
                     f"{what} {b!r} vs the reference's {a!r}; audit a checkpoint of the same model"
                 )
+        if not self.forward and is_bridge(self.model) != is_bridge(reference):
+            backends = ("a TransformerBridge", "a HookedTransformer")
+            raise ValueError(
+                f"candidate {self.name!r} is {backends[not is_bridge(self.model)]} but the "
+                f"reference is {backends[not is_bridge(reference)]}; load both with the same "
+                "backend (load_model(..., backend=...), Candidate.from_pretrained(..., "
+                "backend=...))"
+            )
         if self.forward:  # quantized modules: their parameters are not the reference's
             if hook is not None and hook not in self.model.hook_dict:
                 raise ValueError(

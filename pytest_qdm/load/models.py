@@ -159,16 +159,20 @@ def load_candidate(
     offline: bool | None = None,
     path: str | None = None,
     tokenizer: Any = None,
+    backend: str | None = None,
 ) -> tuple[Any, CheckpointInfo, str]:
     """A compressed checkpoint (local folder, ``.gguf`` file or Hub repo), what was read
     about its format, and its path (``path``: force ``dequantize`` or ``forward``; None:
     the scheme's own): on the dequantize path a HookedTransformer of the dequantized
-    weights, on the forward path a TransformerBridge around the deployed model.
-    ``tokenizer`` (e.g. the reference's): the forward path's, where the folder has none."""
+    weights (a TransformerBridge with ``backend="bridge"`` or for an architecture only the
+    bridge supports: the reference's backend), on the forward path a TransformerBridge
+    around the deployed model. ``tokenizer`` (e.g. the reference's): the forward path's, or
+    the bridge's, where the folder has none."""
     file = Path(str(name_or_path)).expanduser()
     local = file if file.is_file() else local_dir(name_or_path)  # local_dir refuses a file
+    options = dict(device=device, dtype=dtype, path=path, tokenizer=tokenizer, backend=backend)
     if local is not None:
-        return load_checkpoint(local, device=device, dtype=dtype, path=path, tokenizer=tokenizer)
+        return load_checkpoint(local, **options)
     name = str(name_or_path)
     instead = (
         f"`hf download {name} --local-dir DIR` where the Hub is reachable, "
@@ -179,7 +183,7 @@ def load_candidate(
 
         patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.gguf", "qmodel.pt"]
         folder = snapshot_download(name, allow_patterns=patterns)
-    return load_checkpoint(folder, device=device, dtype=dtype, path=path, tokenizer=tokenizer)
+    return load_checkpoint(folder, **options)
 
 
 def load_model_from_disk(
