@@ -266,8 +266,13 @@ def test_logits_equal_transformers(bridged):
     tokens = sample_tokens(seed=1)
     with torch.inference_mode():
         ours = model(tokens)
-        theirs = fresh_hf(folder)(tokens).logits
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+        hf_out = fresh_hf(folder)(tokens, output_hidden_states=True)
+        read_out, _ = run_to_hook(model, tokens, "blocks.0.hook_resid_post")
+    torch.testing.assert_close(ours, hf_out.logits, atol=1e-5, rtol=1e-5)
+    # the read-out hook is the HF hidden state after block 0 (the last one is final-normed)
+    torch.testing.assert_close(
+        read_out, hf_out.hidden_states[1].reshape(read_out.shape), atol=1e-5, rtol=1e-5
+    )
 
 
 def hf_rows(architecture, hf):
