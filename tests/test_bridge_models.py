@@ -83,6 +83,45 @@ CONFIGS = {
         ),
     ),
 }
+LLAMA_DIMS = CONFIGS["LlamaForCausalLM"][1]
+CONFIGS |= {  # the HookedTransformer architectures, here through the bridge
+    "MistralForCausalLM": ("MistralConfig", dict(LLAMA_DIMS, sliding_window=None)),
+    "Qwen2ForCausalLM": ("Qwen2Config", LLAMA_DIMS),
+    "Qwen3ForCausalLM": ("Qwen3Config", LLAMA_DIMS),
+    "MixtralForCausalLM": (
+        "MixtralConfig",
+        dict(LLAMA_DIMS, num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
+    ),
+    "GPTNeoXForCausalLM": (
+        "GPTNeoXConfig",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=256,
+            max_position_embeddings=64,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.25,
+            },
+        ),
+    ),
+    "Gemma2ForCausalLM": (
+        "Gemma2Config",
+        dict(LLAMA_DIMS, sliding_window=8, query_pre_attn_scalar=16),
+    ),
+    "Gemma3ForCausalLM": (
+        "Gemma3TextConfig",
+        dict(
+            LLAMA_DIMS,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            query_pre_attn_scalar=16,
+            tie_word_embeddings=True,
+        ),
+    ),
+}
 BRIDGE_ONLY = [a for a in CONFIGS if a not in SUPPORTED_ARCHITECTURES]
 
 
@@ -247,11 +286,29 @@ def test_two_phase_and_loss_on_a_bridge(both):
 # ------------------------------------------------ (b) architectures only the bridge supports
 
 
-@pytest.fixture(scope="module", params=BRIDGE_ONLY)
+@pytest.fixture(scope="module", params=list(CONFIGS))
 def bridged(request, tmp_path_factory):
+    """Each architecture through the bridge: automatically where only the bridge supports
+    it, with backend="bridge" for the HookedTransformer ones."""
     architecture = request.param
     folder = build(architecture, tmp_path_factory.mktemp(architecture) / "tiny")
-    return architecture, folder, load_model(str(folder), device="cpu")
+    backend = None if architecture in BRIDGE_ONLY else "bridge"
+    return architecture, folder, load_model(str(folder), device="cpu", backend=backend)
+
+
+def test_the_bridge_agrees_with_the_hooked_transformer(bridged):
+    """For the HookedTransformer architectures: both backends read the same activations at
+    the SAE's hook."""
+    architecture, folder, bridge = bridged
+    if architecture in BRIDGE_ONLY:
+        pytest.skip("no HookedTransformer converter for this architecture")
+    hooked = load_model_from_disk(folder, device="cpu")
+    tokens = sample_tokens(seed=3, shape=(4, 24))
+    with torch.inference_mode():
+        a, _ = run_to_hook(hooked, tokens, HOOK)
+        b, _ = run_to_hook(bridge, tokens, HOOK)
+    print(f"{architecture} {HOOK}: max |hooked - bridge| {(a - b).abs().max().item():.3g}")
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-5)
 
 
 def test_bridge_only_architectures_are_supported_here():
@@ -281,7 +338,8 @@ def hf_rows(architecture, hf):
     in turn) of a decoder layer; routers and the shared expert's gate excluded."""
     from transformers.pytorch_utils import Conv1D
 
-    layers = hf.transformer.h if architecture == "GPT2LMHeadModel" else hf.model.layers
+    base = hf.base_model
+    layers = base.h if architecture == "GPT2LMHeadModel" else base.layers
     blocks = []
     for layer in layers:
         found = {}
@@ -301,15 +359,17 @@ def hf_rows(architecture, hf):
 
 
 def locate(rows, block):
-    """(HF weight path, first row) where ``rows`` sit inside one of ``block``'s weights (the
-    bridge may split a fused weight, e.g. GPT-2's c_attn into q, k, v)."""
+    """(HF weight path, row indices) of the HF rows that ``rows`` holds (the bridge may split
+    a fused weight: GPT-2's c_attn into q, k, v; GPT-NeoX's query_key_value, whose rows
+    interleave the heads, by a stride)."""
     for path, weight in block.items():
         if weight.shape[1] != rows.shape[1]:
             continue
-        for start in range(weight.shape[0] - rows.shape[0] + 1):
-            if torch.equal(weight[start : start + rows.shape[0]], rows):
-                return path, start
-    raise AssertionError(f"rows {tuple(rows.shape)} are not a slice of any HF weight")
+        index = {row.numpy().tobytes(): i for i, row in enumerate(weight)}
+        found = [index.get(row.numpy().tobytes()) for row in rows]
+        if None not in found:
+            return path, found
+    raise AssertionError(f"rows {tuple(rows.shape)} are not rows of any HF weight")
 
 
 def test_rtn_is_per_row_rtn_of_the_hf_weights(bridged):
@@ -320,16 +380,18 @@ def test_rtn_is_per_row_rtn_of_the_hf_weights(bridged):
     targets = target_weights(model)
     weights = RTN(4).compressed_weights(model)
     assert weights.keys() == targets.keys()
-    covered = [dict.fromkeys(block, 0) for block in blocks]
+    covered = [{path: [] for path in block} for block in blocks]
     for name, param in targets.items():
         block = int(next(p for p in name.split(".") if p.isdigit()))
         original = to_rows(name, param.detach())
-        path, start = locate(original, blocks[block])
-        covered[block][path] += original.shape[0]
-        expected = rtn_numpy(blocks[block][path], 4)[start : start + original.shape[0]]
+        path, found = locate(original, blocks[block])
+        covered[block][path] += found
+        expected = rtn_numpy(blocks[block][path], 4)[found]
         np.testing.assert_array_equal(to_rows(name, weights[name]).numpy(), expected, name)
-    for block, counts in zip(blocks, covered, strict=True):
-        assert counts == {path: weight.shape[0] for path, weight in block.items()}
+    for block, rows in zip(blocks, covered, strict=True):
+        assert {p: sorted(r) for p, r in rows.items()} == {
+            path: list(range(weight.shape[0])) for path, weight in block.items()
+        }
 
 
 def test_every_condition_runs_and_restores_the_model(bridged):
