@@ -347,15 +347,16 @@ def test_missing_and_unsupported_folders(tmp_path):
             load_model(spec, device="cpu")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model_from_disk(tmp_path, device="cpu")
-    unsupported = tmp_path / "gpt2"
-    GPT2Config(n_embd=32, n_layer=1, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(
+    unsupported = tmp_path / "made-up"  # GPT-2 itself now loads through the TransformerBridge
+    GPT2Config(n_embd=32, n_layer=1, n_head=2, architectures=["MadeUpLMHeadModel"]).save_pretrained(
         unsupported
     )
     with pytest.raises(
         ValueError,
-        match="GPT2LMHeadModel.*supported: GPTNeoXForCausalLM, Gemma2ForCausalLM, "
+        match="MadeUpLMHeadModel.*supported: GPTNeoXForCausalLM, Gemma2ForCausalLM, "
         "Gemma3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, "
-        "Qwen2ForCausalLM, Qwen3ForCausalLM$",
+        r"Qwen2ForCausalLM, Qwen3ForCausalLM \(HookedTransformer or TransformerBridge\), and "
+        "through TransformerLens' TransformerBridge: .*GPT2LMHeadModel.*Phi3ForCausalLM",
     ):
         load_model(str(unsupported), device="cpu")
     with pytest.raises(FileNotFoundError, match="no-such-sae"):

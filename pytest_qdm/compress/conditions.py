@@ -5,11 +5,19 @@ attention W_Q, W_K, W_V, W_O (``_W_K``/``_W_V`` under grouped-query attention) a
 W_in, W_out, W_gate. Every operator works on the Hugging Face ``nn.Linear`` layout
 [out, in]: TransformerLens tensors are viewed as rows of output channels, compressed row by
 row, and viewed back, so per-channel RTN here equals per-row RTN of the HF checkpoint.
+
+On a TransformerLens ``TransformerBridge`` (a Hugging Face model run as it is) the targets
+are the decoder blocks' own Hugging Face weights under the bridge's parameter names: every
+``nn.Linear`` in a block (attention and MLP projections; not embeddings, norms, lm_head or
+an MoE router), GPT-2's ``Conv1D`` ([in, out], viewed transposed) and fused MoE expert
+stacks ([experts, out, in], or [experts, in, out] where transformers marks them
+transposed), each expert's matrix compressed as its own ``nn.Linear`` would be.
 """
 
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +40,32 @@ _TARGET = re.compile(
 )
 
 
+# Bridge parameter name -> (layout kind, block index), recorded by target_weights: a bridge
+# name does not say whether its tensor is [out, in] (nn.Linear), [in, out] (GPT-2's Conv1D)
+# or a stack of experts; the compressed_weights that asks for the layout has just listed it.
+_BRIDGE_LAYOUT: dict[str, tuple[str, int]] = {}
+
+# Leaf module names of MoE routers / expert gates, kept in full precision as deployed
+# quantizers keep them (an MLP's gate_proj is not one; "gate" is one only beside "experts").
+_ROUTERS = ("router", "shared_expert_gate")
+
+# Bridge -> ids of the modules its forward calls (see _live_modules).
+_LIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def is_bridge(model: Any) -> bool:
+    """Whether ``model`` is a TransformerLens ``TransformerBridge`` (a Hugging Face model
+    with TransformerLens hook names), not a HookedTransformer."""
+    return hasattr(model, "original_model") and hasattr(model, "adapter")
+
+
+def architecture_of(model: Any) -> str | None:
+    """The Hugging Face architecture (``LlamaForCausalLM``) a model was made from."""
+    if is_bridge(model):
+        return type(model.original_model).__name__
+    return getattr(model.cfg, "original_architecture", None)
+
+
 def target_weights(
     model: HookedTransformer, layers: Iterable[int] | None = None
 ) -> dict[str, torch.nn.Parameter]:
@@ -39,6 +73,8 @@ def target_weights(
 
     ``layers`` restricts the result to those block indices (None: every block).
     """
+    if is_bridge(model):
+        return _bridge_targets(model, layers)
     wanted = None if layers is None else set(layers)
     found = {}
     for name, param in model.named_parameters():
@@ -48,11 +84,96 @@ def target_weights(
     return found
 
 
+def _bridge_targets(model: Any, layers: Iterable[int] | None) -> dict[str, torch.nn.Parameter]:
+    """:func:`target_weights` of a TransformerBridge: each block's Hugging Face linear
+    weights under the bridge's own parameter names (their layouts recorded)."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = {id(param): name for name, param in model.named_parameters()}
+    live = _live_modules(model)
+    wanted = None if layers is None else set(layers)
+    found = {}
+    for block, bridge_block in enumerate(model.blocks):
+        if wanted is not None and block not in wanted:
+            continue
+        layer = getattr(bridge_block, "original_component", bridge_block)
+        for path, module in layer.named_modules():
+            if id(module) not in live or _is_router(layer, path):
+                continue
+            if isinstance(module, (torch.nn.Linear, Conv1D)):
+                params = {"weight": ("conv1d" if isinstance(module, Conv1D) else "linear")}
+            elif hasattr(module, "is_transposed"):  # transformers' fused MoE experts
+                kind = "experts_t" if module.is_transposed else "experts"
+                params = {n: kind for n, p in module.named_parameters(recurse=False) if p.ndim == 3}
+            else:
+                continue
+            for attribute, kind in params.items():
+                param = getattr(module, attribute, None)
+                if isinstance(param, torch.nn.Parameter) and id(param) in names:
+                    name = names[id(param)]
+                    _BRIDGE_LAYOUT[name] = (kind, block)
+                    found[name] = param
+    return found
+
+
+def _is_router(layer: torch.nn.Module, path: str) -> bool:
+    """Whether the module at ``path`` in ``layer`` routes tokens to experts (a router, a
+    shared expert's gate, or a "gate" beside an "experts" module)."""
+    parts = [p for p in path.split(".") if p != "_original_component"]
+    leaf = parts[-1] if parts else ""
+    if leaf in _ROUTERS or leaf.endswith("_router"):
+        return True
+    if leaf == "gate":
+        parent = layer.get_submodule(path.rsplit(".", 1)[0]) if "." in path else layer
+        return hasattr(parent, "experts")
+    return False
+
+
+def _live_modules(model: Any) -> frozenset[int]:
+    """Ids of the modules a forward of ``model`` calls. The bridge splits some fused
+    weights into its own modules (GPT-2's c_attn into q, k, v; Phi-3's qkv_proj and
+    gate_up_proj) and runs those: the fused originals it keeps are never called, and
+    rounding them would change nothing. One two-token forward, once per model."""
+    if model in _LIVE:
+        return _LIVE[model]
+    called: set[int] = set()
+    handles = [
+        module.register_forward_hook(lambda m, *_: called.add(id(m))) for module in model.modules()
+    ]
+    try:
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            model(torch.zeros(1, 2, dtype=torch.long, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    _LIVE[model] = frozenset(called)
+    return _LIVE[model]
+
+
+def block_of(name: str) -> int:
+    """The block index of a weight :func:`target_weights` returned."""
+    match = _TARGET.match(name)
+    return int(match.group(1)) if match else _BRIDGE_LAYOUT[name][1]
+
+
 def _kind(name: str) -> str:
-    """W_Q, W_K, W_V, W_O, W_in, W_out, W_gate, or "linear" for an nn.Linear ``.weight``."""
+    """W_Q, W_K, W_V, W_O, W_in, W_out, W_gate, "linear" for an nn.Linear ``.weight``, or a
+    bridge weight's layout: "linear", "conv1d", "experts" or "experts_t"."""
+    if name in _BRIDGE_LAYOUT:
+        return _BRIDGE_LAYOUT[name][0]
     if name.endswith(".weight"):
         return "linear"
     return name.rsplit(".", 1)[-1].lstrip("_")
+
+
+def per_matrix(name: str, weight: torch.Tensor, operator) -> torch.Tensor:
+    """``operator`` (a per-tensor operation: pruning, per-tensor INT8) applied to each
+    [out, in] matrix of ``weight``: each expert of a fused expert stack on its own, as if
+    it were an nn.Linear; any other weight whole."""
+    if _kind(name) in ("experts", "experts_t"):
+        return torch.stack([operator(matrix) for matrix in weight]).contiguous()
+    return operator(weight)
 
 
 def to_rows(name: str, weight: torch.Tensor) -> torch.Tensor:
@@ -71,6 +192,12 @@ def to_rows(name: str, weight: torch.Tensor) -> torch.Tensor:
         return weight.T
     if kind == "linear":  # an nn.Linear weight (MoE experts): already [out, in]
         return weight
+    if kind == "conv1d":  # GPT-2's Conv1D: [in, out]
+        return weight.T
+    if kind == "experts":  # [experts, out, in]: every expert's rows, one after another
+        return weight.reshape(-1, weight.shape[-1])
+    if kind == "experts_t":  # [experts, in, out]
+        return weight.transpose(1, 2).reshape(-1, weight.shape[1])
     raise ValueError(f"{name!r} is not a compressible block weight")
 
 
@@ -82,9 +209,12 @@ def from_rows(name: str, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor
         return rows.reshape(heads, d_head, d_model).permute(0, 2, 1).contiguous()
     if kind == "W_O":
         return rows.T.reshape(like.shape).contiguous()
-    if kind == "linear":
+    if kind in ("linear", "experts"):
         return rows.reshape(like.shape).contiguous()
-    return rows.T.contiguous()
+    if kind == "experts_t":
+        experts, d_in, d_out = like.shape
+        return rows.reshape(experts, d_out, d_in).transpose(1, 2).contiguous()
+    return rows.T.contiguous()  # W_in, W_gate, W_out, conv1d
 
 
 def rtn_rows(rows: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
@@ -195,6 +325,12 @@ class RTN(Condition):
 
     def compressed_weights(self, model, layers=None):
         if self.axes == "reference":
+            if is_bridge(model):
+                raise ValueError(
+                    f"{self.name} reproduces a scale shared across TransformerLens' attention "
+                    "heads [heads, d_model, d_head], which a TransformerBridge (Hugging Face "
+                    f"[out, in] weights) does not have; use rtn-int{self.bits} (per row)"
+                )
             return {
                 name: rtn_reference_axes(name, p.data, self.bits)
                 for name, p in target_weights(model, layers).items()
@@ -227,7 +363,7 @@ class MagnitudePrune(Condition):
 
     def compressed_weights(self, model, layers=None):
         return {
-            name: prune_smallest(p.data, self.sparsity)
+            name: per_matrix(name, p.data, lambda w: prune_smallest(w, self.sparsity))
             for name, p in target_weights(model, layers).items()
         }
 
@@ -301,24 +437,29 @@ class Candidate(Condition):
         """ValueError (one line) unless this is a compressed copy of ``reference``; on the
         forward path also unless its model has ``hook`` (the read-out, when given)."""
         ours, theirs = self.model.cfg, reference.cfg
-        architecture = (
-            type(self.model.original_model).__name__
-            if self.forward
-            else getattr(ours, "original_architecture", None)
-        )
         for key, what in (
             ("original_architecture", "architecture"),
             ("n_layers", "layer count"),
             ("d_model", "width d_model"),
             ("d_vocab", "vocabulary size"),
         ):
-            a = getattr(theirs, key, None)
-            b = architecture if key == "original_architecture" else getattr(ours, key, None)
+            a = architecture_of(reference) if key == "original_architecture" else None
+            b = architecture_of(self.model) if key == "original_architecture" else None
+            a = a or getattr(theirs, key, None)
+            b = b or getattr(ours, key, None)
             if a != b:
                 raise ValueError(
                     f"candidate {self.name!r} is not a compressed copy of the reference: "
                     f"{what} {b!r} vs the reference's {a!r}; audit a checkpoint of the same model"
                 )
+        if not self.forward and is_bridge(self.model) != is_bridge(reference):
+            backends = ("a TransformerBridge", "a HookedTransformer")
+            raise ValueError(
+                f"candidate {self.name!r} is {backends[not is_bridge(self.model)]} but the "
+                f"reference is {backends[not is_bridge(reference)]}; load both with the same "
+                "backend (load_model(..., backend=...), Candidate.from_pretrained(..., "
+                "backend=...))"
+            )
         if self.forward:  # quantized modules: their parameters are not the reference's
             if hook is not None and hook not in self.model.hook_dict:
                 raise ValueError(

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pytest_qdm.compress.conditions import (
-    _TARGET,
     Condition,
     _check_bits,
+    block_of,
     from_rows,
     rtn_rows,
     target_weights,
@@ -76,7 +76,7 @@ class MixedRTN(Condition):
             raise ValueError(f"{self.name}: the model has blocks 0..{n_layers - 1}, not {outside}")
         weights = {}
         for name, param in target_weights(model, layers).items():
-            bits = self.bits_of(int(_TARGET.match(name).group(1)))
+            bits = self.bits_of(block_of(name))
             if bits is not None:
                 weights[name] = from_rows(name, rtn_rows(to_rows(name, param.data), bits), param)
         return weights

@@ -12,7 +12,14 @@ from typing import Literal
 
 import torch
 
-from pytest_qdm.compress.conditions import RTN, Condition, from_rows, target_weights, to_rows
+from pytest_qdm.compress.conditions import (
+    RTN,
+    Condition,
+    from_rows,
+    per_matrix,
+    target_weights,
+    to_rows,
+)
 from pytest_qdm.compress.names import SCHEME_NAME
 
 # The NormalFloat-4 codebook of QLoRA (Dettmers et al., 2023), as bitsandbytes ships it.
@@ -175,7 +182,10 @@ class AbsmaxINT8(Condition):
         return "absmax-int8"
 
     def compressed_weights(self, model, layers=None):
-        return {name: absmax_int8(p.data) for name, p in target_weights(model, layers).items()}
+        return {
+            name: per_matrix(name, p.data, absmax_int8)
+            for name, p in target_weights(model, layers).items()
+        }
 
     def describe(self):
         return super().describe().model_copy(update={"bits": 8})

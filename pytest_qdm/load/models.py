@@ -74,20 +74,38 @@ def load_model(
     device: str | None = None,
     dtype: Any = None,
     offline: bool | None = None,
+    backend: str | None = None,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> HookedTransformer:
     """A HookedTransformer with unprocessed weights: ``"tiny"`` (bundled), a local Hugging
     Face checkpoint folder, or a Hub model name (see the module doc for the rule; "tiny"
     always means the bundled model, "./tiny" a folder). Device None: cuda if available,
-    else cpu; dtype None: the dtype of a preset using this model, else float32."""
-    if name_or_path == "tiny":
+    else cpu; dtype None: the dtype of a preset using this model, else float32.
+
+    ``backend="bridge"`` (or an architecture outside ``SUPPORTED_ARCHITECTURES`` that
+    TransformerLens' TransformerBridge supports): the transformers model itself, wrapped in a
+    ``TransformerBridge`` (same hook names, no weight processing); ``device_map`` /
+    ``max_memory`` go to transformers' ``from_pretrained`` (a model bigger than one device)
+    and imply the bridge. See :func:`load_model_from_disk`."""
+    check_backend(backend)
+    placed = device_map is not None or max_memory is not None
+    if name_or_path == "tiny" and backend is None and not placed:
         from pytest_qdm.zoo import load_tiny_model
 
         model = load_tiny_model(device=resolve_device(device))
         return model if dtype is None else model.to(resolve_dtype(dtype, str(model.cfg.device)))
     local = local_dir(name_or_path)
+    if name_or_path == "tiny":  # the bundled model's folder, through the bridge
+        from pytest_qdm.zoo import weights_dir
+
+        local = weights_dir()
+    placement = dict(backend=backend, device_map=device_map, max_memory=max_memory)
     if local is not None:
-        return load_model_from_disk(local, device=device, dtype=dtype)
-    return load_model_from_hub(str(name_or_path), device=device, dtype=dtype, offline=offline)
+        return load_model_from_disk(local, device=device, dtype=dtype, **placement)
+    return load_model_from_hub(
+        str(name_or_path), device=device, dtype=dtype, offline=offline, **placement
+    )
 
 
 def load_model_from_hub(
@@ -96,14 +114,20 @@ def load_model_from_hub(
     device: str | None = None,
     dtype: Any = None,
     offline: bool | None = None,
+    backend: str | None = None,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> HookedTransformer:
     """Download (or take from the cache) ``name`` and load it without weight processing.
 
     Names (or aliases) in TransformerLens' official list go through
     ``from_pretrained_no_processing``; any other Hub repo (e.g. a user's compressed
-    checkpoint) is downloaded (json, safetensors, tokenizer.model) and read by
-    :func:`load_model_from_disk`.
+    checkpoint), and every name with ``backend="bridge"`` or a ``device_map``, is downloaded
+    (json, safetensors, tokenizer files) and read by :func:`load_model_from_disk`.
     """
+    check_backend(backend)
+    placement = dict(backend=backend, device_map=device_map, max_memory=max_memory)
+    bridged = backend == "bridge" or device_map is not None or max_memory is not None
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device, preset_for_model(name))
     instead = (
@@ -115,12 +139,12 @@ def load_model_from_hub(
         from transformer_lens import HookedTransformer
         from transformer_lens.loading_from_pretrained import make_model_alias_map
 
-        if name.lower() not in make_model_alias_map():
+        if bridged or name.lower() not in make_model_alias_map():
             from huggingface_hub import snapshot_download
 
             patterns = ["*.json", "*.safetensors", "tokenizer.model"]
             folder = snapshot_download(name, allow_patterns=patterns)
-            return load_model_from_disk(folder, device=device, dtype=torch_dtype)
+            return load_model_from_disk(folder, device=device, dtype=torch_dtype, **placement)
         model = HookedTransformer.from_pretrained_no_processing(
             name, device=device, dtype=torch_dtype
         )
@@ -135,16 +159,20 @@ def load_candidate(
     offline: bool | None = None,
     path: str | None = None,
     tokenizer: Any = None,
+    backend: str | None = None,
 ) -> tuple[Any, CheckpointInfo, str]:
     """A compressed checkpoint (local folder, ``.gguf`` file or Hub repo), what was read
     about its format, and its path (``path``: force ``dequantize`` or ``forward``; None:
     the scheme's own): on the dequantize path a HookedTransformer of the dequantized
-    weights, on the forward path a TransformerBridge around the deployed model.
-    ``tokenizer`` (e.g. the reference's): the forward path's, where the folder has none."""
+    weights (a TransformerBridge with ``backend="bridge"`` or for an architecture only the
+    bridge supports: the reference's backend), on the forward path a TransformerBridge
+    around the deployed model. ``tokenizer`` (e.g. the reference's): the forward path's, or
+    the bridge's, where the folder has none."""
     file = Path(str(name_or_path)).expanduser()
     local = file if file.is_file() else local_dir(name_or_path)  # local_dir refuses a file
+    options = dict(device=device, dtype=dtype, path=path, tokenizer=tokenizer, backend=backend)
     if local is not None:
-        return load_checkpoint(local, device=device, dtype=dtype, path=path, tokenizer=tokenizer)
+        return load_checkpoint(local, **options)
     name = str(name_or_path)
     instead = (
         f"`hf download {name} --local-dir DIR` where the Hub is reachable, "
@@ -155,19 +183,41 @@ def load_candidate(
 
         patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.gguf", "qmodel.pt"]
         folder = snapshot_download(name, allow_patterns=patterns)
-    return load_checkpoint(folder, device=device, dtype=dtype, path=path, tokenizer=tokenizer)
+    return load_checkpoint(folder, **options)
 
 
 def load_model_from_disk(
-    path: str | Path, *, device: str | None = None, dtype: Any = None
+    path: str | Path,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    backend: str | None = None,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> HookedTransformer:
     """A local Hugging Face checkpoint folder (``save_pretrained``: config.json, weights,
     optionally tokenizer files) as a HookedTransformer. No network, no weight processing.
     Architectures: see ``SUPPORTED_ARCHITECTURES``; the dimensions are read from the
     folder's config, so the model need not be in TransformerLens' list. A quantized
     checkpoint (bitsandbytes, torchao, compressed-tensors, GGUF, HQQ) is dequantized by its
-    format's own library (:mod:`pytest_qdm.load.checkpoints`)."""
-    return load_checkpoint(path, device=device, dtype=dtype, path="dequantize")[0]
+    format's own library (:mod:`pytest_qdm.load.checkpoints`).
+
+    Backends: ``"hooked"`` (the default for ``SUPPORTED_ARCHITECTURES``) converts the
+    weights into a HookedTransformer; ``"bridge"`` (the default for every other decoder
+    architecture TransformerLens' TransformerBridge supports: :func:`bridge_architectures`)
+    keeps the transformers model and wraps it in a ``TransformerBridge``: the same hook
+    names, the Hugging Face parameter names and [out, in] weights that compression rounds.
+    ``device_map`` / ``max_memory`` (a dense checkpoint, bridge backend) are passed to
+    transformers' ``from_pretrained``, which places the model over several devices."""
+    return load_checkpoint(
+        path,
+        device=device,
+        dtype=dtype,
+        path="dequantize",
+        backend=backend,
+        device_map=device_map,
+        max_memory=max_memory,
+    )[0]
 
 
 def load_checkpoint(
@@ -177,8 +227,13 @@ def load_checkpoint(
     dtype: Any = None,
     path: str | None = None,
     tokenizer: Any = None,
+    backend: str | None = None,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> tuple[Any, CheckpointInfo, str]:
-    """:func:`load_candidate` of a local folder or ``.gguf`` file."""
+    """:func:`load_candidate` of a local folder or ``.gguf`` file (``backend``,
+    ``device_map``, ``max_memory``: see :func:`load_model_from_disk`)."""
+    check_backend(backend)
     folder = Path(location).expanduser()
     if not folder.exists():
         raise FileNotFoundError(f"local model folder {str(folder)!r} does not exist")
@@ -193,15 +248,24 @@ def load_checkpoint(
         )
     info = inspect_checkpoint(folder)
     chosen = choose_path(info, path)
+    placed = device_map is not None or max_memory is not None
     if info.architecture and info.quant_method != "gguf":
-        check_architecture(info.architecture, folder)
+        backend = choose_backend(info.architecture, folder, backend, placed)
+    dense = info.quant_method == "none"
+    if placed and (not dense or chosen == "forward"):
+        raise ValueError(
+            f"{str(folder)!r}: device_map / max_memory are for a dense checkpoint loaded as "
+            f"the reference (backend='bridge'); this one is {info.quant_method or chosen!r}"
+        )
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     if chosen == "forward":
         hf_model = deployed_model(info, torch_dtype, device)
+    elif backend == "bridge" and dense:
+        hf_model = _dense_hf_model(info.folder, torch_dtype, device, device_map, max_memory)
     else:
         hf_model = dequantized_model(info, torch_dtype)
-    check_architecture(type(hf_model).__name__, folder)
+    backend = choose_backend(type(hf_model).__name__, folder, backend, placed)
     has_tokenizer = any((info.folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
     fallback, tokenizer = tokenizer, None
     if has_tokenizer:
@@ -218,16 +282,83 @@ def load_checkpoint(
                 "weights, or pass the reference's: tokenizer=model.tokenizer"
             )
         return bridge_from_hf(hf_model, info.folder, tokenizer or fallback), info, chosen
+    if backend == "bridge":
+        if tokenizer is None and fallback is None:
+            raise ValueError(
+                f"{str(folder)!r} has no tokenizer (tokenizer.json or tokenizer.model), which "
+                "the TransformerBridge backend needs; save the tokenizer beside the weights, "
+                "or pass one: tokenizer=..."
+            )
+        if not placed:  # else where device_map / max_memory put it
+            hf_model = hf_model.to(device)
+        return bridge_from_hf(hf_model, info.folder, tokenizer or fallback), info, chosen
     name = info.location.stem if info.gguf_file else folder.name
     return hooked_from_hf(hf_model, name, tokenizer, device, torch_dtype), info, chosen
 
 
+BACKENDS = ("hooked", "bridge")
+
+
+def check_backend(backend: str | None) -> None:
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+
+
+def bridge_architectures() -> tuple[str, ...]:
+    """The decoder (causal LM) architectures the installed TransformerLens'
+    TransformerBridge has an adapter for."""
+    from transformer_lens.factories.architecture_adapter_factory import (
+        SUPPORTED_ARCHITECTURES as BRIDGED,
+    )
+
+    decoders = (n for n in BRIDGED if n.endswith(("ForCausalLM", "LMHeadModel")))
+    return tuple(sorted(n for n in decoders if not n.startswith("Bert")))
+
+
+def choose_backend(
+    architecture: str | None, path: str | Path, backend: str | None, placed: bool = False
+) -> str:
+    """The backend ``architecture`` loads with: ``backend`` where given and possible, else
+    "hooked" for ``SUPPORTED_ARCHITECTURES`` (unless ``placed``: a device_map or max_memory
+    was given), "bridge" for the bridge's other decoders; ValueError (one line, listing
+    both) for anything else."""
+    if backend == "hooked" and placed:
+        raise ValueError("device_map / max_memory need backend='bridge' (or None)")
+    if architecture in SUPPORTED_ARCHITECTURES and backend != "bridge" and not placed:
+        return "hooked"
+    if backend != "hooked" and architecture in bridge_architectures():
+        return "bridge"
+    hooked = ", ".join(SUPPORTED_ARCHITECTURES)
+    bridged = ", ".join(a for a in bridge_architectures() if a not in SUPPORTED_ARCHITECTURES)
+    raise ValueError(
+        f"{str(path)!r}: architecture {architecture!r} is not supported by "
+        f"load_model_from_disk{'' if backend is None else f' with backend={backend!r}'}; "
+        f"supported: {hooked} (HookedTransformer or TransformerBridge), and through "
+        f"TransformerLens' TransformerBridge: {bridged}"
+    )
+
+
 def check_architecture(architecture: str | None, path: str | Path) -> None:
-    if architecture not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(
-            f"{str(path)!r}: architecture {architecture!r} is not supported by "
-            f"load_model_from_disk; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
+    choose_backend(architecture, path, None)
+
+
+def _dense_hf_model(folder: Path, dtype, device: str, device_map: Any, max_memory: dict | None):
+    """A dense checkpoint as a transformers model, placed by ``device_map`` / ``max_memory``
+    (transformers' dispatcher) or on ``device``; eager attention, as the bridge runs it."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
+    kwargs["attn_implementation"] = "eager"
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if max_memory is not None:
+        kwargs["max_memory"] = max_memory
+        kwargs.setdefault("device_map", "auto")
+    with quiet_deprecations():
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if device_map is None and max_memory is None:
+        model = model.to(device)
+    return model.eval()
 
 
 def hooked_from_hf(hf_model, name: str, tokenizer, device: str, dtype) -> HookedTransformer:
