@@ -99,7 +99,10 @@ def test_help_stays_fast(pytester):
             ["--qdm-model", "nonesuch"],
             "'nonesuch' is not a preset (pythia-70m-deduped, gemma-2-2b, tiny)",
         ),
-        (["--qdm-model", "tiny", "--qdm-min-survived", "int6=0.6"], "is not CONDITION[@DOMAIN]:BOUND"),
+        (
+            ["--qdm-model", "tiny", "--qdm-min-survived", "int6=0.6"],
+            "is not CONDITION[@DOMAIN]:BOUND",
+        ),
         (["--qdm-model", "tiny", "--qdm-bits", "8,9"], "--qdm-bits must list bit widths in 2..8"),
         (["--qdm-model", "./no/such/folder", "--qdm-sae", "x/y"], "no such checkpoint folder"),
         (["--qdm-model", "tiny", "--qdm-sae", "./missing-sae"], "no sae_lens folder"),
