@@ -11,6 +11,7 @@ Defaults shared with :class:`~pytest_qdm.settings.AuditConfig` are read from it.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -74,6 +75,21 @@ def domain_label(value: str) -> str | None:
     if not sep or not DOMAIN_LABEL.match(label) or Path(value).expanduser().exists():
         return None
     return label
+
+
+def _max_memory(value: Any) -> dict[str | int, str] | None:
+    """``0=20GiB,cpu=64GiB`` as transformers' max_memory (GPU ids as ints)."""
+    if value is None or isinstance(value, dict):
+        return value
+    memory: dict[str | int, str] = {}
+    for part in str(value).split(","):
+        device, sep, size = part.strip().partition("=")
+        if not sep or not device or not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", size.strip()):
+            raise ValueError(
+                f"{part.strip()!r} is not DEVICE=SIZE; write e.g. 0=20GiB,1=20GiB,cpu=64GiB"
+            )
+        memory[int(device) if device.isdigit() else device] = size.strip()
+    return memory
 
 
 def _lenses(values: Any) -> tuple[str, ...]:
@@ -150,6 +166,18 @@ class QdmOptions(BaseModel):
         None,
         description="device for the forward passes",
         json_schema_extra=cli("device", metavar="DEVICE", shown="cuda if available, else cpu"),
+    )
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = Field(
+        None,
+        description="split the model (and dense candidates) across devices with transformers' "
+        "device_map, run through TransformerLens' TransformerBridge: auto, balanced, "
+        "balanced_low_0 or sequential",
+        json_schema_extra=cli("device-map", metavar="MAP", shown="none: one device"),
+    )
+    max_memory: Annotated[dict[str | int, str], BeforeValidator(_max_memory)] | None = Field(
+        None,
+        description="memory per device for --qdm-device-map, e.g. 0=20GiB,1=20GiB,cpu=64GiB",
+        json_schema_extra=cli("max-memory", metavar="DEV=SIZE,...", shown="none"),
     )
     dtype: str | None = Field(
         None,
@@ -361,6 +389,12 @@ class QdmOptions(BaseModel):
         """The labelled domains' names (none for one unlabelled source)."""
         source = self.token_source
         return tuple(source) if isinstance(source, dict) else ()
+
+    @property
+    def placement(self) -> dict[str, Any]:
+        """``device_map`` / ``max_memory`` as the loaders take them (empty: one device)."""
+        placed = {"device_map": self.device_map, "max_memory": self.max_memory}
+        return {k: v for k, v in placed.items() if v is not None}
 
     @property
     def gates(self) -> tuple[GateCheck, ...]:

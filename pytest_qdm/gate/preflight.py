@@ -72,12 +72,19 @@ def _check_candidates(options: QdmOptions) -> None:
                 "rename one folder"
             )
         names[name] = path
-        file = Path(path).expanduser()
+        file, info = Path(path).expanduser(), None
         try:
             if file.is_file() or local_dir(path) is not None:
-                choose_path(inspect_checkpoint(file), options.candidate_path)
+                info = inspect_checkpoint(file)
+                choose_path(info, options.candidate_path)
         except (OSError, ImportError, ValueError) as error:
             raise ValueError(f"--qdm-candidate: {error}") from None
+        if options.placement and info is not None and info.quant_method != "none":
+            raise ValueError(
+                f"--qdm-device-map/--qdm-max-memory split dense checkpoints only; "
+                f"--qdm-candidate {path!r} is {info.quant_method} ({info.scheme}): "
+                "drop the split or gate a dense copy"
+            )
 
 
 def _check_gated_conditions(options: QdmOptions) -> None:

@@ -160,6 +160,8 @@ def load_candidate(
     path: str | None = None,
     tokenizer: Any = None,
     backend: str | None = None,
+    device_map: Any = None,
+    max_memory: dict | None = None,
 ) -> tuple[Any, CheckpointInfo, str]:
     """A compressed checkpoint (local folder, ``.gguf`` file or Hub repo), what was read
     about its format, and its path (``path``: force ``dequantize`` or ``forward``; None:
@@ -167,10 +169,12 @@ def load_candidate(
     weights (a TransformerBridge with ``backend="bridge"`` or for an architecture only the
     bridge supports: the reference's backend), on the forward path a TransformerBridge
     around the deployed model. ``tokenizer`` (e.g. the reference's): the forward path's, or
-    the bridge's, where the folder has none."""
+    the bridge's, where the folder has none. ``device_map`` / ``max_memory``: a dense
+    checkpoint split across devices (:func:`load_model_from_disk`)."""
     file = Path(str(name_or_path)).expanduser()
     local = file if file.is_file() else local_dir(name_or_path)  # local_dir refuses a file
     options = dict(device=device, dtype=dtype, path=path, tokenizer=tokenizer, backend=backend)
+    options.update(device_map=device_map, max_memory=max_memory)
     if local is not None:
         return load_checkpoint(local, **options)
     name = str(name_or_path)

@@ -42,11 +42,13 @@ def load_subject(options: QdmOptions) -> Subject:
     preset = get_preset(spec) if spec in preset_names() else None
     second = None
     if preset is not None:
-        loaded = load_preset(preset, device=options.device, dtype=options.dtype)
+        loaded = load_preset(
+            preset, device=options.device, dtype=options.dtype, **options.placement
+        )
         model, sae, sae_name = loaded.model, loaded.sae, f"{preset.sae_release}/{preset.sae_id}"
         second = next((s for h, s in loaded.saes.items() if h != preset.hook_name), None)
     else:
-        model = load_model(spec, device=options.device, dtype=options.dtype)
+        model = load_model(spec, device=options.device, dtype=options.dtype, **options.placement)
     if options.sae:
         sae, sae_name, second = load_sae(options.sae, device=options.device), options.sae, None
     elif preset is None:
@@ -61,7 +63,7 @@ def load_subject(options: QdmOptions) -> Subject:
         max_tokens=options.tokens or (preset.token_budget if preset else 50_000),
         prepend_bos=prepend_bos_from_sae(sae, default=preset.prepend_bos if preset else False),
     )
-    from pytest_qdm.compress.conditions import Candidate
+    from pytest_qdm.compress.conditions import Candidate, is_bridge
 
     candidates = [
         Candidate.from_pretrained(
@@ -70,6 +72,8 @@ def load_subject(options: QdmOptions) -> Subject:
             dtype=model.cfg.dtype,
             path=options.candidate_path,
             tokenizer=model.tokenizer,  # the forward path's, where the folder has none
+            backend="bridge" if is_bridge(model) else None,  # the reference's
+            **options.placement,
         )
         for path in options.candidates
     ]
@@ -112,18 +116,20 @@ def load_preset(
     dtype: Any = None,
     offline: bool | None = None,
     second_sae: bool = True,
+    **placement: Any,
 ) -> LoadedPreset:
     """Load a preset's model and SAE(s). The model comes first, so an offline miss names it.
 
     ``dtype`` is the model's (default: the preset's for the device); SAEs load in float32.
-    ``second_sae=False`` skips the second-layer SAE.
+    ``second_sae=False`` skips the second-layer SAE. ``placement``: ``device_map`` /
+    ``max_memory`` for a model split across devices (:func:`load_model`).
     """
     preset = name if isinstance(name, Preset) else get_preset(name)
     device = resolve_device(device)
     if preset.model == "tiny":
         from pytest_qdm.zoo import load_tiny_saes
 
-        model = load_model("tiny", device=device, dtype=dtype)
+        model = load_model("tiny", device=device, dtype=dtype, **placement)
         saes = dict(load_tiny_saes(device=device))
     else:
         model = load_model(
@@ -131,6 +137,7 @@ def load_preset(
             device=device,
             dtype=resolve_dtype(dtype, device, preset),
             offline=offline,
+            **placement,
         )
         specs = {preset.hook_name: preset.sae_id}
         if second_sae and preset.second_sae_id is not None:

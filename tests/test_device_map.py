@@ -1,0 +1,60 @@
+"""--qdm-device-map / --qdm-max-memory: a model split across devices with transformers'
+device_map, run through TransformerLens' TransformerBridge, from the command line's options
+to the loaded reference and candidates (on this CPU-only machine every part lands on the
+CPU: the test pins that the options reach the loaders, not a placement on GPUs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_max_memory_is_parsed_and_a_bad_one_refused_in_one_line():
+    from pytest_qdm.options import build_options
+
+    options = build_options({"device-map": "auto", "max-memory": "0=20GiB, 1=20GiB,cpu=64GiB"})
+    assert options.placement == {
+        "device_map": "auto",
+        "max_memory": {0: "20GiB", 1: "20GiB", "cpu": "64GiB"},
+    }
+    assert build_options({}).placement == {}
+    with pytest.raises(ValueError, match=r"--qdm-max-memory: .*'0:20GiB' is not DEVICE=SIZE"):
+        build_options({"max-memory": "0:20GiB"})
+    with pytest.raises(ValueError, match="--qdm-device-map"):
+        build_options({"device-map": "everywhere"})
+
+
+def test_a_quantized_candidate_is_refused_before_any_model_loads(tmp_path):
+    from pytest_qdm.gate.preflight import preflight
+    from pytest_qdm.options import build_options
+
+    folder = tmp_path / "llama-nf4"
+    folder.mkdir()
+    quant = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    config = {"architectures": ["LlamaForCausalLM"], "quantization_config": quant}
+    (folder / "config.json").write_text(json.dumps(config))
+    options = build_options({"device-map": "auto", "candidate": [str(folder)]}, model="tiny")
+    with pytest.raises(ValueError, match="split dense checkpoints only.*bitsandbytes"):
+        preflight(options)
+
+
+def test_the_split_reference_and_a_dense_candidate_run_through_the_bridge():
+    """The bundled model as reference and its own folder as a dense candidate, both loaded
+    with device_map through the bridge: the candidate is the reference (every r = 1)."""
+    import pytest_qdm as qdm
+    from pytest_qdm.compress.conditions import is_bridge
+    from pytest_qdm.load.subject import load_subject
+    from pytest_qdm.options import build_options
+    from pytest_qdm.zoo import weights_dir
+
+    raw = {"device-map": "auto", "max-memory": "cpu=8GiB", "candidate": [str(weights_dir())]}
+    options = build_options({**raw, "tokens": "512"}, model="tiny", device="cpu")
+    subject = load_subject(options)
+    (candidate,) = subject.candidates
+    assert is_bridge(subject.model) and is_bridge(candidate.model)
+    config = qdm.AuditConfig(progress=False, token_lenses=False)
+    result = qdm.audit(subject.model, subject.sae, subject.tokens, [candidate], config)
+    r = result.conditions[candidate.name].correlation
+    active = result.reference.active
+    assert active.sum() > 100 and abs(r[active] - 1).max() < 1e-6
