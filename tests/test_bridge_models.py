@@ -296,12 +296,12 @@ def bridged(request, tmp_path_factory):
     return architecture, folder, load_model(str(folder), device="cpu", backend=backend)
 
 
-def test_the_bridge_agrees_with_the_hooked_transformer(bridged):
+@pytest.mark.parametrize("architecture", [a for a in CONFIGS if a not in BRIDGE_ONLY])
+def test_the_bridge_agrees_with_the_hooked_transformer(architecture, tmp_path):
     """For the HookedTransformer architectures: both backends read the same activations at
     the SAE's hook."""
-    architecture, folder, bridge = bridged
-    if architecture in BRIDGE_ONLY:
-        pytest.skip("no HookedTransformer converter for this architecture")
+    folder = build(architecture, tmp_path / "tiny")
+    bridge = load_model(str(folder), device="cpu", backend="bridge")
     hooked = load_model_from_disk(folder, device="cpu")
     tokens = sample_tokens(seed=3, shape=(4, 24))
     with torch.inference_mode():
