@@ -167,6 +167,17 @@ class QdmOptions(BaseModel):
         description="device for the forward passes",
         json_schema_extra=cli("device", metavar="DEVICE", shown="cuda if available, else cpu"),
     )
+    backend: Literal["hooked", "bridge"] | None = Field(
+        None,
+        description="how the model runs: hooked (TransformerLens' HookedTransformer, its own "
+        "converters) or bridge (the Hugging Face model itself through TransformerLens' "
+        "TransformerBridge, any architecture it supports)",
+        json_schema_extra=cli(
+            "backend",
+            metavar="BACKEND",
+            shown="hooked for Llama, Mistral, Mixtral, Qwen2/3, Gemma-2/3, GPT-NeoX; else bridge",
+        ),
+    )
     device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = Field(
         None,
         description="split the model (and dense candidates) across devices with transformers' "
@@ -392,8 +403,10 @@ class QdmOptions(BaseModel):
 
     @property
     def placement(self) -> dict[str, Any]:
-        """``device_map`` / ``max_memory`` as the loaders take them (empty: one device)."""
+        """``backend``, ``device_map`` and ``max_memory`` as the model loaders take them
+        (only those given)."""
         placed = {"device_map": self.device_map, "max_memory": self.max_memory}
+        placed["backend"] = self.backend
         return {k: v for k, v in placed.items() if v is not None}
 
     @property

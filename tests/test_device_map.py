@@ -58,3 +58,15 @@ def test_the_split_reference_and_a_dense_candidate_run_through_the_bridge():
     r = result.conditions[candidate.name].correlation
     active = result.reference.active
     assert active.sum() > 100 and abs(r[active] - 1).max() < 1e-6
+
+
+def test_the_backend_option_runs_the_gate_model_through_the_bridge():
+    from pytest_qdm.compress.conditions import is_bridge
+    from pytest_qdm.load.subject import load_subject
+    from pytest_qdm.options import build_options
+
+    options = build_options({"backend": "bridge", "tokens": "256"}, model="tiny", device="cpu")
+    assert options.placement == {"backend": "bridge"}
+    assert is_bridge(load_subject(options).model)
+    with pytest.raises(ValueError, match="--qdm-backend"):
+        build_options({"backend": "jax"})

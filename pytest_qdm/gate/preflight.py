@@ -79,7 +79,8 @@ def _check_candidates(options: QdmOptions) -> None:
                 choose_path(info, options.candidate_path)
         except (OSError, ImportError, ValueError) as error:
             raise ValueError(f"--qdm-candidate: {error}") from None
-        if options.placement and info is not None and info.quant_method != "none":
+        split = options.device_map is not None or options.max_memory is not None
+        if split and info is not None and info.quant_method != "none":
             raise ValueError(
                 f"--qdm-device-map/--qdm-max-memory split dense checkpoints only; "
                 f"--qdm-candidate {path!r} is {info.quant_method} ({info.scheme}): "

@@ -72,8 +72,7 @@ def load_subject(options: QdmOptions) -> Subject:
             dtype=model.cfg.dtype,
             path=options.candidate_path,
             tokenizer=model.tokenizer,  # the forward path's, where the folder has none
-            backend="bridge" if is_bridge(model) else None,  # the reference's
-            **options.placement,
+            **{**options.placement, "backend": "bridge" if is_bridge(model) else None},
         )
         for path in options.candidates
     ]
