@@ -14,6 +14,7 @@ from pytest_qdm.analyse.stability import (
     survival_by_condition,
 )
 from pytest_qdm.run.audit import prepare_conditions
+from pytest_qdm.schema.analyses import ConfidenceInterval
 from pytest_qdm.settings import ProtocolConfig
 from pytest_qdm.stream.engine import run_pass
 from pytest_qdm.zoo import TINY_SECOND_HOOK
@@ -149,6 +150,10 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate(shard_states):
     b = bootstrap_survival(shard_states, QUIET, n_resamples=30, seed=0)
     assert a == b
     full = survival_by_condition(merge_all(shard_states), QUIET)
-    for name, interval in a.items():
-        assert interval.low <= interval.high
-        assert interval.low - 10 <= full[name] <= interval.high + 10
+    for name, interval in a.items():  # centred on the estimate, as wide as the resamples vary
+        assert interval.low <= full[name] <= interval.high, (name, interval, full[name])
+    assert all(a[n].high - a[n].low > 0 for n in a if full[n] < 100)
+    one_shard = bootstrap_survival(shard_states[:1], QUIET, n_resamples=30, seed=0)
+    assert one_shard["rtn-int6"] == ConfidenceInterval(
+        low=None, high=None, level=0.95, n_resamples=30
+    )

@@ -10,6 +10,7 @@ overstate precision).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from functools import reduce
 
@@ -118,25 +119,51 @@ def _scaled(state: EngineState, copies: int) -> EngineState:
 def bootstrap_survival(
     shards: list[EngineState], config: AuditConfig, n_resamples: int, seed: int, level: float = 0.95
 ) -> dict[str, ConfidenceInterval]:
-    """Percentile CI of survival % per condition, resampling shards with replacement."""
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {name: [] for name in shards[0].paired}
-    for _ in range(n_resamples):
-        counts = rng.multinomial(len(shards), [1 / len(shards)] * len(shards))
+    """Normal bootstrap CI of survival % per condition: the estimate plus or minus z times
+    the standard error of ``n_resamples`` cluster resamples of the shards (with
+    replacement, ``scipy.stats.bootstrap``), clipped to 0..100.
+
+    Centred on the estimate on purpose: the resampled survival is biased, so percentile
+    intervals can miss the estimate itself (a resample lacking some shards also lacks the
+    rare, fragile features only they activate, and estimates r from fewer distinct tokens).
+    Fewer than two shards give no interval."""
+    from scipy.stats import bootstrap, norm
+
+    names = list(shards[0].paired)
+    full = survival_by_condition(merge_all(shards), config)
+
+    def survival(indices: np.ndarray) -> np.ndarray:
+        counts = np.bincount(indices.astype(int), minlength=len(shards))
         state = merge_all([_scaled(s, int(c)) for s, c in zip(shards, counts, strict=True) if c])
-        for name, pct in survival_by_condition(state, config).items():
-            if pct is not None:
-                samples[name].append(pct)
-    tail = 100 * (1 - level) / 2
-    return {
-        name: ConfidenceInterval(
-            low=float(np.percentile(v, tail)) if v else None,
-            high=float(np.percentile(v, 100 - tail)) if v else None,
+        values = survival_by_condition(state, config)
+        return np.array([np.nan if values[n] is None else values[n] for n in names])
+
+    error = np.full(len(names), np.nan)
+    if len(shards) >= 2 and n_resamples >= 2:
+        with warnings.catch_warnings():  # the percentile ends of degenerate resamples: unused
+            warnings.simplefilter("ignore")
+            result = bootstrap(
+                (np.arange(len(shards)),),
+                survival,
+                n_resamples=n_resamples,
+                method="percentile",
+                vectorized=False,
+                rng=np.random.default_rng(seed),
+            )
+        error = result.standard_error
+    z = float(norm.ppf(0.5 + level / 2))
+
+    def interval(name: str, se: float) -> ConfidenceInterval:
+        value = full[name]
+        ok = value is not None and np.isfinite(se)
+        return ConfidenceInterval(
+            low=max(0.0, value - z * se) if ok else None,
+            high=min(100.0, value + z * se) if ok else None,
             level=level,
             n_resamples=n_resamples,
         )
-        for name, v in samples.items()
-    }
+
+    return {name: interval(name, float(error[i])) for i, name in enumerate(names)}
 
 
 def null_check(
