@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_loading import char_tokenizer, heads_in, heads_out, randomize, rtn_numpy, sample_tokens
+from test_loading import heads_in, heads_out, randomize, rtn_numpy, sample_tokens, save_checkpoint
 
 from pytest_qdm.compress.conditions import RTN, applied, target_weights
 from pytest_qdm.load.architectures import SUPPORTED_ARCHITECTURES
@@ -55,18 +55,8 @@ CONFIGS = {
 
 
 def build(architecture, folder):
-    import transformers
-
     config_class, overrides = CONFIGS[architecture]
-    config = getattr(transformers, config_class)(
-        **{**COMMON, **overrides}, architectures=[architecture]
-    )
-    # eager attention: transformers' sdpa path (5.17) skips Gemma's attention soft-capping
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = randomize(getattr(transformers, architecture)(config), seed=4)
-    model.save_pretrained(folder)
-    char_tokenizer(128).save_pretrained(folder)
+    model = save_checkpoint(architecture, config_class, {**COMMON, **overrides}, folder)
     return model
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import fitted_sae
-from test_loading import char_tokenizer, randomize, round_linears, rtn_numpy, sample_tokens
+from test_loading import char_tokenizer, round_linears, rtn_numpy, sample_tokens, save_checkpoint
 
 import pytest_qdm as qdm
 from pytest_qdm.compress.conditions import (
@@ -126,17 +126,8 @@ BRIDGE_ONLY = [a for a in CONFIGS if a not in SUPPORTED_ARCHITECTURES]
 
 
 def build(architecture, folder):
-    import transformers
-
     config_class, overrides = CONFIGS[architecture]
-    config = getattr(transformers, config_class)(
-        **{**COMMON, **overrides}, architectures=[architecture]
-    )
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = randomize(getattr(transformers, architecture)(config), seed=4)
-    model.save_pretrained(folder)
-    char_tokenizer(128).save_pretrained(folder)
+    save_checkpoint(architecture, config_class, {**COMMON, **overrides}, folder)
     return folder
 
 

@@ -63,6 +63,21 @@ def randomize(model, seed):
     return model.eval()
 
 
+def save_checkpoint(architecture: str, config_class: str, settings: dict, folder):
+    """A tiny randomized ``architecture`` (``transformers.<config_class>(**settings)``,
+    eager attention) saved to ``folder`` with a character tokenizer; returns the model."""
+    import transformers
+
+    config = getattr(transformers, config_class)(**settings, architectures=[architecture])
+    # eager attention: transformers' sdpa path (5.17) skips Gemma's attention soft-capping
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = randomize(getattr(transformers, architecture)(config), seed=4)
+    model.save_pretrained(folder)
+    char_tokenizer(128).save_pretrained(folder)
+    return model
+
+
 def save_neox(folder, vocab_size=128, tokenizer=None, **overrides):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
