@@ -432,7 +432,7 @@ def test_refcode_is_refused_on_a_bridge(both):
 # -------------------------------------------------------------- (c) device_map, max_memory
 
 
-def test_device_map_and_max_memory_are_passed_to_from_pretrained(llama, monkeypatch):
+def test_device_map_and_max_memory_reach_from_pretrained_as_a_planned_map(llama, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     seen = []
@@ -448,7 +448,8 @@ def test_device_map_and_max_memory_are_passed_to_from_pretrained(llama, monkeypa
     mapped = load_model_from_disk(llama, device_map={"": "cpu"})  # implies the bridge
     budget = load_model(str(llama), max_memory={"cpu": "1GiB"})
     assert seen[1]["device_map"] == {"": "cpu"} and "max_memory" not in seen[1]
-    assert seen[2]["max_memory"] == {"cpu": "1GiB"} and seen[2]["device_map"] == "auto"
+    # max_memory is planned into an explicit map first (pytest_qdm.load.placement)
+    assert seen[2]["device_map"] == {"": "cpu"} and "max_memory" not in seen[2]
     for model in (mapped, budget):
         assert type(model).__name__ == "TransformerBridge"
         # on CPU alone transformers 5 records no hf_device_map: the kwargs above are the check

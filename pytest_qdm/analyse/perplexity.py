@@ -100,9 +100,10 @@ def _token_nll(
         logits = model(batch, return_type="logits")
     else:
         logits = model.run_with_hooks(batch, return_type="logits", fwd_hooks=observer.fwd_hooks())
-    logits = logits[:, :-1].float()
+    logits = logits[:, :-1].float()  # on the last block's device, where a model is split
+    targets = batch[:, 1:].to(logits.device)
     nll = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none"
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
     ).reshape(batch.shape[0], -1)
     if observer is not None:
         observer.observe(batch, nll)

@@ -63,8 +63,8 @@ class TransferSums:
     def add(self, batch: torch.Tensor, nll: torch.Tensor, activation: torch.Tensor) -> None:
         """Add a batch: its clean loss ``nll`` [b, pos-1] and activation at the hook."""
         sae, d_in = self.sae, self.sae.cfg.d_in
-        features = sae.encode(activation.to(sae.dtype))
-        recon = sae.decode(features).to(activation.dtype)
+        features = sae.encode(activation.to(sae.device, sae.dtype))
+        recon = sae.decode(features).to(activation.device, activation.dtype)
         flat = activation.to(F64).reshape(-1, d_in)
         self.sums[3] += float((recon.to(F64).reshape(-1, d_in) - flat).square().sum())
         self.sums[4] += float(flat.square().sum())
@@ -92,7 +92,7 @@ class TransferSums:
                 batch,
                 return_type="loss",
                 loss_per_token=True,
-                fwd_hooks=[(self.hook, lambda a, hook: activation)],
+                fwd_hooks=[(self.hook, lambda a, hook: activation.to(a.device))],
             )
         _, _, shortformer, mask = self.model.input_to_embed(batch)
         return self.model(
@@ -117,7 +117,7 @@ class TransferSums:
             return self._replaced(batch, torch.zeros_like(activation))
         zero = activation.new_zeros(1, 1, activation.shape[-1])
         logits = self.model(zero, start_at_layer=self.resume, return_type="logits")[0, 0]
-        return -logits.log_softmax(-1)[batch[:, 1:]]
+        return -logits.log_softmax(-1)[batch[:, 1:].to(logits.device)]
 
     def result(self) -> TransferQuality:
         if not self.n_tokens:

@@ -26,11 +26,40 @@ def preflight(options: QdmOptions) -> None:
     _check_dataset(options)
     _check_gated_conditions(options)
     _check_device(options.device)
+    _check_placement(options)
     check_writable_dir(options.report_dir, "--qdm-report-dir")
     if options.cache:
         check_writable_dir(options.cache_dir, "--qdm-cache-dir")
     if options.baseline:
         _check_baseline(Path(options.baseline), options.update_baseline)
+
+
+def _check_placement(options: QdmOptions) -> None:
+    """A split reference (--qdm-device-map / --qdm-max-memory) has its node's GPUs to itself
+    and, where it is on disk, fits them without offload (planned from its config alone; a
+    Hub model not yet downloaded is checked when it loads)."""
+    if options.device_map is None and options.max_memory is None:
+        return
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
+    if ranks_here > 1:
+        raise ValueError(
+            f"--qdm-device-map / --qdm-max-memory with {ranks_here} ranks on this node: each "
+            "rank would place its model over the same GPUs; to split a model, run one rank "
+            "per node (torchrun --nproc-per-node 1), or drop the split"
+        )
+    from pytest_qdm.load.hub import local_dir
+    from pytest_qdm.load.models import resolve_device, resolve_dtype
+    from pytest_qdm.load.placement import plan_device_map
+    from pytest_qdm.load.presets import get_preset, preset_for_model, preset_names
+    from pytest_qdm.zoo import weights_dir
+
+    preset = get_preset(options.model) if options.model in preset_names() else None
+    name = preset.model if preset else options.model
+    folder = weights_dir() if name == "tiny" else local_dir(name)
+    if folder is not None:
+        device = resolve_device(options.device)
+        dtype = resolve_dtype(options.dtype, device, preset or preset_for_model(name))
+        plan_device_map(folder, dtype, options.device_map, options.max_memory)
 
 
 def _check_dataset(options: QdmOptions) -> None:

@@ -31,6 +31,7 @@ from pytest_qdm.load.checkpoints import (
     inspect_checkpoint,
 )
 from pytest_qdm.load.hub import from_hub, local_dir, quiet_deprecations
+from pytest_qdm.load.placement import plan_device_map
 from pytest_qdm.load.presets import Preset, preset_for_model
 
 if TYPE_CHECKING:
@@ -348,19 +349,18 @@ def check_architecture(architecture: str | None, path: str | Path) -> None:
 
 def _dense_hf_model(folder: Path, dtype, device: str, device_map: Any, max_memory: dict | None):
     """A dense checkpoint as a transformers model, placed by ``device_map`` / ``max_memory``
-    (transformers' dispatcher) or on ``device``; eager attention, as the bridge runs it."""
+    (planned before loading: :func:`pytest_qdm.load.placement.plan_device_map`) or on
+    ``device``; eager attention, as the bridge runs it."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
     kwargs["attn_implementation"] = "eager"
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    if max_memory is not None:
-        kwargs["max_memory"] = max_memory
-        kwargs.setdefault("device_map", "auto")
+    placed = device_map is not None or max_memory is not None
+    if placed:
+        kwargs["device_map"] = plan_device_map(folder, dtype, device_map, max_memory)
     with quiet_deprecations():
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    if device_map is None and max_memory is None:
+    if not placed:
         model = model.to(device)
     return model.eval()
 

@@ -217,7 +217,7 @@ def pass_steps(
 
 def encode(sae, activations: torch.Tensor) -> torch.Tensor:
     """SAE feature activations [tokens, d_sae] in float32."""
-    return sae.encode(activations.to(sae.dtype)).float()
+    return sae.encode(activations.to(sae.device, sae.dtype)).float()
 
 
 def block_heights(n_rows: int, d_sae: int, device: torch.device) -> list[int]:

@@ -71,8 +71,9 @@ def hook_width(model, hook: str) -> int:
 
 def run_to_hook(model, batch: torch.Tensor, hook: str, *, loss: bool = False):
     """One forward of ``batch`` [n, ctx] that captures ``hook``: (activations
-    [n * ctx, width], per-token loss or None). Without ``loss`` it stops after the hook's
-    block; no hook is left on the model."""
+    [n * ctx, width], per-token loss or None), both on ``batch``'s device (a model split
+    across devices computes them wherever its blocks are). Without ``loss`` it stops after
+    the hook's block; no hook is left on the model."""
     captured = {}
 
     def capture(activation, hook):  # noqa: ARG001 (TransformerLens hook signature)
@@ -85,7 +86,8 @@ def run_to_hook(model, batch: torch.Tensor, hook: str, *, loss: bool = False):
         return_type="loss" if loss else None,
         loss_per_token=loss,
     )
-    return captured["act"].reshape(batch.shape[0] * batch.shape[1], -1), out if loss else None
+    act = captured["act"].reshape(batch.shape[0] * batch.shape[1], -1).to(batch.device)
+    return act, out.to(batch.device) if loss else None
 
 
 def hook_activations(
