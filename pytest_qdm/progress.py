@@ -49,6 +49,12 @@ class PlainProgress:
             self.stream.write(self.line(now) + "\n")
             self.stream.flush()
 
+    def finish(self) -> None:
+        """The work ended short of ``total`` (a search that stopped early): say it is done."""
+        if 0 < self.done < self.total:
+            self.total = self.done
+            self(0)
+
     def line(self, now: float) -> str:
         elapsed = now - self.started
         eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
@@ -68,7 +74,9 @@ def progress_bar(description: str, total: int, enabled: bool) -> Iterator[Callab
     enabled = enabled and is_main_process()
     console = Console(stderr=True)
     if enabled and not console.is_terminal:
-        yield PlainProgress(description, total)
+        plain = PlainProgress(description, total)
+        yield plain
+        plain.finish()
         return
     progress = Progress(
         TextColumn("[bold]{task.description}"),

@@ -27,3 +27,17 @@ def test_a_line_at_least_every_30_seconds():
     now[0] = 31.0
     advance()  # 0.1 % done, but 31 s passed
     assert out.getvalue().startswith("slow: 0% (1/1,000 steps) 0:00:31 elapsed, ETA 8:36:")
+
+
+def test_work_that_ends_early_ends_with_a_done_line():
+    """The perplexity phase counts the pruning search's longest bisection; a search that
+    stops sooner still ends its log with "done"."""
+    out = io.StringIO()
+    advance = PlainProgress("QDM perplexity", 21, stream=out, clock=lambda: 0.0)
+    advance(15)
+    advance.finish()
+    assert out.getvalue().splitlines()[-1] == (
+        "QDM perplexity: 100% (15/15 steps) 0:00:00 elapsed, done"
+    )
+    advance.finish()  # finishing twice, or finished work, writes nothing more
+    assert len(out.getvalue().splitlines()) == 2
