@@ -25,7 +25,6 @@ from pytest_qdm.compress.conditions import (
     MagnitudePrune,
     applied,
     target_weights,
-    to_rows,
 )
 from pytest_qdm.compress.mixed import BlockRTN, MixedRTN
 from pytest_qdm.compress.schemes import scheme_condition
@@ -207,11 +206,12 @@ def test_rtn_is_the_same_numbers_on_both_backends(both, llama):
         layer = int(name.split(".")[2])
         proj = name.split("._original_component.")[-2]
         by_hf[(layer, proj)] = value
+    tl_targets = target_weights(hooked)
     for name, value in tl_weights.items():
         layer, kind = int(name.split(".")[1]), name.rsplit(".", 1)[-1].lstrip("_")
         proj = TL_TO_HF[kind]
         ours = by_hf[(layer, proj)]
-        torch.testing.assert_close(to_rows(name, value), ours, atol=0, rtol=0)
+        torch.testing.assert_close(tl_targets[name].to_rows(value), ours, atol=0, rtol=0)
         module = hf.model.layers[layer]
         module = (
             module.self_attn
@@ -372,13 +372,14 @@ def test_rtn_is_per_row_rtn_of_the_hf_weights(bridged):
     weights = RTN(4).compressed_weights(model)
     assert weights.keys() == targets.keys()
     covered = [{path: [] for path in block} for block in blocks]
-    for name, param in targets.items():
+    for name, target in targets.items():
         block = int(next(p for p in name.split(".") if p.isdigit()))
-        original = to_rows(name, param.detach())
+        assert target.block == block
+        original = target.to_rows()
         path, found = locate(original, blocks[block])
         covered[block][path] += found
         expected = rtn_numpy(blocks[block][path], 4)[found]
-        np.testing.assert_array_equal(to_rows(name, weights[name]).numpy(), expected, name)
+        np.testing.assert_array_equal(target.to_rows(weights[name]).numpy(), expected, name)
     for block, rows in zip(blocks, covered, strict=True):
         assert {p: sorted(r) for p, r in rows.items()} == {
             path: list(range(weight.shape[0])) for path, weight in block.items()

@@ -188,12 +188,10 @@ def test_llmcompressor_rtn_w4a16_against_its_formula_and_simulated_rtn(
     candidate = qdm.Candidate.from_pretrained(rtn_w4a16(shipped), device="cpu")
     assert candidate.checkpoint.quant_method == "compressed-tensors"
     assert candidate.checkpoint.scheme == "int W4 group 128 (pack-quantized)"
-    from pytest_qdm.compress.conditions import to_rows
-
     ours = dict(candidate.model.named_parameters())
-    for name, param in target_weights(reference).items():
-        expected = ct_int4(to_rows(name, param.data), 128)
-        got = to_rows(name, ours[name].data)
+    for name, target in target_weights(reference).items():
+        expected = ct_int4(target.to_rows(), 128)
+        got = target.to_rows(ours[name].data)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=name)
     # qdm.RTN(4, group_size=128) uses the symmetric grid +-7 with scale max|w| / 7: a
     # different grid, so per-feature r differ, but the share of survivors agrees closely

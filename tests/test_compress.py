@@ -91,8 +91,8 @@ def as_hooked(hf_model, tl_config, convert):
     model = build_model(tl_config)
     converted = convert(hf_model, tl_config)
     with torch.no_grad():
-        for name, param in target_weights(model).items():
-            param.copy_(converted[name])
+        for name, target in target_weights(model).items():
+            target.param.copy_(converted[name])
     return model
 
 
@@ -191,7 +191,7 @@ def test_pruning_zeroes_exactly_the_requested_count(neox_model, sparsity):
     weights = MagnitudePrune(sparsity).compressed_weights(neox_model)
     originals = target_weights(neox_model)
     for name, pruned in weights.items():
-        original = originals[name].data
+        original = originals[name].param.data
         newly_zero = int(((pruned == 0) & (original != 0)).sum())
         assert newly_zero == round(sparsity * original.numel())
         kept = pruned != 0

@@ -17,7 +17,7 @@ import torch
 from conftest import needs
 
 import pytest_qdm as qdm
-from pytest_qdm.compress.conditions import target_weights, to_rows
+from pytest_qdm.compress.conditions import target_weights
 from pytest_qdm.load.checkpoints import MissingFormatLibrary, inspect_checkpoint
 from pytest_qdm.zoo import weights_dir
 
@@ -89,11 +89,11 @@ def test_gguf_weights_are_ggufs_own_dequantize(reference, ggufs):
     for file, candidate in ggufs.values():
         stored = {tensor.name: tensor for tensor in gguf.GGUFReader(str(file)).tensors}
         ours = dict(candidate.model.named_parameters())
-        for name in target_weights(reference):
+        for name, target in target_weights(reference).items():
             tensor = stored[name_map.get_name(hf_name(name), try_suffixes=(".weight",))]
             written = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
             expected = torch.from_numpy(gguf_layout(hf_name(name), written, config, inverse=True))
-            assert torch.equal(to_rows(name, ours[name].data), expected), name
+            assert torch.equal(target.to_rows(ours[name].data), expected), name
         # norms and (un)embedding are written in F32: the reference's own numbers
         assert torch.equal(ours["embed.W_E"], reference.embed.W_E)
         assert torch.equal(ours["unembed.W_U"], reference.unembed.W_U)
@@ -103,7 +103,7 @@ def test_gguf_q8_0_is_within_a_grid_step_of_simulated_rtn8(reference, ggufs, shi
     _, q8 = ggufs["Q8_0"]
     ours = dict(q8.model.named_parameters())
     for name, rtn8 in qdm.RTN(8).compressed_weights(reference).items():
-        original = target_weights(reference)[name].data
+        original = target_weights(reference)[name].param.data
         top = original.abs().max()
         # Q8_0 rounds 32-weight blocks to max|w| / 127 steps, the scale stored in fp16: error
         # <= (0.5 + 127 * 2^-11) / 127 = 0.0044 of max|w| (measured 0.0040; RTN(8)'s per-row
@@ -159,8 +159,8 @@ def test_hqq_loads_as_hqqs_own_dequantize(reference, hqq_shipped):
     assert candidate.checkpoint.scheme == "W4 group 64"
     assert not candidate.checkpoint.activations_quantized
     ours = dict(candidate.model.named_parameters())
-    for name in target_weights(reference):
-        assert torch.equal(to_rows(name, ours[name].data), dequantized[hf_name(name)]), name
+    for name, target in target_weights(reference).items():
+        assert torch.equal(target.to_rows(ours[name].data), dequantized[hf_name(name)]), name
 
 
 def test_hqq_w4_g64_keeps_more_features_than_per_channel_rtn4(hqq_shipped, shipped_audit):

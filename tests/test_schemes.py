@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pytest_qdm as qdm
-from pytest_qdm.compress.conditions import target_weights, to_rows
+from pytest_qdm.compress.conditions import target_weights
 from pytest_qdm.compress.schemes import NF4_CODEBOOK
 
 # QLoRA's NF4 values (Dettmers et al. 2023, appendix E), as printed there.
@@ -40,11 +40,9 @@ def test_codebook_is_the_published_one():
 @pytest.mark.parametrize("block", [16, 64, 48])
 def test_nf4_equals_blockwise_nearest_code(neox_model, block):
     weights = qdm.NF4(block_size=block).compressed_weights(neox_model)
-    for name, param in target_weights(neox_model).items():
-        ours = to_rows(name, weights[name]).numpy()
-        np.testing.assert_allclose(
-            ours, nf4_numpy(to_rows(name, param.data).numpy(), block), atol=1e-7
-        )
+    for name, target in target_weights(neox_model).items():
+        ours = target.to_rows(weights[name]).numpy()
+        np.testing.assert_allclose(ours, nf4_numpy(target.to_rows().numpy(), block), atol=1e-7)
 
 
 def test_fp8_equals_a_per_channel_round_trip(neox_model):
@@ -53,17 +51,17 @@ def test_fp8_equals_a_per_channel_round_trip(neox_model):
         ("e5m2", torch.float8_e5m2, 57344.0),
     ]:
         weights = qdm.FP8(fmt).compressed_weights(neox_model)
-        for name, param in target_weights(neox_model).items():
-            rows = to_rows(name, param.data).double()
+        for name, target in target_weights(neox_model).items():
+            rows = target.to_rows().double()
             scale = rows.abs().amax(dim=1, keepdim=True) / fmax
             expected = (rows / scale).float().to(dtype).double() * scale
-            np.testing.assert_allclose(to_rows(name, weights[name]).double(), expected, rtol=1e-6)
+            np.testing.assert_allclose(target.to_rows(weights[name]).double(), expected, rtol=1e-6)
 
 
 def test_absmax_int8_uses_one_scale_per_tensor(neox_model):
     weights = qdm.AbsmaxINT8().compressed_weights(neox_model)
-    for name, param in target_weights(neox_model).items():
-        w = param.data.double().numpy()
+    for name, target in target_weights(neox_model).items():
+        w = target.param.data.double().numpy()
         scale = np.abs(w).max() / 127
         np.testing.assert_allclose(
             weights[name].double().numpy(),

@@ -40,11 +40,6 @@ _TARGET = re.compile(
 )
 
 
-# Bridge parameter name -> (layout kind, block index), recorded by target_weights: a bridge
-# name does not say whether its tensor is [out, in] (nn.Linear), [in, out] (GPT-2's Conv1D)
-# or a stack of experts; the compressed_weights that asks for the layout has just listed it.
-_BRIDGE_LAYOUT: dict[str, tuple[str, int]] = {}
-
 # Leaf module names of MoE routers / expert gates, kept in full precision as deployed
 # quantizers keep them (an MLP's gate_proj is not one; "gate" is one only beside "experts").
 _ROUTERS = ("router", "shared_expert_gate")
@@ -66,9 +61,42 @@ def architecture_of(model: Any) -> str | None:
     return getattr(model.cfg, "original_architecture", None)
 
 
+@dataclass(frozen=True)
+class Target:
+    """A weight that compression touches: its parameter, its layout and its block.
+
+    ``kind`` says how the tensor maps to the Hugging Face ``nn.Linear`` layout [out, in]:
+    TransformerLens' W_Q, W_K, W_V [heads, d_model, d_head], W_O [heads, d_head, d_model],
+    W_in, W_gate, W_out [in, out]; "linear" [out, in]; GPT-2's "conv1d" [in, out]; fused MoE
+    expert stacks "experts" [experts, out, in] and "experts_t" [experts, in, out].
+    """
+
+    param: torch.nn.Parameter
+    kind: str
+    block: int
+
+    def to_rows(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``weight`` (default: the parameter's tensor), in this layout, viewed as [out, in]
+        rows (each expert's rows one after another)."""
+        return _to_rows(self.kind, self.param.data if weight is None else weight)
+
+    def from_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_rows`: ``rows`` back in the parameter's layout."""
+        return _from_rows(self.kind, rows, self.param)
+
+    def per_matrix(self, operator) -> torch.Tensor:
+        """``operator`` (a per-tensor operation: pruning, per-tensor INT8) applied to each
+        [out, in] matrix of the parameter: each expert of a fused expert stack on its own, as
+        if it were an nn.Linear; any other weight whole."""
+        weight = self.param.data
+        if self.kind in ("experts", "experts_t"):
+            return torch.stack([operator(matrix) for matrix in weight]).contiguous()
+        return operator(weight)
+
+
 def target_weights(
     model: HookedTransformer, layers: Iterable[int] | None = None
-) -> dict[str, torch.nn.Parameter]:
+) -> dict[str, Target]:
     """The block linear weights that compression touches, by parameter name.
 
     ``layers`` restricts the result to those block indices (None: every block).
@@ -80,13 +108,15 @@ def target_weights(
     for name, param in model.named_parameters():
         match = _TARGET.match(name)
         if match and (wanted is None or int(match.group(1)) in wanted):
-            found[name] = param
+            kind = (match.group(3) or match.group(4) or "linear").lstrip("_")
+            found[name] = Target(param, kind, int(match.group(1)))
     return found
 
 
-def _bridge_targets(model: Any, layers: Iterable[int] | None) -> dict[str, torch.nn.Parameter]:
+def _bridge_targets(model: Any, layers: Iterable[int] | None) -> dict[str, Target]:
     """:func:`target_weights` of a TransformerBridge: each block's Hugging Face linear
-    weights under the bridge's own parameter names (their layouts recorded)."""
+    weights under the bridge's own parameter names (a bridge name does not say whether its
+    tensor is an nn.Linear, a Conv1D or a stack of experts: the module does)."""
     from transformers.pytorch_utils import Conv1D
 
     names = {id(param): name for name, param in model.named_parameters()}
@@ -110,9 +140,7 @@ def _bridge_targets(model: Any, layers: Iterable[int] | None) -> dict[str, torch
             for attribute, kind in params.items():
                 param = getattr(module, attribute, None)
                 if isinstance(param, torch.nn.Parameter) and id(param) in names:
-                    name = names[id(param)]
-                    _BRIDGE_LAYOUT[name] = (kind, block)
-                    found[name] = param
+                    found[names[id(param)]] = Target(param, kind, block)
     return found
 
 
@@ -151,39 +179,9 @@ def _live_modules(model: Any) -> frozenset[int]:
     return _LIVE[model]
 
 
-def block_of(name: str) -> int:
-    """The block index of a weight :func:`target_weights` returned."""
-    match = _TARGET.match(name)
-    return int(match.group(1)) if match else _BRIDGE_LAYOUT[name][1]
-
-
-def _kind(name: str) -> str:
-    """W_Q, W_K, W_V, W_O, W_in, W_out, W_gate, "linear" for an nn.Linear ``.weight``, or a
-    bridge weight's layout: "linear", "conv1d", "experts" or "experts_t"."""
-    if name in _BRIDGE_LAYOUT:
-        return _BRIDGE_LAYOUT[name][0]
-    if name.endswith(".weight"):
-        return "linear"
-    return name.rsplit(".", 1)[-1].lstrip("_")
-
-
-def per_matrix(name: str, weight: torch.Tensor, operator) -> torch.Tensor:
-    """``operator`` (a per-tensor operation: pruning, per-tensor INT8) applied to each
-    [out, in] matrix of ``weight``: each expert of a fused expert stack on its own, as if
-    it were an nn.Linear; any other weight whole."""
-    if _kind(name) in ("experts", "experts_t"):
-        return torch.stack([operator(matrix) for matrix in weight]).contiguous()
-    return operator(weight)
-
-
-def to_rows(name: str, weight: torch.Tensor) -> torch.Tensor:
-    """View a TransformerLens weight as the HF ``nn.Linear`` layout [out, in]."""
-    kind = _kind(name)
-    if kind in (
-        "W_Q",
-        "W_K",
-        "W_V",
-    ):  # [heads, d_model, d_head] -> [heads*d_head, d_model]
+def _to_rows(kind: str, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` of layout ``kind`` (:class:`Target`) viewed as [out, in] rows."""
+    if kind in ("W_Q", "W_K", "W_V"):  # [heads, d_model, d_head] -> [heads*d_head, d_model]
         heads, d_model, d_head = weight.shape
         return weight.permute(0, 2, 1).reshape(heads * d_head, d_model)
     if kind == "W_O":  # [heads, d_head, d_model] -> [d_model, heads*d_head]
@@ -198,12 +196,11 @@ def to_rows(name: str, weight: torch.Tensor) -> torch.Tensor:
         return weight.reshape(-1, weight.shape[-1])
     if kind == "experts_t":  # [experts, in, out]
         return weight.transpose(1, 2).reshape(-1, weight.shape[1])
-    raise ValueError(f"{name!r} is not a compressible block weight")
+    raise ValueError(f"{kind!r} is not a compressible weight layout")
 
 
-def from_rows(name: str, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`to_rows`: back to the TransformerLens layout of ``like``."""
-    kind = _kind(name)
+def _from_rows(kind: str, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_to_rows`: back to the layout ``kind`` of ``like``."""
     if kind in ("W_Q", "W_K", "W_V"):
         heads, d_model, d_head = like.shape
         return rows.reshape(heads, d_head, d_model).permute(0, 2, 1).contiguous()
@@ -280,12 +277,13 @@ def _check_bits(bits: int) -> None:
 RTN_AXES = ("channel", "reference")
 
 
-def rtn_reference_axes(name: str, weight: torch.Tensor, bits: int) -> torch.Tensor:
+def rtn_reference_axes(target: Target, bits: int) -> torch.Tensor:
     """RTN as the reference study's code computed it: W_Q/W_K/W_V [heads, d_model, d_head]
     reduced over every dim but the last, one scale per d_head index shared across heads
     (a known flaw, kept to reproduce its tables); other weights per output channel."""
-    if _kind(name) not in ("W_Q", "W_K", "W_V"):
-        return from_rows(name, rtn_rows(to_rows(name, weight), bits), weight)
+    if target.kind not in ("W_Q", "W_K", "W_V"):
+        return target.from_rows(rtn_rows(target.to_rows(), bits))
+    weight = target.param.data
     heads, d_model, d_head = weight.shape
     per_index = weight.permute(2, 0, 1).reshape(d_head, heads * d_model)  # a row per d_head
     rounded = rtn_rows(per_index, bits)
@@ -332,12 +330,12 @@ class RTN(Condition):
                     f"[out, in] weights) does not have; use rtn-int{self.bits} (per row)"
                 )
             return {
-                name: rtn_reference_axes(name, p.data, self.bits)
-                for name, p in target_weights(model, layers).items()
+                name: rtn_reference_axes(target, self.bits)
+                for name, target in target_weights(model, layers).items()
             }
         return {
-            name: from_rows(name, rtn_rows(to_rows(name, p.data), self.bits, self.group_size), p)
-            for name, p in target_weights(model, layers).items()
+            name: target.from_rows(rtn_rows(target.to_rows(), self.bits, self.group_size))
+            for name, target in target_weights(model, layers).items()
         }
 
     def describe(self):
@@ -363,8 +361,8 @@ class MagnitudePrune(Condition):
 
     def compressed_weights(self, model, layers=None):
         return {
-            name: per_matrix(name, p.data, lambda w: prune_smallest(w, self.sparsity))
-            for name, p in target_weights(model, layers).items()
+            name: target.per_matrix(lambda w: prune_smallest(w, self.sparsity))
+            for name, target in target_weights(model, layers).items()
         }
 
     def describe(self):

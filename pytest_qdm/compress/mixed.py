@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from pytest_qdm.compress.conditions import (
     Condition,
     _check_bits,
-    block_of,
-    from_rows,
     rtn_rows,
     target_weights,
-    to_rows,
 )
 
 
@@ -75,10 +72,10 @@ class MixedRTN(Condition):
         if outside:
             raise ValueError(f"{self.name}: the model has blocks 0..{n_layers - 1}, not {outside}")
         weights = {}
-        for name, param in target_weights(model, layers).items():
-            bits = self.bits_of(block_of(name))
+        for name, target in target_weights(model, layers).items():
+            bits = self.bits_of(target.block)
             if bits is not None:
-                weights[name] = from_rows(name, rtn_rows(to_rows(name, param.data), bits), param)
+                weights[name] = target.from_rows(rtn_rows(target.to_rows(), bits))
         return weights
 
     def describe(self):

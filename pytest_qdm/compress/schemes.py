@@ -15,10 +15,7 @@ import torch
 from pytest_qdm.compress.conditions import (
     RTN,
     Condition,
-    from_rows,
-    per_matrix,
     target_weights,
-    to_rows,
 )
 from pytest_qdm.compress.names import SCHEME_NAME
 
@@ -118,8 +115,8 @@ class _RowScheme(Condition):
 
     def compressed_weights(self, model, layers=None):
         return {
-            name: from_rows(name, self._rows(to_rows(name, p.data)), p)
-            for name, p in target_weights(model, layers).items()
+            name: target.from_rows(self._rows(target.to_rows()))
+            for name, target in target_weights(model, layers).items()
         }
 
 
@@ -183,8 +180,8 @@ class AbsmaxINT8(Condition):
 
     def compressed_weights(self, model, layers=None):
         return {
-            name: per_matrix(name, p.data, absmax_int8)
-            for name, p in target_weights(model, layers).items()
+            name: target.per_matrix(absmax_int8)
+            for name, target in target_weights(model, layers).items()
         }
 
     def describe(self):
