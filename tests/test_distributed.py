@@ -100,6 +100,34 @@ def test_two_phase_on_two_ranks_equals_one_phase(qdm_model, qdm_sae, qdm_tokens,
     assert list(folder.iterdir()) == []
 
 
+def test_a_rank_without_a_batch_adds_nothing(
+    qdm_model, qdm_sae, qdm_tokens, tmp_path, monkeypatch
+):
+    from pytest_qdm.analyse.transfer import sae_transfer
+
+    rows = qdm_tokens.tokens[:2]  # one batch of 2: rank 1's share is empty
+    hook = qdm_sae.cfg.metadata.hook_name
+
+    def measure():
+        out = {}
+        for two_phase in (False, True):
+            config = qdm.AuditConfig(progress=False, batch_size=2, two_phase=two_phase)
+            if two_phase:
+                folder = str(tmp_path / f"rank{dist.get_rank()}")
+                config = config.model_copy(update=dict(two_phase_dir=folder))
+            result = qdm.audit(qdm_model, qdm_sae, rows, [qdm.RTN(4)], config)
+            out.update({f"{k} two-phase={two_phase}": v for k, v in arrays(result).items()})
+        transfer = sae_transfer(qdm_model, qdm_sae, rows, hook, batch_size=2).model_dump()
+        return {**out, **{k: np.array(v, dtype=float) for k, v in transfer.items()}}
+
+    split = measure()
+    with monkeypatch.context() as patch:
+        patch.setattr(distributed, "_multi_process", lambda: None)
+        single = measure()
+    for key, values in single.items():
+        np.testing.assert_allclose(split[key], values, rtol=1e-12, atol=1e-12, err_msg=key)
+
+
 def test_a_rank_that_raises_ends_every_rank_with_its_error(audited, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("rank one broke on purpose")
@@ -200,7 +228,7 @@ def test_torchrun_pytest_gate_and_audits(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:] + "".join(stdout.values())[-6000:]
     assert sorted(stdout) == ["0", "1"]
     for text in stdout.values():
-        assert "6 passed" in text  # audit item, min_survived check, the four inner tests
+        assert "7 passed" in text  # audit item, min_survived check, the five inner tests
     assert "reports:" in stdout["0"] and "reports:" not in stdout["1"]
     written = {p.name for p in reports.iterdir()}
     assert {"qdm-report.json", "qdm-summary.md", "run.json", "verdicts.json"} <= written

@@ -14,6 +14,7 @@ import torch
 
 from pytest_qdm.schema.analyses import TransferQuality
 from pytest_qdm.stream.distributed import local_rows, rank_and_size, summed
+from pytest_qdm.stream.domains import row_batches
 
 F64 = torch.float64
 
@@ -150,7 +151,7 @@ def sae_transfers(
         seen["activation"] = activation
 
     with torch.inference_mode():
-        for batch in torch.split(tokens[local_rows(len(tokens), batch_size)], batch_size):
+        for batch in row_batches(tokens[local_rows(len(tokens), batch_size)], batch_size):
             batch = batch.to(model.cfg.device)
             loss = model.run_with_hooks(
                 batch, return_type="loss", loss_per_token=True, fwd_hooks=[(hook, keep)]

@@ -55,14 +55,20 @@ def domain_batches(
     """(domain or None, rows) batches of at most ``batch_size`` rows, in row order; a batch
     ends where the domain changes."""
     if domains is None:
-        for batch in torch.split(tokens, batch_size):
+        for batch in row_batches(tokens, batch_size):
             yield None, batch
         return
     if domains.codes.shape[0] != tokens.shape[0]:
         raise ValueError(f"{domains.codes.shape[0]} domain labels for {tokens.shape[0]} token rows")
     for name, start, stop in domains.runs():
-        for batch in torch.split(tokens[start:stop], batch_size):
+        for batch in row_batches(tokens[start:stop], batch_size):
             yield name, batch
+
+
+def row_batches(tokens: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive batches of at most ``batch_size`` rows; none at all for no rows (a rank
+    whose share is empty), where ``torch.split`` would yield one empty batch."""
+    return (tokens[start : start + batch_size] for start in range(0, len(tokens), batch_size))
 
 
 def count_batches(n_rows: int, batch_size: int, domains: RowDomains | None) -> int:
