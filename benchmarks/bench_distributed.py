@@ -1,6 +1,7 @@
 """Data-parallel audit: the same workload on 1 and on N processes (torch.distributed, gloo).
 
     .venv/bin/python benchmarks/bench_distributed.py                       # P, 1 and 2 CPU processes
+    .venv/bin/python benchmarks/bench_distributed.py --threads-per-process 1  # scaling with cores
     .venv/bin/python benchmarks/bench_distributed.py --workload tiny --tokens 4096 --nproc 1 2 4
     python benchmarks/bench_distributed.py --workload G --nproc 1 2 4 8    # one process per GPU
 
@@ -10,7 +11,8 @@ JumpReLU SAE (CUDA, bf16, context 1024, 500k tokens by default; process i runs o
 **tiny**, the bundled model and its 2048-feature SAE. Reference + RTN INT8..INT4.
 
 Each run spawns its processes (1 process: no process group, the ordinary code path); on CPU
-the machine's cores are split between them (``--threads`` in all). Every process builds the
+the machine's cores are split between them (``--threads`` in all), or each process gets
+``--threads-per-process`` (1 per process: how the audit scales with cores, as with GPUs). Every process builds the
 same workload, waits at a barrier, and ``qdm.audit`` alone is timed on rank 0 (it ends with
 the gather and merge, so every rank is done). Prints per run: seconds, tokens/s in all and
 per process (per GPU), the speed-up over the first run, the fraction of the device's dense
@@ -71,7 +73,7 @@ def worker(rank: int, nproc: int, args, port: int, out: str) -> None:
         torch.cuda.set_device(rank)
         device = f"cuda:{rank}"
     else:
-        torch.set_num_threads(max(1, args.threads // nproc))
+        torch.set_num_threads(threads_per_process(args, nproc))
     if nproc > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=nproc)
@@ -118,12 +120,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def device_rate(workload: str, nproc: int, threads: int) -> float:
-    """One process's dense matmul FLOP/s: bf16 on a GPU, float32 on its share of the cores."""
-    if workload == "G":
+def threads_per_process(args, nproc: int) -> int:
+    """CPU: ``--threads-per-process``, else ``--threads`` shared among the processes."""
+    return args.threads_per_process or max(1, args.threads // nproc)
+
+
+def device_rate(args, nproc: int) -> float:
+    """One process's dense matmul FLOP/s: bf16 on a GPU, float32 on its threads on CPU."""
+    if args.workload == "G":
         return matmul_flops_per_s(8192, device="cuda", dtype=torch.bfloat16)
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // nproc))
+    torch.set_num_threads(threads_per_process(args, nproc))
     try:
         return matmul_flops_per_s()
     finally:
@@ -138,6 +145,11 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2], help="process counts")
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count(), help="CPU: torch threads over all processes"
+    )
+    parser.add_argument(
+        "--threads-per-process",
+        type=int,
+        help="CPU: torch threads in each process instead (1: scaling with cores, as with GPUs)",
     )
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -155,11 +167,15 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for nproc in args.nproc:
             out = str(Path(folder) / f"n{nproc}.npz")
-            rate = device_rate(args.workload, nproc, args.threads)
+            rate = device_rate(args, nproc)
             mp.spawn(worker, args=(nproc, args, free_port(), out), nprocs=nproc)
             runs.append((nproc, rate, dict(np.load(out))))
     first = runs[0][2]
-    where = "one GPU per process" if args.workload == "G" else f"{args.threads} threads in all"
+    where = f"{args.threads} threads in all"
+    if args.threads_per_process:
+        where = f"{args.threads_per_process} thread(s) per process"
+    if args.workload == "G":
+        where = "one GPU per process"
     print(
         f"qdm.audit, workload {args.workload}, {int(first['n_tokens'])} tokens, RTN INT8..INT4, "
         f"batch {args.batch_size}, {where}"
@@ -190,6 +206,7 @@ def main(argv=None) -> None:
     if args.out:
         record = {"workload": args.workload, "tokens": int(first["n_tokens"]), "runs": figures}
         record.update(batch_size=args.batch_size, threads=args.threads, torch=torch.__version__)
+        record.update(threads_per_process=args.threads_per_process)
         args.out.write_text(json.dumps(record, indent=2) + "\n")
 
 
