@@ -31,6 +31,7 @@ from pytest_qdm.load.checkpoints import (
     inspect_checkpoint,
 )
 from pytest_qdm.load.hub import from_hub, local_dir, quiet_deprecations
+from pytest_qdm.load.multimodal import TEXT_DECODERS, text_architecture, text_decoder
 from pytest_qdm.load.placement import plan_device_map
 from pytest_qdm.load.presets import Preset, preset_for_model
 
@@ -255,7 +256,14 @@ def load_checkpoint(
     chosen = choose_path(info, path)
     placed = device_map is not None or max_memory is not None
     if info.architecture and info.quant_method != "gguf":
-        backend = choose_backend(info.architecture, folder, backend, placed)
+        backend = choose_backend(text_architecture(info.architecture), folder, backend, placed)
+    multimodal = info.architecture in TEXT_DECODERS
+    if multimodal and (chosen == "forward" or placed):
+        raise ValueError(
+            f"{str(folder)!r}: a multimodal {info.architecture} is audited through its text "
+            "decoder, dequantized on one device; the forward path and device_map / "
+            "max_memory are not supported for it (use the dequantize path, one device)"
+        )
     dense = info.quant_method == "none"
     if placed and (not dense or chosen == "forward"):
         raise ValueError(
@@ -270,6 +278,7 @@ def load_checkpoint(
         hf_model = _dense_hf_model(info.folder, torch_dtype, device, device_map, max_memory)
     else:
         hf_model = dequantized_model(info, torch_dtype)
+    hf_model = text_decoder(hf_model)
     backend = choose_backend(type(hf_model).__name__, folder, backend, placed)
     has_tokenizer = any((info.folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
     fallback, tokenizer = tokenizer, None
