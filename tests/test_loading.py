@@ -433,11 +433,27 @@ def test_builtin_presets_are_pinned():
     assert (gemma.dtype_for("cpu"), gemma.dtype_for("cuda")) == ("float32", "bfloat16")
     assert "https://" in gemma.source and "https://" in pythia.source
 
-    # the releases and ids exist in sae_lens' directory
+    gemma3 = get_preset("gemma-3-4b")
+    assert (gemma3.model, gemma3.sae_release, gemma3.sae_id, gemma3.hook_name) == (
+        "google/gemma-3-4b-pt",
+        "gemma-scope-2-4b-pt-res",
+        "layer_17_width_16k_l0_medium",
+        "blocks.17.hook_resid_post",
+    )
+    assert (gemma3.second_sae_id, gemma3.second_hook_name) == (
+        "layer_9_width_16k_l0_medium",
+        "blocks.9.hook_resid_post",
+    )
+    assert (gemma3.token_budget, gemma3.context_length, gemma3.prepend_bos) == (500_000, 1024, True)
+    assert (gemma3.dtype_for("cpu"), gemma3.dtype_for("cuda")) == ("float32", "bfloat16")
+
+    # the releases and ids exist in sae_lens' directory, for the model the preset loads
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     directory = get_pretrained_saes_directory()
-    for preset in (pythia, gemma):
+    for preset in (pythia, gemma, gemma3):
+        release = directory[preset.sae_release]
+        assert release.model.split("/")[-1] == preset.model.split("/")[-1]
         ids = directory[preset.sae_release].saes_map
         assert preset.sae_id in ids and preset.second_sae_id in ids
 

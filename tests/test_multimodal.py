@@ -27,6 +27,10 @@ TEXT = dict(
     sliding_window=8,
     layer_types=["sliding_attention", "full_attention"],
     query_pre_attn_scalar=16,
+    rope_parameters={  # as Gemma-3 4B-27B: linear scaling on the global layers
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    },
 )
 VISION = dict(
     hidden_size=32,

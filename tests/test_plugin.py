@@ -97,7 +97,7 @@ def test_help_stays_fast(pytester):
     [
         (
             ["--qdm-model", "nonesuch"],
-            "'nonesuch' is not a preset (pythia-70m-deduped, gemma-2-2b, tiny)",
+            "'nonesuch' is not a preset (pythia-70m-deduped, gemma-2-2b, gemma-3-4b, tiny)",
         ),
         (
             ["--qdm-model", "tiny", "--qdm-min-survived", "int6=0.6"],

@@ -159,6 +159,24 @@ _registry: dict[str, Preset | Callable[[], Preset]] = {
         ),
         description="Gemma-2-2B, Gemma Scope residual SAE, layer 12, width 16k",
     ),
+    "gemma-3-4b": Preset(
+        name="gemma-3-4b",
+        model="google/gemma-3-4b-pt",  # multimodal: audited through its text decoder
+        sae_release="gemma-scope-2-4b-pt-res",
+        sae_id="layer_17_width_16k_l0_medium",
+        hook_name="blocks.17.hook_resid_post",
+        second_sae_id="layer_9_width_16k_l0_medium",
+        second_hook_name="blocks.9.hook_resid_post",
+        token_budget=500_000,
+        context_length=1024,  # Gemma Scope 2's training context
+        prepend_bos=True,
+        gpu_dtype="bfloat16",
+        source=(
+            "https://huggingface.co/google/gemma-3-4b-pt; "
+            "https://huggingface.co/google/gemma-scope-2-4b-pt"
+        ),
+        description="Gemma-3-4B (text decoder), Gemma Scope 2 residual SAE, layer 17, width 16k",
+    ),
     "tiny": _tiny,
 }
 _entry_points_loaded = False
