@@ -110,8 +110,8 @@ class QdmOptions(BaseModel):
 
     model: str | None = Field(
         None,
-        description="model to gate: tiny (bundled), a preset (pythia-70m-deduped, gemma-2-2b) "
-        "or a local HF checkpoint folder",
+        description="model to gate: tiny (bundled), a preset (pythia-70m-deduped, gemma-2-2b, "
+        "gemma-3-4b) or a local HF checkpoint folder",
         json_schema_extra=cli("model", metavar="NAME|PATH", shown="none: the plugin stays idle"),
     )
     sae: str | None = Field(
