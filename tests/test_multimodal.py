@@ -55,13 +55,18 @@ def multimodal(tmp_path_factory):
 def no_installs(monkeypatch):
     """TransformerLens' multimodal TransformerBridge pip-installs torchvision when it
     cannot load an image processor (it replaced this machine's torch once): loading here
-    must never start one."""
+    must never start a subprocess. Calls are recorded, not raised, because TransformerLens
+    swallows the install's exceptions."""
+    started = []
 
     def refuse(*args, **kwargs):
-        raise AssertionError(f"a subprocess was started: {args[:1]}")
+        started.append(args[:1])
+        raise OSError("no subprocesses in this test")
 
     monkeypatch.setattr(subprocess, "check_call", refuse)
     monkeypatch.setattr(subprocess, "run", refuse)
+    yield
+    assert started == [], f"subprocesses were started: {started}"
 
 
 def text_logits(folder, tokens):
