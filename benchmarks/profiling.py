@@ -24,7 +24,7 @@ BATCH_STATS = "batch statistics (union mask, nonzero, sums)"  # the engine befor
 def _parts(engine, stats):
     """(owner, attribute, category); categories are exclusive (nested time goes inward)."""
     wanted = [
-        (engine._Readout, "__call__", FORWARD),
+        (engine.Readout, "__call__", FORWARD),
         (engine, "encode", ENCODE),
         (getattr(stats, "Entries", None), "of", NONZERO),
         (getattr(stats, "Entries", None), "at", NONZERO),

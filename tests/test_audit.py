@@ -9,7 +9,7 @@ from conftest import build_model, fitted_sae, neox_config
 
 import pytest_qdm as qdm
 from pytest_qdm.run.audit import finalize, prepare_conditions, token_summary
-from pytest_qdm.stream.engine import run_pass
+from pytest_qdm.stream.passes import run_pass
 
 QUIET = qdm.AuditConfig(progress=False)
 SWEEP = [qdm.RTN(bits) for bits in (8, 7, 6, 5, 4)]

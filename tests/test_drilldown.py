@@ -53,8 +53,9 @@ def passes():
     from pytest_qdm.compress.conditions import RTN, Reference, applied
     from pytest_qdm.run.audit import prepare_conditions
     from pytest_qdm.settings import AuditConfig
-    from pytest_qdm.stream.engine import encode, run_pass, run_shards
+    from pytest_qdm.stream.engine import encode
     from pytest_qdm.stream.hooks import run_to_hook
+    from pytest_qdm.stream.passes import run_pass, run_shards
 
     model, sae, token_set = tiny_subject()
     tokens = token_set.tokens

@@ -185,7 +185,7 @@ def test_transfer_explained_variance_equals_dense(neox_model, neox_sae, neox_tok
 
 def test_engine_agreement_of_merged_shards_equals_one_pass(neox_model, neox_sae, neox_tokens):
     from pytest_qdm.run.audit import prepare_conditions
-    from pytest_qdm.stream.engine import run_pass
+    from pytest_qdm.stream.passes import run_pass
 
     conditions, hook = [qdm.RTN(3)], "blocks.1.hook_resid_post"
     config = qdm.AuditConfig(progress=False, top_k=4)

@@ -16,7 +16,7 @@ from pytest_qdm.analyse.stability import (
 from pytest_qdm.run.audit import prepare_conditions
 from pytest_qdm.schema.analyses import ConfidenceInterval
 from pytest_qdm.settings import ProtocolConfig
-from pytest_qdm.stream.engine import run_pass
+from pytest_qdm.stream.passes import run_pass
 from pytest_qdm.zoo import TINY_SECOND_HOOK
 
 QUIET = qdm.AuditConfig(progress=False)

@@ -52,13 +52,13 @@ import sys, pytest_qdm as qdm
 from pytest_qdm.settings import ProtocolConfig
 from pytest_qdm.load.tokens import load_tokens
 from pytest_qdm.zoo import load_tiny_model, load_tiny_sae
-import pytest_qdm.stream.engine as engine, time
-real = engine.run_pass
+import pytest_qdm.stream.passes as passes, time
+real = passes.run_pass
 def slow(*a, **k):
     out = real(*a, **k)
     time.sleep(1)  # room for the parent to kill between shards
     return out
-engine.run_pass = slow
+passes.run_pass = slow
 model = load_tiny_model(device="cpu")
 tokens = load_tokens("builtin", model.tokenizer, context_length=128, max_tokens={n},
                      prepend_bos=True)
@@ -90,10 +90,10 @@ def test_a_killed_process_resumes_with_the_same_numbers(
     finished = Checkpoints(folder).load_shards()
     assert 1 <= len(finished) < 4
     assert Checkpoints(folder).load("perplexity") is not None
-    import pytest_qdm.stream.engine as engine
+    import pytest_qdm.stream.passes as passes
 
-    real, calls = engine.run_pass, []
-    monkeypatch.setattr(engine, "run_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real, calls = passes.run_pass, []
+    monkeypatch.setattr(passes, "run_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert numbers(protocol(subject, checkpoints=folder)) == uninterrupted
     assert len(calls) == 4 - len(finished)  # only the missing shards ran
     assert not folder.exists()  # cleared when the protocol finished

@@ -24,14 +24,9 @@ from pytest_qdm.settings import DEFAULT_BITS, AuditConfig
 from pytest_qdm.stream.distributed import local_rows, merged_state
 from pytest_qdm.stream.domains import RowDomains
 from pytest_qdm.stream.drilldown import NO_LABELS, Labels
-from pytest_qdm.stream.engine import (
-    EngineState,
-    pass_steps,
-    run_pass,
-    validate_conditions,
-    validate_inputs,
-)
+from pytest_qdm.stream.engine import EngineState, pass_steps, validate_conditions, validate_inputs
 from pytest_qdm.stream.hooks import resolve_hook, stop_layer
+from pytest_qdm.stream.passes import run_pass
 
 
 def as_token_tensor(tokens) -> torch.Tensor:

@@ -57,14 +57,9 @@ from pytest_qdm.settings import AuditConfig, ProtocolConfig
 from pytest_qdm.stream.distributed import concatenated, local_share
 from pytest_qdm.stream.domains import RowDomains
 from pytest_qdm.stream.drilldown import Labels
-from pytest_qdm.stream.engine import (
-    EngineState,
-    pass_steps,
-    run_shards,
-    validate_conditions,
-    validate_inputs,
-)
+from pytest_qdm.stream.engine import EngineState, pass_steps, validate_conditions, validate_inputs
 from pytest_qdm.stream.hooks import resolve_hook
+from pytest_qdm.stream.passes import run_shards
 
 
 @dataclass(frozen=True)

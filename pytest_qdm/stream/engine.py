@@ -32,15 +32,16 @@ Performance, and what is exact (measurements: benchmarks/README.md):
 - No host synchronisation per feature or per small op: loss and lens sums stay device
   tensors until read; what remains is a few per batch (docs/distributed.md, "GPU
   readiness").
-- ``config.two_phase`` (stream/two_phase.py): the reference's read-out is cached on disk
-  first, then the conditions run one at a time against it; the same numbers, bit for bit.
+- Two phases instead (``config.two_phase``, stream/two_phase.py, chosen in stream/passes.py):
+  the reference's read-out is cached on disk first, then the conditions run one at a time
+  against it; the same numbers, bit for bit.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -186,7 +187,7 @@ class EngineState:
         )
 
 
-class _Readout:
+class Readout:
     """Runs a batch to the read-out hook, returning activations [tokens, width] (and loss)."""
 
     def __init__(self, hook: str, compute_loss: bool):
@@ -265,7 +266,7 @@ def _glibc():
         return None
 
 
-class _BatchReference:
+class BatchReference:
     """The reference side of one batch: x's nonzero entries per encode block (and, with
     the token lenses, its per-token sums, top-k and read-out activations)."""
 
@@ -282,7 +283,7 @@ class _BatchReference:
         self._finish()
 
     @classmethod
-    def of_entries(cls, entries: Entries, n: int, d_sae: int, device) -> _BatchReference:
+    def of_entries(cls, entries: Entries, n: int, d_sae: int, device) -> BatchReference:
         """From the batch's nonzero entries (row-major, as :meth:`Entries.cat` of the
         blocks gives them), cut back into the encode blocks (no token lenses)."""
         self = cls.__new__(cls)
@@ -343,7 +344,7 @@ def new_state(
 
 def add_reference(
     state: EngineState,
-    reference: _BatchReference,
+    reference: BatchReference,
     loss: LossSums | None,
     domain: str | None = None,
 ) -> None:
@@ -362,7 +363,7 @@ def add_reference(
 def add_condition(
     state: EngineState,
     sae,
-    reference: _BatchReference,
+    reference: BatchReference,
     name: str,
     act: torch.Tensor,
     loss: LossSums | None,
@@ -385,7 +386,7 @@ def add_condition(
         state.loss[name] = state.loss[name].merge(loss)
 
 
-def run_pass(
+def one_pass(
     model,
     sae,
     tokens: torch.Tensor,
@@ -397,29 +398,22 @@ def run_pass(
     drilldown: DrilldownState | None = None,
     domains: RowDomains | None = None,
 ) -> EngineState:
-    """One pass over ``tokens`` in batches; ``prepared`` holds each condition's weights.
+    """One pass over ``tokens`` in batches, every condition on each batch right after the
+    reference; ``prepared`` holds each condition's weights.
 
     ``advance(n)`` is called as work completes (one unit per forward pass). ``drilldown``
     (with ``config.drilldown``): a drill-down to go on filling, in place, instead of a new one.
     ``domains``: the rows' domains; their sums are kept apart too (``state.domains``).
-    With ``config.two_phase`` the reference is cached first and the conditions run one at
-    a time against the cache (:func:`pytest_qdm.stream.two_phase.run_two_phase`).
     """
-    if config.two_phase:
-        from pytest_qdm.stream.two_phase import run_two_phase
-
-        return run_two_phase(
-            *(model, sae, tokens, conditions, prepared, hook, config, advance, drilldown), domains
-        )
     device = torch.device(config.device or model.cfg.device)
-    readout = _Readout(hook, config.compute_loss)
+    readout = Readout(hook, config.compute_loss)
     state = new_state(sae, conditions, config, device, drilldown)
     with torch.inference_mode(), heap_allocations(device):
         batches = domain_batches(tokens, config.batch_size, domains)
         for index, (domain, batch) in enumerate(batches):
             batch = batch.to(device)
             act, loss = readout(model, batch, "reference", index)
-            reference = _BatchReference(sae, act, config.lens_k)
+            reference = BatchReference(sae, act, config.lens_k)
             drilled = None
             if state.drilldown is not None:
                 drilled = state.drilldown.batch(batch, reference.entries)
@@ -433,42 +427,3 @@ def run_pass(
             if drilled is not None:
                 drilled.finish()
     return state
-
-
-def run_shards(
-    model,
-    sae,
-    shards: Iterable[torch.Tensor],
-    conditions: Sequence[Condition],
-    prepared: Mapping[str, dict[str, torch.Tensor]],
-    hook: str,
-    config: AuditConfig,
-    advance: Callable[[int], None] = lambda n: None,
-    finished: list[EngineState] | None = None,
-    keep: Callable[[list[EngineState]], None] = lambda states: None,
-    domains: Sequence[RowDomains | None] | None = None,
-) -> list[EngineState]:
-    """:func:`run_pass` over each shard of rows, in order. One drill-down is filled across
-    them and held by the first state (the others hold none): ``merge_all`` of the states
-    equals merging per-shard states, with one buffer instead of one per shard, and a shard
-    only gathers the contexts that beat those of the shards before it.
-
-    ``finished``: the states of the first shards from an interrupted run (they are not run
-    again); ``keep(states)`` is called after each shard, e.g. to save them. ``domains``:
-    each shard's row domains."""
-    states: list[EngineState] = list(finished or [])
-    shards = list(shards)
-    domains = list(domains) if domains is not None else [None] * len(shards)
-    for index, (rows, labels) in enumerate(zip(shards, domains, strict=True)):
-        if index < len(states):
-            advance(pass_steps(rows, conditions, config, labels))
-            continue
-        shared = states[0].drilldown if states else None
-        state = run_pass(
-            *(model, sae, rows, conditions, prepared, hook, config, advance, shared), labels
-        )
-        if states:
-            state.drilldown = None
-        states.append(state)
-        keep(states)
-    return states

@@ -51,9 +51,9 @@ from pytest_qdm.settings import AuditConfig
 from pytest_qdm.stream.domains import RowDomains, domain_batches
 from pytest_qdm.stream.drilldown import REFERENCE, TOKENS, DrilldownState, TopContexts
 from pytest_qdm.stream.engine import (
+    BatchReference,
     EngineState,
-    _BatchReference,
-    _Readout,
+    Readout,
     add_condition,
     add_reference,
     heap_allocations,
@@ -96,7 +96,7 @@ class ReferenceCache:
         return self.folder / f"batch{index:06d}.safetensors"
 
     def tensors(
-        self, activations: torch.Tensor, reference: _BatchReference, token_lenses: bool
+        self, activations: torch.Tensor, reference: BatchReference, token_lenses: bool
     ) -> dict[str, torch.Tensor]:
         """The host copies a batch's file holds (one host synchronisation)."""
         entries = reference.entries
@@ -133,18 +133,18 @@ class ReferenceCache:
     @staticmethod
     def reference(
         tensors: dict[str, torch.Tensor], sae, top_k: int | None, device: torch.device
-    ) -> _BatchReference:
+    ) -> BatchReference:
         """The batch's reference side from its file's tensors: exactly phase 1's."""
         if RESIDUAL in tensors:
             # a fresh copy: aligned like the forward's own output, whatever the file's layout
-            return _BatchReference(sae, tensors[RESIDUAL].to(device, copy=True), top_k)
+            return BatchReference(sae, tensors[RESIDUAL].to(device, copy=True), top_k)
         counts = tensors["row_counts"]
         n = counts.shape[0]
         rows = torch.repeat_interleave(torch.arange(n), counts.to(torch.int64))
         values = tensors["values"].to(torch.float64)
         entries = Entries(rows, tensors["cols"].to(torch.int64), values)
         entries = Entries(*(t.to(device) for t in (entries.rows, entries.cols, entries.values)))
-        return _BatchReference.of_entries(entries, n, sae.cfg.d_sae, device)
+        return BatchReference.of_entries(entries, n, sae.cfg.d_sae, device)
 
 
 def cache_folder(config: AuditConfig) -> Path:
@@ -207,12 +207,12 @@ def run_two_phase(
     drilldown: DrilldownState | None = None,
     domains: RowDomains | None = None,
 ) -> EngineState:
-    """:func:`~pytest_qdm.stream.engine.run_pass` in two phases (module docstring):
+    """:func:`~pytest_qdm.stream.engine.one_pass` in two phases (module docstring):
     the same state, bit for bit. ``prepared`` is read once per condition, in phase 2,
     block by block where it has ``by_block`` (run/audit.py's ``OnDemand``, which computes
     the weights when asked), so one compressed copy exists at a time."""
     device = torch.device(config.device or model.cfg.device)
-    readout = _Readout(hook, config.compute_loss)
+    readout = Readout(hook, config.compute_loss)
     state = new_state(sae, conditions, config, device, drilldown)
     batches = list(domain_batches(tokens, config.batch_size, domains))  # (domain, rows)
     folder = cache_folder(config)
@@ -263,7 +263,7 @@ def _reference_phase(
     for index, (domain, batch) in enumerate(batches):
         batch = batch.to(device)
         act, loss = readout(model, batch, "reference", index)
-        reference = _BatchReference(sae, act, config.lens_k)
+        reference = BatchReference(sae, act, config.lens_k)
         if buffer is not None:
             buffer.batch(batch, reference.entries).finish()
         add_reference(state, reference, loss, domain)
