@@ -67,13 +67,17 @@ class TransferSums:
         features = sae.encode(activation.to(sae.device, sae.dtype))
         recon = sae.decode(features).to(activation.device, activation.dtype)
         flat = activation.to(F64).reshape(-1, d_in)
-        self.sums[3] += float((recon.to(F64).reshape(-1, d_in) - flat).square().sum())
-        self.sums[4] += float(flat.square().sum())
-        self.sums[5] += float((features > 0).sum())
+        parts = (
+            nll.double().sum(),
+            self._replaced(batch, recon).double().sum(),
+            self._zero_ablated(batch, activation).double().sum(),
+            (recon.to(F64).reshape(-1, d_in) - flat).square().sum(),
+            flat.square().sum(),
+            (features > 0).sum(),
+        )
+        # device tensors until read: no host synchronisation per batch
+        self.sums = self.sums.to(flat.device) + torch.stack([p.to(flat.device, F64) for p in parts])
         self.total = flat.sum(0) if self.total is None else self.total + flat.sum(0)
-        self.sums[0] += float(nll.double().sum())
-        self.sums[1] += float(self._replaced(batch, recon).double().sum())
-        self.sums[2] += float(self._zero_ablated(batch, activation).double().sum())
         self.n_scored += nll.numel()
         self.n_tokens += batch.numel()
 
@@ -83,7 +87,7 @@ class TransferSums:
         if rank_and_size()[1] == 1:
             return
         total = 0.0 if self.total is None else self.total.cpu()  # None: no batch here
-        parts = summed(lambda: (self.sums, total, self.n_tokens, self.n_scored))
+        parts = summed(lambda: (self.sums.cpu(), total, self.n_tokens, self.n_scored))
         self.sums, self.total, self.n_tokens, self.n_scored = parts
 
     def _replaced(self, batch: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
