@@ -15,6 +15,8 @@ from pytest_qdm.compress.conditions import target_weights
 from pytest_qdm.compress.schemes import NF4
 from pytest_qdm.load.models import load_checkpoint, load_model_from_disk
 
+pytest_plugins = ["pytester"]
+
 TEXT = dict(
     vocab_size=128,
     hidden_size=64,
@@ -55,18 +57,23 @@ def multimodal(tmp_path_factory):
 def no_installs(monkeypatch):
     """TransformerLens' multimodal TransformerBridge pip-installs torchvision when it
     cannot load an image processor (it replaced this machine's torch once): loading here
-    must never start a subprocess. Calls are recorded, not raised, because TransformerLens
-    swallows the install's exceptions."""
-    started = []
+    must never run pip. Attempts are recorded and blocked, not raised, because
+    TransformerLens swallows the install's exceptions; other commands run as usual."""
+    installs = []
 
-    def refuse(*args, **kwargs):
-        started.append(args[:1])
-        raise OSError("no subprocesses in this test")
+    def guarded(real):
+        def call(args, *rest, **kwargs):
+            if "pip" in [str(a) for a in (args if isinstance(args, list | tuple) else [args])]:
+                installs.append(args)
+                raise OSError("pip is blocked in this test")
+            return real(args, *rest, **kwargs)
 
-    monkeypatch.setattr(subprocess, "check_call", refuse)
-    monkeypatch.setattr(subprocess, "run", refuse)
+        return call
+
+    monkeypatch.setattr(subprocess, "check_call", guarded(subprocess.check_call))
+    monkeypatch.setattr(subprocess, "run", guarded(subprocess.run))
     yield
-    assert started == [], f"subprocesses were started: {started}"
+    assert installs == [], f"pip was run: {installs}"
 
 
 def text_logits(folder, tokens):
@@ -126,3 +133,36 @@ def test_a_bnb_nf4_multimodal_candidate_is_the_simulated_nf4(multimodal, tmp_pat
         load_checkpoint(folder, device="cpu", path="forward")
     with pytest.raises(ValueError, match="device_map / max_memory are not supported for it"):
         load_model_from_disk(multimodal, device_map={"": "cpu"})
+
+
+def test_the_gate_audits_a_multimodal_folder_with_your_own_sae(multimodal, pytester, monkeypatch):
+    """`pytest --qdm-model FOLDER --qdm-sae SAE_DIR --qdm-dataset FILE`, the README's path
+    for your own checkpoint, on the multimodal model: the gate passes and reports it."""
+    import json
+
+    from conftest import exact_sae
+
+    hook = "blocks.1.hook_resid_post"  # an SAE that reconstructs exactly, so the fit check passes
+    exact_sae(TEXT["hidden_size"], hook).save_model(pytester.path / "sae")
+    text = "".join(chr(32 + (i * 7919) % 90) for i in range(20_000))  # ASCII: the char vocab
+    (pytester.path / "corpus.txt").write_text(text)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pytester.makeini("[pytest]\n")
+    result = pytester.runpytest_subprocess(
+        *("--qdm-model", str(multimodal), "--qdm-sae", "sae", "--qdm-dataset", "corpus.txt"),
+        *(
+            "--qdm-tokens",
+            "2048",
+            "--qdm-bits",
+            "8,6,4",
+            "--qdm-no-cache",
+            "-p",
+            "no:cacheprovider",
+        ),
+        *("--qdm-min-survived", "int8:0.5"),
+    )
+    result.assert_outcomes(passed=2)
+    report = json.loads((pytester.path / "qdm-report" / "qdm-report.json").read_text())
+    assert report["audit"]["hook_name"] == hook
+    assert report["audit"]["reference"]["n_tokens"] == 2048
+    assert report["audit"]["conditions"]["rtn-int8"]["summary"]["n_active"] > 10
