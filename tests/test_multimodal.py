@@ -135,6 +135,29 @@ def test_a_bnb_nf4_multimodal_candidate_is_the_simulated_nf4(multimodal, tmp_pat
         load_model_from_disk(multimodal, device_map={"": "cpu"})
 
 
+def test_a_compressed_tensors_multimodal_checkpoint_that_transformers_cannot_load_is_one_line(
+    multimodal, tmp_path
+):
+    """llm-compressor's usual recipe (vision tower left unquantized) writes a checkpoint that
+    transformers 5.17 fails to build; the candidate loader says so in one line. If this
+    starts loading, transformers has fixed it: drop multimodal.explained_load_failure."""
+    pytest.importorskip("llmcompressor", reason="the [llmcompressor] extra is not installed")
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    weights = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group"}
+    groups = {"int4": {"targets": ["Linear"], "weights": {**weights, "group_size": 32}}}
+    ignore = ["lm_head", "re:.*vision_tower.*", "re:.*multi_modal_projector.*"]
+    model = AutoModelForCausalLM.from_pretrained(multimodal, dtype=torch.float32)
+    oneshot(model=model, recipe=QuantizationModifier(config_groups=groups, ignore=ignore))
+    folder = tmp_path / "tiny-gemma3-mm-w4g32"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(multimodal).save_pretrained(folder)
+    with pytest.raises(ValueError, match=r"could not load this compressed-tensors Gemma3For"):
+        qdm.Candidate.from_pretrained(str(folder), device="cpu")
+
+
 def test_the_gate_audits_a_multimodal_folder_with_your_own_sae(multimodal, pytester, monkeypatch):
     """`pytest --qdm-model FOLDER --qdm-sae SAE_DIR --qdm-dataset FILE`, the README's path
     for your own checkpoint, on the multimodal model: the gate passes and reports it."""

@@ -31,7 +31,12 @@ from pytest_qdm.load.checkpoints import (
     inspect_checkpoint,
 )
 from pytest_qdm.load.hub import from_hub, local_dir, quiet_deprecations
-from pytest_qdm.load.multimodal import TEXT_DECODERS, text_architecture, text_decoder
+from pytest_qdm.load.multimodal import (
+    TEXT_DECODERS,
+    explained_load_failure,
+    text_architecture,
+    text_decoder,
+)
 from pytest_qdm.load.placement import plan_device_map
 from pytest_qdm.load.presets import Preset, preset_for_model
 
@@ -277,7 +282,8 @@ def load_checkpoint(
     elif backend == "bridge" and dense:
         hf_model = _dense_hf_model(info.folder, torch_dtype, device, device_map, max_memory)
     else:
-        hf_model = dequantized_model(info, torch_dtype)
+        with explained_load_failure(info):
+            hf_model = dequantized_model(info, torch_dtype)
     hf_model = text_decoder(hf_model)
     backend = choose_backend(type(hf_model).__name__, folder, backend, placed)
     has_tokenizer = any((info.folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))

@@ -15,6 +15,8 @@ build (TransformerLens 3.9).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 # multimodal architecture -> (its text decoder's causal-LM architecture, attribute path of
@@ -46,3 +48,27 @@ def text_decoder(hf_model: Any) -> Any:
     text.model = hf_model.get_submodule(path)
     text.lm_head = hf_model.lm_head
     return text.eval()
+
+
+@contextmanager
+def explained_load_failure(info: Any) -> Iterator[None]:
+    """Around loading checkpoint ``info``: a compressed-tensors multimodal checkpoint that
+    transformers fails to build becomes one line that says what and what to do.
+
+    Seen with transformers 5.17 and compressed-tensors 0.19: a Gemma-3 checkpoint quantized
+    by llm-compressor with its vision tower left unquantized (the usual recipe) loads with
+    the tower's dense weights reported unexpected and its packed ones missing, then fails
+    initialising a vision-tower ``Linear`` that has no ``weight``."""
+    try:
+        yield
+    except AttributeError as error:
+        if info.architecture not in TEXT_DECODERS or info.quant_method != "compressed-tensors":
+            raise
+        import transformers
+
+        raise ValueError(
+            f"{str(info.folder)!r}: transformers {transformers.__version__} could not load this "
+            f"compressed-tensors {info.architecture} ({error}); a vision tower left "
+            "unquantized fails this way. Audit a checkpoint of the text decoder alone "
+            "(quantize a Gemma3ForCausalLM), or a bitsandbytes one"
+        ) from error
