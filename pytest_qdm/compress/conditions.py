@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -434,17 +434,16 @@ class Candidate(Condition):
     def check_compatible(self, reference: HookedTransformer, hook: str | None = None) -> None:
         """ValueError (one line) unless this is a compressed copy of ``reference``; on the
         forward path also unless its model has ``hook`` (the read-out, when given)."""
-        ours, theirs = self.model.cfg, reference.cfg
         for key, what in (
             ("original_architecture", "architecture"),
             ("n_layers", "layer count"),
             ("d_model", "width d_model"),
             ("d_vocab", "vocabulary size"),
         ):
-            a = architecture_of(reference) if key == "original_architecture" else None
-            b = architecture_of(self.model) if key == "original_architecture" else None
-            a = a or getattr(theirs, key, None)
-            b = b or getattr(ours, key, None)
+            a, b = (
+                architecture_of(m) if key == "original_architecture" else getattr(m.cfg, key, None)
+                for m in (reference, self.model)
+            )
             if a != b:
                 raise ValueError(
                     f"candidate {self.name!r} is not a compressed copy of the reference: "
@@ -504,28 +503,42 @@ class Candidate(Condition):
 
 
 @contextmanager
-def applied(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> Iterator[None]:
+def applied(
+    model: torch.nn.Module,
+    weights: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
+    park: torch.device | None = None,
+) -> Iterator[None]:
     """Swap ``weights`` into ``model`` by parameter name; restore the originals on exit.
 
-    The original tensors are kept, not copied, so restoring is bit-exact, also when the body
-    raises.
+    ``weights`` is one dict, or dicts in parts (e.g. block by block, each computed only
+    when it is swapped in; a name already swapped in by an earlier part is skipped). The
+    original tensors are kept, not copied, so restoring is bit-exact, also when the body
+    raises. With ``park`` (a device), each replaced tensor waits there as a copy instead, so
+    the model's own device holds about one set of weights, and comes back bit for bit.
     """
     params = dict(model.named_parameters())
-    unknown = sorted(set(weights) - set(params))
-    if unknown:
-        raise ValueError(f"no parameters named {unknown[:3]} in the model")
+    parts = [weights] if isinstance(weights, Mapping) else weights
     originals: dict[str, torch.Tensor] = {}
     try:
-        for name, tensor in weights.items():
-            param = params[name]
-            if tensor.shape != param.shape:
-                raise ValueError(
-                    f"weight {name!r} has shape {tuple(tensor.shape)}, "
-                    f"expected {tuple(param.shape)}"
-                )
-            originals[name] = param.data
-            param.data = tensor.to(device=param.device, dtype=param.dtype)
+        for part in parts:
+            unknown = sorted(set(part) - set(params))
+            if unknown:
+                raise ValueError(f"no parameters named {unknown[:3]} in the model")
+            for name, tensor in part.items():
+                if name in originals:
+                    continue
+                param = params[name]
+                if tensor.shape != param.shape:
+                    raise ValueError(
+                        f"weight {name!r} has shape {tuple(tensor.shape)}, "
+                        f"expected {tuple(param.shape)}"
+                    )
+                original = param.data
+                originals[name] = original if park is None else original.to(park, copy=True)
+                param.data = tensor.to(device=original.device, dtype=original.dtype)
+                del original
         yield
     finally:
         for name, original in originals.items():
-            params[name].data = original
+            device = params[name].data.device
+            params[name].data = original if park is None else original.to(device)

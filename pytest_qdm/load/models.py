@@ -280,7 +280,7 @@ def load_checkpoint(
     if chosen == "forward":
         hf_model = deployed_model(info, torch_dtype, device)
     elif backend == "bridge" and dense:
-        hf_model = _dense_hf_model(info.folder, torch_dtype, device, device_map, max_memory)
+        hf_model = _dense_hf_model(info.folder, torch_dtype, device_map, max_memory)
     else:
         with explained_load_failure(info):
             hf_model = dequantized_model(info, torch_dtype)
@@ -294,22 +294,15 @@ def load_checkpoint(
         tokenizer = AutoTokenizer.from_pretrained(
             info.folder, local_files_only=True, add_bos_token=True
         )
-    if chosen == "forward":
+    if chosen == "forward" or backend == "bridge":
         if tokenizer is None and fallback is None:
+            which = "the forward path's" if chosen == "forward" else "the backend's"
             raise ValueError(
                 f"{str(folder)!r} has no tokenizer (tokenizer.json or tokenizer.model), which "
-                "the forward path's TransformerBridge needs; save the tokenizer beside the "
-                "weights, or pass the reference's: tokenizer=model.tokenizer"
+                f"{which} TransformerBridge needs; save the tokenizer beside the weights, or "
+                "pass one (the reference's: tokenizer=model.tokenizer)"
             )
-        return bridge_from_hf(hf_model, info.folder, tokenizer or fallback), info, chosen
-    if backend == "bridge":
-        if tokenizer is None and fallback is None:
-            raise ValueError(
-                f"{str(folder)!r} has no tokenizer (tokenizer.json or tokenizer.model), which "
-                "the TransformerBridge backend needs; save the tokenizer beside the weights, "
-                "or pass one: tokenizer=..."
-            )
-        if not placed:  # else where device_map / max_memory put it
+        if chosen != "forward" and not placed:  # else on its device, or where the map put it
             hf_model = hf_model.to(device)
         return bridge_from_hf(hf_model, info.folder, tokenizer or fallback), info, chosen
     name = info.location.stem if info.gguf_file else folder.name
@@ -358,25 +351,18 @@ def choose_backend(
     )
 
 
-def check_architecture(architecture: str | None, path: str | Path) -> None:
-    choose_backend(architecture, path, None)
-
-
-def _dense_hf_model(folder: Path, dtype, device: str, device_map: Any, max_memory: dict | None):
+def _dense_hf_model(folder: Path, dtype, device_map: Any, max_memory: dict | None):
     """A dense checkpoint as a transformers model, placed by ``device_map`` / ``max_memory``
-    (planned before loading: :func:`pytest_qdm.load.placement.plan_device_map`) or on
-    ``device``; eager attention, as the bridge runs it."""
+    (planned before loading: :func:`pytest_qdm.load.placement.plan_device_map`), else on the
+    CPU; eager attention, as the bridge runs it."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
     kwargs["attn_implementation"] = "eager"
-    placed = device_map is not None or max_memory is not None
-    if placed:
+    if device_map is not None or max_memory is not None:
         kwargs["device_map"] = plan_device_map(folder, dtype, device_map, max_memory)
     with quiet_deprecations():
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    if not placed:
-        model = model.to(device)
     return model.eval()
 
 

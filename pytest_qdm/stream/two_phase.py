@@ -6,10 +6,10 @@ under ``AuditConfig.two_phase_dir``, else the system's temporary folder; every p
 torch.distributed run makes its own and caches only its own rows). Phase 2 loops over the
 conditions, and for each over the batches: it prepares that ONE condition's compressed
 weights, block by block when the mapping of weights can (run/audit.py's ``OnDemand``), and
-swaps them in for all its batches (:func:`swapped`); on an accelerator each reference
-tensor it replaces waits on the host meanwhile, so the device holds about one model's
-weights (never the reference and a compressed copy together) and one compressed copy
-exists at a time. Each batch's cached reference is read back and the condition's forward
+swaps them in for all its batches (:func:`~pytest_qdm.compress.conditions.applied` with
+``park``); on an accelerator each reference tensor it replaces waits on the host meanwhile,
+so the device holds about one model's weights (never the reference and a compressed copy
+together) and one compressed copy exists at a time. Each batch's cached reference is read back and the condition's forward
 runs against it. The folder is removed when the pass ends, whether it succeeded or not,
 unless ``two_phase_keep``.
 
@@ -39,14 +39,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from pytest_qdm.compress.conditions import Condition
+from pytest_qdm.compress.conditions import Condition, applied
 from pytest_qdm.settings import AuditConfig
 from pytest_qdm.stream.domains import RowDomains, domain_batches
 from pytest_qdm.stream.drilldown import REFERENCE, TOKENS, DrilldownState, TopContexts
@@ -163,33 +162,6 @@ def park_device(device: torch.device) -> torch.device | None:
     return None if device.type == "cpu" else torch.device("cpu")
 
 
-@contextmanager
-def swapped(model, parts: Iterable[dict[str, torch.Tensor]], park: torch.device | None):
-    """Swap a condition's weights into ``model`` part by part for the whole ``with``
-    block, like :func:`~pytest_qdm.compress.conditions.applied`; with ``park``, each
-    replaced reference tensor waits there (copied, so the device holds about one model's
-    weights, never reference and condition together) and comes back bit for bit."""
-    params = dict(model.named_parameters())
-    originals: dict[str, torch.Tensor] = {}
-    try:
-        for weights in parts:
-            for name, tensor in weights.items():
-                if name in originals:  # already swapped in by an earlier part
-                    continue
-                param = params.get(name)
-                if param is None or tensor.shape != param.shape:
-                    raise ValueError(f"weight {name!r} does not fit the model's parameters")
-                original = param.data
-                originals[name] = original if park is None else original.to(park, copy=True)
-                param.data = tensor.to(device=original.device, dtype=original.dtype)
-                del original
-        yield
-    finally:
-        for name, original in originals.items():
-            device = params[name].data.device
-            params[name].data = original if park is None else original.to(device)
-
-
 def _buffer(start: TopContexts, names: Sequence[str]) -> TopContexts:
     """A copy of the reference buffer ``start`` with the windows ``names`` only."""
     return TopContexts(start.values.clone(), {n: start.windows[n].clone() for n in names})
@@ -233,7 +205,7 @@ def run_two_phase(
                 # this condition's weights and no other's, swapped in for all its batches
                 # (a candidate on the forward path swaps none and runs its own model)
                 with (
-                    swapped(model, parts, park_device(device)),
+                    applied(model, parts, park_device(device)),
                     condition.running(model, {}) as running,
                 ):
                     own = _condition_phase(
