@@ -402,6 +402,11 @@ class QdmOptions(BaseModel):
         return tuple(source) if isinstance(source, dict) else ()
 
     @property
+    def split(self) -> bool:
+        """Whether the model is split across devices (--qdm-device-map / --qdm-max-memory)."""
+        return self.device_map is not None or self.max_memory is not None
+
+    @property
     def placement(self) -> dict[str, Any]:
         """``backend``, ``device_map`` and ``max_memory`` as the model loaders take them
         (only those given)."""

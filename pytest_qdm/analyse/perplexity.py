@@ -110,16 +110,20 @@ def _token_nll(
     return nll.to(device="cpu", dtype=torch.float32)
 
 
+def _perplexity(mean_nll: float) -> float | None:
+    """exp(mean NLL), None where it overflows."""
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return None
+
+
 def _result(total: float, count: int, **fields) -> PerplexityResult:
     if count == 0:
         raise ValueError("no token positions were scored; give at least two tokens")
     mean_nll = total / count
-    try:
-        perplexity: float | None = math.exp(mean_nll)
-    except OverflowError:
-        perplexity = None
     return PerplexityResult(
-        perplexity=perplexity, mean_nll=mean_nll, n_scored_tokens=count, **fields
+        perplexity=_perplexity(mean_nll), mean_nll=mean_nll, n_scored_tokens=count, **fields
     )
 
 
@@ -127,11 +131,9 @@ def _domain_result(total: float, count: int) -> DomainPerplexity:
     if not count:
         return DomainPerplexity(perplexity=None, mean_nll=None, n_scored_tokens=0)
     mean_nll = total / count
-    try:
-        perplexity: float | None = math.exp(mean_nll)
-    except OverflowError:
-        perplexity = None
-    return DomainPerplexity(perplexity=perplexity, mean_nll=mean_nll, n_scored_tokens=count)
+    return DomainPerplexity(
+        perplexity=_perplexity(mean_nll), mean_nll=mean_nll, n_scored_tokens=count
+    )
 
 
 def chunked_perplexity(

@@ -38,7 +38,7 @@ def _check_placement(options: QdmOptions) -> None:
     """A split reference (--qdm-device-map / --qdm-max-memory) has its node's GPUs to itself
     and, where it is on disk, fits them without offload (planned from its config alone; a
     Hub model not yet downloaded is checked when it loads)."""
-    if options.device_map is None and options.max_memory is None:
+    if not options.split:
         return
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
     if ranks_here > 1:
@@ -108,8 +108,7 @@ def _check_candidates(options: QdmOptions) -> None:
                 choose_path(info, options.candidate_path)
         except (OSError, ImportError, ValueError) as error:
             raise ValueError(f"--qdm-candidate: {error}") from None
-        split = options.device_map is not None or options.max_memory is not None
-        if split and info is not None and info.quant_method != "none":
+        if options.split and info is not None and info.quant_method != "none":
             raise ValueError(
                 f"--qdm-device-map/--qdm-max-memory split dense checkpoints only; "
                 f"--qdm-candidate {path!r} is {info.quant_method} ({info.scheme}): "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pytest_qdm.compress.names import condition_name
+from pytest_qdm.load.tokens import LABEL_PATTERN
 from pytest_qdm.schema.metrics import BASELINE_METRICS
 
 GATE_METRICS = {
@@ -29,7 +30,7 @@ GATE_METRICS = {
 _NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
 _CANDIDATE = r"candidate(?::[\w-]+)?"
 _GATE = re.compile(
-    rf"^(?P<cond>\*|{_CANDIDATE}|[\w.-]+)(?:@(?P<domain>[A-Za-z][\w-]*))?"
+    rf"^(?P<cond>\*|{_CANDIDATE}|[\w.-]+)(?:@(?P<domain>{LABEL_PATTERN}))?"
     rf":(?P<value>{_NUMBER})(?P<pct>%?)$"
 )
 _BASELINE = re.compile(

@@ -54,7 +54,8 @@ __all__ = [
 ]
 
 
-DOMAIN_LABEL = re.compile(r"^[A-Za-z][\w-]*$")
+LABEL_PATTERN = r"[A-Za-z][\w-]*"  # a domain label, here and in gates (int6@code:0.6)
+DOMAIN_LABEL = re.compile(rf"^{LABEL_PATTERN}$")
 
 
 class DomainTokens(pydantic.BaseModel, frozen=True):
