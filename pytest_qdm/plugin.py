@@ -42,7 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 # Folders and files named in an ini file are relative to that file, not to the working folder.
-INI_PATHS = ("report-dir", "cache-dir", "baseline")
+INI_PATHS = ("report-dir", "cache-dir", "baseline", "claims")
 
 
 def build_options(config: pytest.Config):

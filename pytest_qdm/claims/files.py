@@ -66,3 +66,29 @@ def read_texts(path: Path, what: str) -> list[str]:
     if not path.is_file():
         raise ValueError(f"{what}: text file {str(path)!r} does not exist")
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def claims_of_options(options) -> list[Claim]:
+    """The claims of ``--qdm-claims``, checked at configure time (feature ids against the
+    SAE's width where its cfg.json is on disk: the bundled model's, a local --qdm-sae)."""
+    try:
+        return load_claims(options.claims, sae_width(options))
+    except ValueError as error:
+        raise ValueError(f"--qdm-claims: {error}") from None
+
+
+def sae_width(options) -> int | None:
+    """d_sae from the read-out SAE's cfg.json, without loading it (None: not on disk)."""
+    import json
+
+    from pytest_qdm.load.hub import local_dir
+
+    folder = local_dir(options.sae, slashes_mean_path=False) if options.sae else None
+    if folder is None and options.model == "tiny":
+        from pytest_qdm.zoo import TINY_HOOK, sae_dir
+
+        folder = sae_dir(TINY_HOOK)
+    config = None if folder is None else Path(folder) / "cfg.json"
+    if config is None or not config.is_file():
+        return None
+    return int(json.loads(config.read_text())["d_sae"])
