@@ -46,6 +46,7 @@ class GateSession:
     _protocol: ProtocolReport | None = None
     cache_hit: bool = False
     _verdicts: list | None = None
+    _claims: object | None = None
 
     @cached_property
     def subject(self) -> Subject:
@@ -113,7 +114,7 @@ class GateSession:
             from pytest_qdm.gate.outputs import write_outputs
             from pytest_qdm.gate.verdicts import baseline_verdicts, gate_verdicts
 
-            report = self.protocol()
+            report = self.reported()
 
             def judge_and_write() -> list:
                 verdicts = gate_verdicts(report, self.options.gates)
@@ -123,7 +124,17 @@ class GateSession:
 
             # under torchrun rank 0 judges and writes; every rank gets its verdicts
             self._verdicts = from_main(judge_and_write)
-        return self.protocol(), self._verdicts
+        return self.reported(), self._verdicts
+
+    def reported(self) -> ProtocolReport:
+        """The protocol report with the --qdm-claims results (docs/claims.md) attached."""
+        if not self.options.claims:
+            return self.protocol()
+        if self._claims is None:
+            from pytest_qdm.claims.session import session_claims
+
+            self._claims = from_main(partial(session_claims, self))
+        return self.protocol().model_copy(update={"claims": self._claims})
 
     def provenance(self) -> dict:
         """Where the report came from, for the summary and run.json."""

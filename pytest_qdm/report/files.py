@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_qdm.report import _format as fmt
+from pytest_qdm.report.claims import LEGEND as CLAIMS_LEGEND
+from pytest_qdm.report.claims import claims_table
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -67,6 +69,7 @@ def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool,
         (fmt.lens_table(report), fmt.LENS_LEGEND),
         (fmt.sae_pruning_table(report), None),
         (fmt.sensitivity_table(report), fmt.sensitivity_plan_line(report)),
+        (claims_table(report.claims), CLAIMS_LEGEND),
     ]:
         if table is not None:
             title, headers, rows = table

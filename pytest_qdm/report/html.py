@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_qdm.report import _format as fmt
+from pytest_qdm.report.claims import claims_html
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.drilldown import Context, FeatureDrilldown
@@ -175,6 +176,7 @@ def html_report(
         sens_title, headers, rows = sensitivity
         plan = f"<p>{escape(fmt.sensitivity_plan_line(report))}</p>"
         sections.append(f"<h2>{escape(sens_title)}</h2>" + _table(headers, rows) + plan)
+    sections.append(claims_html(report.claims, _table))
     details = [
         ("Matched pruning", fmt.pruning_line(report)),
         ("Overlap", fmt.overlap_line(report)),

@@ -17,6 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from pytest_qdm.report import _format as fmt
+from pytest_qdm.report.claims import LEGEND as CLAIMS_LEGEND
+from pytest_qdm.report.claims import claims_table
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.audit import AuditResult
@@ -159,6 +161,7 @@ def render_report(
         _titled_table(fmt.lens_table(report), caption=fmt.LENS_LEGEND),
         _titled_table(fmt.sae_pruning_table(report)),
         _titled_table(fmt.sensitivity_table(report), caption=fmt.sensitivity_plan_line(report)),
+        _titled_table(claims_table(report.claims), caption=CLAIMS_LEGEND),
         _pruning(report),
         _predictor(report),
         _stability(report),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pytest_qdm.schema.base import _Frozen
 
@@ -34,12 +34,16 @@ class ClaimResult(_Frozen):
     bound: str
     gate_end: Literal["estimate", "lower", "upper"] = "estimate"
     status: ClaimStatus
+    holds: bool = False  # set from status: "no reference effect" is not a pass
     message: str
     detail: dict[str, float | None] = Field(default_factory=dict)
 
-    @property
-    def holds(self) -> bool:
-        return self.status == "holds"
+    @model_validator(mode="before")
+    @classmethod
+    def _holds_from_status(cls, data):
+        if isinstance(data, dict):
+            data = {**data, "holds": data.get("status") == "holds"}
+        return data
 
     @property
     def item_name(self) -> str:
@@ -64,8 +68,5 @@ class ClaimsReport(_Frozen):
         return all(r.holds for r in self.results)
 
     def to_json_dict(self) -> dict:
-        """Per claim and condition the fields qdm-report.json's ``claims`` holds."""
-        data = self.model_dump(mode="json")
-        for row in data["results"]:
-            row["holds"] = row["status"] == "holds"
-        return data
+        """What qdm-report.json's ``claims`` holds."""
+        return self.model_dump(mode="json")
