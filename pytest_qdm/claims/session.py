@@ -39,11 +39,13 @@ def condition_names(options) -> list[str]:
 
 
 def session_claims(session) -> ClaimsReport:
-    from pytest_qdm.claims.check import check_claims
+    from pytest_qdm.claims.check import check_claims, check_targets
     from pytest_qdm.claims.files import claims_of_options
 
     options = session.options
     claims = claims_of_options(options)
+    model = session.subject.model  # targets are checked before the audit runs
+    check_targets(claims, lambda text: model.to_tokens(text, prepend_bos=False)[0].tolist())
     report = session.protocol()
     digest = hashlib.sha256(
         json.dumps([{"kind": c.kind, **c.model_dump()} for c in claims]).encode()
