@@ -180,12 +180,16 @@ def test_reference_condition_gives_ratio_one_and_unchanged_auroc(report):
 
 
 def test_claims_fail_when_the_readout_is_zeroed(report):
-    for claim in ("steer", "ablate"):
-        result = report.result(claim, "readout-zeroed")
-        assert result.status == "fails" and result.effect == 0.0, result.message
-        assert "fails on readout-zeroed: ratio 0" in result.message
+    steer = report.result("steer", "readout-zeroed")
+    assert steer.status == "fails" and steer.effect == 0.0 and steer.ratio == 0.0
+    assert "steer fails on readout-zeroed: ratio 0, >= 0.8 required" in steer.message
+    ablate = report.result("ablate", "readout-zeroed")
+    assert not ablate.holds and ablate.effect == 0.0
     # the SAE reads before the unembedding: detection is untouched by it
-    assert report.result("detect", "readout-zeroed").holds
+    assert (
+        report.result("detect", "readout-zeroed").effect
+        == report.result("detect", "reference").effect
+    )
 
 
 def test_no_reference_effect_is_not_a_pass(report):

@@ -25,6 +25,7 @@ _PRESENTATION = {
     "max_damaged",
     "max_ppl_change",
     "baseline",
+    "claims",  # measured after the protocol, cached on their own (claims/session.py)
     "baseline_checks",
     "update_baseline",
     "report_dir",
