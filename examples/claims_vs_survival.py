@@ -10,20 +10,19 @@ where it is silent in the reference; a window's score is the feature's max activ
 it, in its row's context). Writes claims_vs_survival.png and .json and prints the Spearman
 correlations (scipy) and the features where r and the claims disagree.
 
-    python examples/claims_vs_survival.py [OUT_DIR]
+    python examples/claims_vs_survival.py [OUT_DIR] [--features 200] [--prompts 8] [--tokens 8192]
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-N_FEATURES, N_TOKENS, WINDOW = 200, 8192, 16
+N_FEATURES, N_TOKENS, N_PROMPTS, WINDOW = 200, 8192, 8, 16
 
 
 def window_scores(codes: torch.Tensor, rows: int, context: int) -> np.ndarray:
@@ -54,7 +53,7 @@ def main(out: Path) -> None:
     ctx = ClaimContext(sae=sae, hook=TINY_HOOK, reference=model)
     ref_codes = encode(ctx, hook_activations(model, tokens, TINY_HOOK))
     features = torch.argsort(ref_codes.mean(0), descending=True)[:N_FEATURES].tolist()
-    prompts = read_texts(HERE / "claims" / "prose.txt", "prose")[:8]
+    prompts = read_texts(HERE / "claims" / "prose.txt", "prose")[:N_PROMPTS]
     claims = [steering_claim(model, sae, ref_codes, k, prompts) for k in features]
     rng = np.random.default_rng(0)
     ref_windows = window_scores(ref_codes, *tokens.shape)
@@ -147,4 +146,13 @@ def plot(table, conditions, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("claims_vs_survival"))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", nargs="?", type=Path, default=Path("claims_vs_survival"))
+    parser.add_argument("--features", type=int, default=N_FEATURES)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=N_TOKENS)
+    args = parser.parse_args()
+    N_FEATURES, N_TOKENS, N_PROMPTS = args.features, args.tokens, args.prompts
+    main(args.out)

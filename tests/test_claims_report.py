@@ -105,6 +105,7 @@ def test_the_gate_runs_one_item_per_claim_and_condition(pytester, monkeypatch):
     (pytester.path / "claims.toml").write_text(CLAIMS)
     run = pytester.runpytest_subprocess(
         *QUICK[:4], "--qdm-bits", "4", "--qdm-no-cache", "--qdm-claims", "claims.toml",
+        "--qdm-match-bits", "0", "--qdm-lenses", "none", "--qdm-no-plots",
         "--junitxml", "junit.xml", "-v", "-p", "no:cacheprovider",
     )  # fmt: skip
     run.stdout.fnmatch_lines(
