@@ -30,5 +30,7 @@ def audit_codes(ctx: ClaimContext, model, features: list[int]) -> torch.Tensor |
 
 
 def encode(ctx: ClaimContext, acts: torch.Tensor) -> torch.Tensor:
+    """The SAE's codes of activations [n, width], float32 on the CPU, without autograd."""
     sae = ctx.sae
-    return sae.encode(acts.to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu()
+    with torch.inference_mode():
+        return sae.encode(acts.to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu()
