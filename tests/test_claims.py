@@ -217,3 +217,17 @@ def test_report_json_has_every_field(report):
 def test_context_tokenizes_once(reference, sae):
     ctx = ClaimContext(sae=sae, hook=HOOK, reference=reference)
     assert ctx.tokens("def f(): pass") is ctx.tokens("def f(): pass")
+
+
+def test_survives_reads_the_audits_r(reference, sae):
+    r = np.full(sae.cfg.d_sae, 0.95)
+    r[7], r[9] = 0.5, np.nan
+    claims = [
+        claim_from_dict(dict(kind="survives", id=name, features=features, min_r=0.9))
+        for name, features in (("kept", [1, 2]), ("lost", [1, 7]), ("silent", [9]))
+    ]
+    report = check_claims(reference, sae, claims, [Reference()], correlations={"reference": r})
+    assert report.result("kept", "reference").holds
+    lost = report.result("lost", "reference")
+    assert lost.status == "fails" and lost.effect == 0.5 and lost.detail["r.7"] == 0.5
+    assert report.result("silent", "reference").status == "no reference effect"
