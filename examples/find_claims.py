@@ -4,9 +4,10 @@ A documented, reproducible search on the REFERENCE model only (no compressed mod
 looked at, so the claims are not chosen for surviving):
 
 1. Texts: lines of 30..120 characters from the built-in corpus' held-out split, code
-   (standard-library source) and prose (CPython's documentation), the first 60 of each
-   in sha256 order. Half of each (even positions) is the search set, the other half is
-   written to examples/claims/{code,prose}.txt and used by the claims.
+   (standard-library source) and prose (CPython's documentation), the first 240 of each
+   in sha256 order. The first 200 of each are the search set; the other 40 are written
+   to examples/claims/{code,prose}.txt and used by the claims (a search-set AUROC is
+   the best of 2048 and optimistic: the claims are judged on texts it never saw).
 2. detects: the feature with the highest AUROC (max activation per line) of code against
    prose on the search set.
 3. steers: the same feature's decoder row; targets: the 3 single tokens with the largest
@@ -29,9 +30,10 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+SEARCH = 200  # lines per domain to search on; the next 40 are the claims' texts
 
 
-def corpus_lines(domain: str, n: int = 60) -> list[str]:
+def corpus_lines(domain: str, n: int = 240) -> list[str]:
     from pytest_qdm.load.corpus import builtin_corpus
 
     text = builtin_corpus("heldout", domain).text
@@ -50,8 +52,8 @@ def main() -> None:
     model, sae = load_tiny_model(), load_tiny_sae()
     ctx = ClaimContext(sae=sae, hook=TINY_HOOK, reference=model)
     code, prose = corpus_lines("code"), corpus_lines("prose")
-    search = {"code": code[0::2], "prose": prose[0::2]}
-    held = {"code": code[1::2], "prose": prose[1::2]}
+    search = {"code": code[:SEARCH], "prose": prose[:SEARCH]}
+    held = {"code": code[SEARCH:], "prose": prose[SEARCH:]}
     codes = {d: [text_codes(ctx, model, t) for t in texts] for d, texts in search.items()}
     maxes = {d: np.stack([c.max(0).values.numpy() for c in cs]) for d, cs in codes.items()}
     means = {d: np.stack([c.mean(0).numpy() for c in cs]) for d, cs in codes.items()}

@@ -123,7 +123,7 @@ def test_ablation_effect_matches_dense_recomputation(reference, sae, claims, rep
 
 def codes_of(reference, sae, text):
     _, cache = reference.run_with_cache(reference.to_tokens(text), names_filter=HOOK)
-    return sae.encode(cache[HOOK][0]).detach().numpy()
+    return sae.encode(cache[HOOK][0, 1:]).detach().numpy()  # the text's own tokens, no BOS
 
 
 def test_detection_auroc_matches_sklearn_on_own_scores(reference, sae, claims, report):
@@ -151,8 +151,6 @@ def test_auroc_u_equals_roc_auc_score_with_ties():
 def test_probe_accuracy_matches_own_fit(reference, sae, claims, report):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     probe = claims[3]
     texts = probe.classes["code"] + probe.classes["prose"]
@@ -161,8 +159,7 @@ def test_probe_accuracy_matches_own_fit(reference, sae, claims, report):
     train, test = train_test_split(
         np.arange(len(texts)), test_size=0.5, random_state=0, stratify=labels
     )
-    fitted = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    fitted.fit(pooled[train], labels[train])
+    fitted = LogisticRegression(max_iter=2000).fit(pooled[train], labels[train])
     expected = (fitted.predict(pooled[test]) == labels[test]).mean()
     assert report.result("probe", "reference").reference_effect == pytest.approx(expected)
 

@@ -10,11 +10,14 @@ from pytest_qdm.stream.hooks import hook_activations, run_to_hook
 
 
 def text_codes(ctx: ClaimContext, model, text: str) -> torch.Tensor:
-    """The SAE's codes [n_tokens, d_sae] of ``text`` on ``model`` (float32, CPU)."""
+    """The SAE's codes [n_tokens, d_sae] of ``text``'s own tokens on ``model`` (float32,
+    CPU): a prepended BOS is dropped, it is the same for every text and carries no
+    concept (its activation is an outlier the SAE was not fitted to read)."""
     tokens = ctx.tokens(text).to(ctx.device_of(model))
     with torch.inference_mode():
         acts, _ = run_to_hook(model, tokens, ctx.hook)
-        return encode(ctx, acts)
+        codes = encode(ctx, acts)
+    return codes[1:] if ctx.prepend_bos and len(codes) > 1 else codes
 
 
 def audit_codes(ctx: ClaimContext, model, features: list[int]) -> torch.Tensor | None:
