@@ -43,6 +43,12 @@ class Detects(Claim):
     def feature_ids(self) -> list[int]:
         return [self.feature]
 
+    def bounds(self) -> str:
+        """The claim's bounds, as the report shows them."""
+        parts = [f"auroc >= {self.min_auroc:g}"] if self.min_auroc is not None else []
+        parts += [f"drop <= {self.max_drop:g}"] if self.max_drop is not None else []
+        return ", ".join(parts)
+
     def text_sets(self) -> dict[str, list[str]]:
         return {"positive": self.positive, "negative": self.negative}
 
@@ -76,7 +82,15 @@ class Detects(Claim):
         common = dict(effect=effect, ratio=ratio(effect, ref), detail=detail)
         if not clearly_above(ref_ci, 0.5):
             return no_reference_effect(
-                self, condition, ref, ref_ci, 0.5, "AUROC", gated="auroc", bound="", **common
+                self,
+                condition,
+                ref,
+                ref_ci,
+                0.5,
+                "AUROC",
+                gated="auroc",
+                bound=self.bounds(),
+                **common,
             )
         checks = []
         if self.min_auroc is not None:
