@@ -32,8 +32,6 @@ def window_scores(codes: torch.Tensor, rows: int, context: int) -> np.ndarray:
 
 
 def main(out: Path) -> None:
-    from scipy.stats import spearmanr
-
     from pytest_qdm.claims.activations import encode
     from pytest_qdm.claims.base import ClaimContext
     from pytest_qdm.claims.detects import auroc
@@ -80,29 +78,41 @@ def main(out: Path) -> None:
                 row[f"auroc_drop_{condition.name}"] = float(drop)
                 row["reference_steering_effect"] = float(reference[claim.id].mean())
     table = list(rows.values())
-    summary = {}
-    for c in conditions:
-        r = np.array([t[f"r_{c.name}"] for t in table])
-        ratio = np.array([t[f"steer_ratio_{c.name}"] for t in table])
-        drop = np.array([t[f"auroc_drop_{c.name}"] for t in table])
-        ok = np.isfinite(r)
-        summary[c.name] = {
-            "spearman_r_vs_steer_ratio": spearmanr(r[ok], ratio[ok]).statistic,
-            "spearman_r_vs_auroc_drop": spearmanr(r[ok], drop[ok]).statistic,
-            "median_r": float(np.nanmedian(r)),
-            "median_steer_ratio": float(np.median(ratio)),
-            "median_auroc_drop": float(np.median(drop)),
-            "disagree_high_r_low_steer": [t["feature"] for t in table
-                                          if t[f"r_{c.name}"] >= 0.9 and t[f"steer_ratio_{c.name}"] < 0.8],
-            "disagree_low_r_steer_kept": [t["feature"] for t in table
-                                          if t[f"r_{c.name}"] < 0.7 and 0.9 <= t[f"steer_ratio_{c.name}"] <= 1.1],
-        }  # fmt: skip
+    summary = summarize(table, [c.name for c in conditions])
     out.mkdir(parents=True, exist_ok=True)
     (out / "claims_vs_survival.json").write_text(
         json.dumps({"summary": summary, "features": table}, indent=1)
     )
-    plot(table, conditions, out / "claims_vs_survival.png")
+    plot(table, [c.name for c in conditions], out / "claims_vs_survival.png")
     print(json.dumps(summary, indent=1, default=float))
+
+
+def summarize(table: list[dict], names: list[str]) -> dict:
+    """Spearman correlations (scipy, NaN pairs omitted: a feature with no silent window
+    has no AUROC) and the features where r and the claims disagree."""
+    from scipy.stats import spearmanr
+
+    summary = {}
+    for name in names:
+        r, ratio, drop = (
+            np.array([t[f"{key}_{name}"] for t in table], dtype=float)
+            for key in ("r", "steer_ratio", "auroc_drop")
+        )
+        summary[name] = {
+            "spearman_r_vs_steer_ratio": spearmanr(r, ratio, nan_policy="omit").statistic,
+            "spearman_r_vs_auroc_drop": spearmanr(r, drop, nan_policy="omit").statistic,
+            "features_with_auroc": int(np.isfinite(drop).sum()),
+            "median_r": float(np.nanmedian(r)),
+            "median_steer_ratio": float(np.nanmedian(ratio)),
+            "median_auroc_drop": float(np.nanmedian(drop)),
+            "high_r_but_steering_lost": [t["feature"] for t in table
+                                         if t[f"r_{name}"] >= 0.9 and t[f"steer_ratio_{name}"] < 0.8],
+            "high_r_but_detection_lost": [t["feature"] for t in table
+                                          if t[f"r_{name}"] >= 0.9 and t[f"auroc_drop_{name}"] > 0.1],
+            "low_r_but_steering_kept": [t["feature"] for t in table
+                                        if t[f"r_{name}"] < 0.7 and 0.9 <= t[f"steer_ratio_{name}"] <= 1.1],
+        }  # fmt: skip
+    return summary
 
 
 def steering_claim(model, sae, ref_codes, k: int, prompts: list[str]):
@@ -121,21 +131,17 @@ def steering_claim(model, sae, ref_codes, k: int, prompts: list[str]):
     return Steers(id=f"f{k}", feature=k, alpha=alpha, prompts=prompts, targets=targets)
 
 
-def plot(table, conditions, path: Path) -> None:
+def plot(table, names: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for c, marker in zip(conditions, "os", strict=False):
-        r = [t[f"r_{c.name}"] for t in table]
-        axes[0].scatter(
-            r, [t[f"steer_ratio_{c.name}"] for t in table], s=10, marker=marker, label=c.name
-        )
-        axes[1].scatter(
-            r, [t[f"auroc_drop_{c.name}"] for t in table], s=10, marker=marker, label=c.name
-        )
+    for name, marker in zip(names, "os", strict=False):
+        r = [t[f"r_{name}"] for t in table]
+        for ax, key in zip(axes, ("steer_ratio", "auroc_drop"), strict=True):
+            ax.scatter(r, [t[f"{key}_{name}"] for t in table], s=10, marker=marker, label=name)
     axes[0].set(xlabel="Pearson r (feature survival)", ylabel="steering effect ratio")
     axes[1].set(xlabel="Pearson r (feature survival)", ylabel="detection AUROC drop")
     for ax in axes:
@@ -153,6 +159,13 @@ if __name__ == "__main__":
     parser.add_argument("--features", type=int, default=N_FEATURES)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=N_TOKENS)
+    parser.add_argument("--from-json", type=Path, help="re-summarize and re-plot a saved run")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())["features"]
+        names = [k.removeprefix("r_") for k in saved[0] if k.startswith("r_")]
+        print(json.dumps(summarize(saved, names), indent=1, default=float))
+        plot(saved, names, args.out / "claims_vs_survival.png")
+        raise SystemExit
     N_FEATURES, N_TOKENS, N_PROMPTS = args.features, args.tokens, args.prompts
     main(args.out)
