@@ -111,7 +111,8 @@ def test_the_gate_runs_one_item_per_claim_and_condition(pytester, monkeypatch):
     run.stdout.fnmatch_lines(
         ["*qdm-claims::steer?rtn-int4? PASSED*", "*qdm-claims::no-effect?rtn-int4? FAILED*"]
     )
-    run.stdout.fnmatch_lines(["*Claims*", "*no reference effect*"])
+    run.stdout.fnmatch_lines(["*Claims*", "*no-effect*steers*rtn-int4*"])
+    assert "no-effect: no reference effect (steering effect 0" in run.stdout.str()
     written = json.loads((pytester.path / "qdm-report" / "qdm-report.json").read_text())
     assert {r["claim"] for r in written["claims"]["results"]} == {"steer", "no-effect"}
     assert "<h2>Claims</h2>" in (pytester.path / "qdm-report" / "index.html").read_text()
