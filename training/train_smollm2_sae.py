@@ -191,8 +191,8 @@ def stage_train(work: Path, args, log):
 
 def stage_eval(work: Path, args, log) -> dict:
     import torch
-    from safetensors.torch import load_file
     from sae_lens import SAE
+    from safetensors.torch import load_file
 
     sae = SAE.load_from_disk(str(work / "sae"), device="cpu")
     acts = torch.cat(
