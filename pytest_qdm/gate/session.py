@@ -158,11 +158,13 @@ class GateSession:
         known = remembered_fingerprint(self.options.cache_dir, self.sources)
         if known is None:
             return None
+        from pytest_qdm.cachefiles import read_checked
+
         path = cache_path(self.options.cache_dir, known.key())
-        if not path.is_file():
-            return None
-        self.__dict__["fingerprint"] = known  # the cached_property, without loading anything
-        return ProtocolReport.from_json(path.read_text())
+        report = read_checked(path, known.key(), ProtocolReport)
+        if report is not None:
+            self.__dict__["fingerprint"] = known  # the cached_property, without loading
+        return report
 
     def _run_protocol(self) -> ProtocolReport:
         from pytest_qdm.compress.schemes import scheme_condition

@@ -1,0 +1,34 @@
+"""One real protocol report of the bundled tiny model, small enough to build in seconds."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_report():
+    import torch
+
+    import pytest_qdm as qdm
+    from pytest_qdm.load.tokens import load_tokens
+    from pytest_qdm.settings import ProtocolConfig
+    from pytest_qdm.zoo import load_tiny_model, load_tiny_sae
+
+    model = load_tiny_model(device="cpu")
+    tokens = load_tokens(
+        "builtin", model.tokenizer, context_length=64, max_tokens=512, prepend_bos=True
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return qdm.run_protocol(
+            model,
+            load_tiny_sae(device="cpu"),
+            tokens,
+            bits=(8,),
+            match_bits=None,
+            config=qdm.AuditConfig(progress=False),
+            protocol=ProtocolConfig(n_shards=2, n_bootstrap=0, ppl_tokens=128, sae_transfer=False),
+        )
+    finally:
+        torch.set_num_threads(threads)
