@@ -7,6 +7,7 @@ sha256 of their content: a truncated, edited, foreign or newer-schema entry is d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
@@ -31,10 +32,8 @@ def discarded(path: str | os.PathLike, reason: str) -> None:
     warnings.warn(
         f"pytest-qdm: ignored {path}: {reason}; recomputing it", CacheWarning, stacklevel=2
     )
-    try:
+    with contextlib.suppress(OSError):
         Path(path).unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def best_effort(path: str | os.PathLike, write: Callable[[], T]) -> T | None:

@@ -125,6 +125,14 @@ class GateSession:
             self._verdicts = from_main(judge_and_write)
         return self.protocol(), self._verdicts
 
+    def outcome(self) -> dict | None:
+        """This run's own result for the end-of-session summary (report, verdict rows,
+        provenance), held in memory; None before the gate was judged."""
+        if self._verdicts is None:
+            return None
+        rows = [(v.name, v.passed, v.message) for v in self._verdicts]
+        return {"report": self.protocol(), "verdicts": rows, "provenance": self.provenance()}
+
     def provenance(self) -> dict:
         """Where the report came from, for the summary and run.json."""
         info = {"cached": self.cache_hit}
