@@ -118,12 +118,15 @@ class _GateItem(pytest.Item):
             return session.judged()
 
     def repr_failure(self, excinfo, style=None):
+        from pytest_qdm.gate.baseline import BaselineRefused
         from pytest_qdm.load.checkpoints import MissingFormatLibrary
         from pytest_qdm.load.hub import HubUnavailableError
 
         model = _options(self.config).model
         if isinstance(excinfo.value, QdmGateFailure):
             return f"QDM gate {self.name} failed for {model}: {excinfo.value}"
+        if isinstance(excinfo.value, BaselineRefused):
+            return f"QDM gate {self.name} not run for {model}: {excinfo.value}"
         if isinstance(excinfo.value, (HubUnavailableError, MissingFormatLibrary)):
             return f"QDM gate {self.name} could not load its inputs: {excinfo.value}"
         return super().repr_failure(excinfo, style)

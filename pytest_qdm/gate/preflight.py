@@ -171,6 +171,7 @@ def check_writable_dir(path: str | os.PathLike, option: str) -> None:
 
 
 def _check_baseline(path: Path, update: bool) -> None:
+    from pytest_qdm.gate.baseline import check_schema
     from pytest_qdm.schema.gate import Baseline
 
     if path.is_dir():
@@ -179,10 +180,14 @@ def _check_baseline(path: Path, update: bool) -> None:
     if not path.exists() or update:
         return  # written (or rewritten) after the run
     try:
-        Baseline.model_validate_json(path.read_text())
+        baseline = Baseline.model_validate_json(path.read_text())
     except (OSError, ValueError, ValidationError) as error:
         reason = "empty" if path.exists() and not path.stat().st_size else type(error).__name__
         raise ValueError(
             f"--qdm-baseline {str(path)!r} is not a pytest-qdm baseline ({reason}); "
             "delete it or rerun with --qdm-update-baseline to rewrite it"
         ) from None
+    try:
+        check_schema(baseline, path)
+    except ValueError as error:
+        raise ValueError(f"--qdm-baseline: {error}") from None

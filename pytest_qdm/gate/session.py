@@ -178,6 +178,7 @@ class GateSession:
         from pytest_qdm.compress.schemes import scheme_condition
         from pytest_qdm.run.protocol import run_protocol
 
+        self._refuse_foreign_baseline()
         s = self.subject
         return run_protocol(
             s.model,
@@ -197,6 +198,19 @@ class GateSession:
             if self.options.cache
             else None,
         )
+
+    def _refuse_foreign_baseline(self) -> None:
+        """Before the audit: a baseline made for other inputs fails the run now, naming what
+        differs, not after the work (BaselineRefused, one line)."""
+        options = self.options
+        path = Path(options.baseline) if options.baseline else None
+        if path is None or options.update_baseline or not path.is_file():
+            return
+        from pytest_qdm.gate.baseline import BaselineRefused, foreign_baseline, read_baseline
+
+        differences = self.fingerprint.differences(read_baseline(path).fingerprint)
+        if differences:
+            raise BaselineRefused(foreign_baseline(path, differences))
 
     def audit(self, bits=None, tokens=None, **overrides) -> AuditResult:
         """The session's audit; per-test settings (a ``qdm`` marker) get their own run."""
