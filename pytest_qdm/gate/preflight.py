@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pytest_qdm.compress.names import SCHEME_NAME
+from pytest_qdm.gate.input_checks import check_input_files
 from pytest_qdm.load.corpus import source_problem
 from pytest_qdm.load.specs import check_specs
 from pytest_qdm.options import QdmOptions
@@ -22,6 +23,7 @@ from pytest_qdm.options import QdmOptions
 def preflight(options: QdmOptions) -> None:
     """Raise ValueError with one line for the first problem found."""
     check_specs(options)
+    check_input_files(options)
     _check_candidates(options)
     _check_dataset(options)
     _check_gated_conditions(options)

@@ -35,9 +35,20 @@ def test_two_runs_sharing_folders_each_print_and_keep_their_own(tmp_path):
     environment.pop("GITHUB_STEP_SUMMARY", None)
     processes = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "pytest", *FAST, *args, f"--qdm-dataset={corpus}",
-             *shared, f"--junitxml={tmp_path / name}.xml"],
-            cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                *FAST,
+                *args,
+                f"--qdm-dataset={corpus}",
+                *shared,
+                f"--junitxml={tmp_path / name}.xml",
+            ],
+            cwd=tmp_path,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )  # fmt: skip
         for name, args in RUNS.items()
