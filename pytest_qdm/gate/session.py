@@ -46,6 +46,7 @@ class GateSession:
     _protocol: ProtocolReport | None = None
     cache_hit: bool = False
     _verdicts: list | None = None
+    _provenance: dict | None = None
 
     @cached_property
     def subject(self) -> Subject:
@@ -134,7 +135,10 @@ class GateSession:
         return {"report": self.protocol(), "verdicts": rows, "provenance": self.provenance()}
 
     def provenance(self) -> dict:
-        """Where the report came from, for the summary and run.json."""
+        """Where the report came from, for the summary and run.json (taken once, when the
+        gate is judged, so both say the same)."""
+        if self._provenance is not None:
+            return self._provenance
         info = {"cached": self.cache_hit}
         if self.options.cache:
             path = cache_path(self.options.cache_dir, self.fingerprint.key())
@@ -143,6 +147,7 @@ class GateSession:
                 info["cached_at"] = datetime.fromtimestamp(path.stat().st_mtime).isoformat(
                     sep=" ", timespec="seconds"
                 )
+        self._provenance = info
         return info
 
     def protocol(self) -> ProtocolReport:
