@@ -1,5 +1,9 @@
 """Two different gate runs started together on one cache folder and one report folder:
-each prints its own report and verdict, and the folder holds one run's complete files."""
+each prints its own report and verdict, and the folder holds one run's complete files.
+
+Each run waits, before printing its summary, until both have written their reports, so one
+of them always finds the other's files in the folder (the case that used to print the other
+run's report and verdict)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,18 @@ FAST = [
     "no:cacheprovider",
     "-q",
 ]
+BOTH_WRITTEN_FIRST = """
+import os, pathlib, time
+import pytest
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_terminal_summary(config):
+    sync = pathlib.Path(os.environ["QDM_SYNC"])
+    (sync / os.environ["QDM_RUN"]).touch()
+    deadline = time.monotonic() + 300
+    while len(list(sync.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+"""
 RUNS = {
     "int8": ["--qdm-bits=8", "--qdm-min-survived=int8:0.0"],  # passes
     "int4": ["--qdm-bits=4", "--qdm-min-survived=int4:1.0"],  # fails
@@ -28,11 +44,14 @@ RUNS = {
 
 
 def test_two_runs_sharing_folders_each_print_and_keep_their_own(tmp_path):
+    (tmp_path / "conftest.py").write_text(BOTH_WRITTEN_FIRST)
+    (tmp_path / "sync").mkdir()
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(f"word{i % 97} and then some text" for i in range(400)))
     shared = [f"--qdm-cache-dir={tmp_path / 'cache'}", f"--qdm-report-dir={tmp_path / 'out'}"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     environment.pop("GITHUB_STEP_SUMMARY", None)
+    sync = {"QDM_SYNC": str(tmp_path / "sync")}
     processes = {
         name: subprocess.Popen(
             [
@@ -44,13 +63,13 @@ def test_two_runs_sharing_folders_each_print_and_keep_their_own(tmp_path):
                 f"--qdm-dataset={corpus}",
                 *shared,
                 f"--junitxml={tmp_path / name}.xml",
-            ],
+            ],  # fmt: skip
             cwd=tmp_path,
-            env=environment,
+            env={**environment, **sync, "QDM_RUN": name},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for name, args in RUNS.items()
     }
     outputs = {name: process.communicate(timeout=600)[0] for name, process in processes.items()}
