@@ -493,7 +493,12 @@ def build_options(raw: dict[str, Any], **extra: Any) -> QdmOptions:
     for name, meta, _ in option_fields():
         flags[name] = meta["flag"]
         value = raw.get(meta["flag"])
-        if value in (None, "", []) or (meta["kind"] in ("flag", "not-flag") and not value):
+        if _blank(value) and meta["kind"] not in ("flag", "not-flag"):
+            raise ValueError(
+                f"--qdm-{meta['flag']} was given an empty value: give a value "
+                "(see pytest --help) or leave the option out"
+            )
+        if value in (None, []) or (meta["kind"] in ("flag", "not-flag") and not value):
             continue
         settings[name] = _parse(meta["flag"], meta["kind"], value)
     if settings.get("match_bits") == 0:
@@ -502,6 +507,12 @@ def build_options(raw: dict[str, Any], **extra: Any) -> QdmOptions:
         return QdmOptions(**settings)
     except ValidationError as error:
         raise ValueError(one_line(error, flags)) from None
+
+
+def _blank(value: Any) -> bool:
+    """An option given with nothing in it ("" or a list with a blank entry)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return any(isinstance(v, str) and not v.strip() for v in values)
 
 
 def one_line(error: ValidationError, flags: dict[str, str] | None = None) -> str:

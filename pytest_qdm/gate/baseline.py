@@ -46,14 +46,40 @@ def write_baseline(path: Path, fingerprint: Fingerprint, report: ProtocolReport)
     return write_json(Baseline(fingerprint=fingerprint, report=report), path)
 
 
+class BaselineRefused(ValueError):
+    """A baseline made for other inputs, refused before the audit runs."""
+
+
 def read_baseline(path: Path) -> Baseline:
     try:
-        return Baseline.model_validate_json(Path(path).read_text())
+        baseline = Baseline.model_validate_json(Path(path).read_text())
     except ValueError as error:
         raise ValueError(
             f"baseline {path} is not a pytest-qdm baseline ({error.__class__.__name__}); "
             "delete it or rerun with --qdm-update-baseline"
         ) from error
+    check_schema(baseline, path)
+    return baseline
+
+
+def check_schema(baseline: Baseline, path: Path) -> None:
+    """Refuse a baseline written by a newer pytest-qdm (its numbers may mean other things)."""
+    from pytest_qdm.schema.protocol import SCHEMA_VERSION
+
+    version = baseline.report.schema_version
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"baseline {path} has schema_version {version}, newer than this pytest-qdm's "
+            f"{SCHEMA_VERSION}: upgrade pytest-qdm, or rerun with --qdm-update-baseline"
+        )
+
+
+def foreign_baseline(path: Path, differences: list[str]) -> str:
+    return (
+        f"baseline {path} refused, it was made for other inputs: "
+        + "; ".join(differences)
+        + ". Rerun with --qdm-update-baseline to replace it."
+    )
 
 
 def _metric(report: ProtocolReport, condition: str, metric: str) -> float | None:

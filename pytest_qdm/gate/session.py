@@ -46,6 +46,7 @@ class GateSession:
     _protocol: ProtocolReport | None = None
     cache_hit: bool = False
     _verdicts: list | None = None
+    _provenance: dict | None = None
 
     @cached_property
     def subject(self) -> Subject:
@@ -125,8 +126,19 @@ class GateSession:
             self._verdicts = from_main(judge_and_write)
         return self.protocol(), self._verdicts
 
+    def outcome(self) -> dict | None:
+        """This run's own result for the end-of-session summary (report, verdict rows,
+        provenance), held in memory; None before the gate was judged."""
+        if self._verdicts is None:
+            return None
+        rows = [(v.name, v.passed, v.message) for v in self._verdicts]
+        return {"report": self.protocol(), "verdicts": rows, "provenance": self.provenance()}
+
     def provenance(self) -> dict:
-        """Where the report came from, for the summary and run.json."""
+        """Where the report came from, for the summary and run.json (taken once, when the
+        gate is judged, so both say the same)."""
+        if self._provenance is not None:
+            return self._provenance
         info = {"cached": self.cache_hit}
         if self.options.cache:
             path = cache_path(self.options.cache_dir, self.fingerprint.key())
@@ -135,6 +147,7 @@ class GateSession:
                 info["cached_at"] = datetime.fromtimestamp(path.stat().st_mtime).isoformat(
                     sep=" ", timespec="seconds"
                 )
+        self._provenance = info
         return info
 
     def protocol(self) -> ProtocolReport:
@@ -158,16 +171,19 @@ class GateSession:
         known = remembered_fingerprint(self.options.cache_dir, self.sources)
         if known is None:
             return None
+        from pytest_qdm.cachefiles import read_checked
+
         path = cache_path(self.options.cache_dir, known.key())
-        if not path.is_file():
-            return None
-        self.__dict__["fingerprint"] = known  # the cached_property, without loading anything
-        return ProtocolReport.from_json(path.read_text())
+        report = read_checked(path, known.key(), ProtocolReport)
+        if report is not None:
+            self.__dict__["fingerprint"] = known  # the cached_property, without loading
+        return report
 
     def _run_protocol(self) -> ProtocolReport:
         from pytest_qdm.compress.schemes import scheme_condition
         from pytest_qdm.run.protocol import run_protocol
 
+        self._refuse_foreign_baseline()
         s = self.subject
         return run_protocol(
             s.model,
@@ -187,6 +203,19 @@ class GateSession:
             if self.options.cache
             else None,
         )
+
+    def _refuse_foreign_baseline(self) -> None:
+        """Before the audit: a baseline made for other inputs fails the run now, naming what
+        differs, not after the work (BaselineRefused, one line)."""
+        options = self.options
+        path = Path(options.baseline) if options.baseline else None
+        if path is None or options.update_baseline or not path.is_file():
+            return
+        from pytest_qdm.gate.baseline import BaselineRefused, foreign_baseline, read_baseline
+
+        differences = self.fingerprint.differences(read_baseline(path).fingerprint)
+        if differences:
+            raise BaselineRefused(foreign_baseline(path, differences))
 
     def audit(self, bits=None, tokens=None, **overrides) -> AuditResult:
         """The session's audit; per-test settings (a ``qdm`` marker) get their own run."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_qdm.gate.baseline import compare, read_baseline, write_baseline
+from pytest_qdm.gate.baseline import compare, foreign_baseline, read_baseline, write_baseline
 from pytest_qdm.gate.thresholds import GateCheck
 from pytest_qdm.schema.gate import Verdict
 from pytest_qdm.schema.protocol import ProtocolReport
@@ -98,15 +98,7 @@ def baseline_verdicts(
             return [
                 Verdict("baseline", False, f"baseline {path} rewritten (it was for other inputs)")
             ]
-        return [
-            Verdict(
-                "baseline",
-                False,
-                f"baseline {path} refused, it was made for other inputs: "
-                + "; ".join(differences)
-                + ". Rerun with --qdm-update-baseline to replace it.",
-            )
-        ]
+        return [Verdict("baseline", False, foreign_baseline(path, differences))]
     failures = compare(report, saved.report, list(options.baseline_checks))
     if failures and options.update_baseline:
         write_baseline(path, fingerprint, report)
