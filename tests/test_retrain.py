@@ -118,3 +118,32 @@ def test_condition_not_audited_is_refused(reference, sae, tokens, reference_audi
 def test_small_budget_is_refused_before_the_audit(reference, sae, tokens):
     with pytest.raises(ValueError, match="below the trainer's minimum"):
         retrain_sae(reference, sae, tokens, RTN(4), budget=100)
+
+
+def test_the_ideal_retrained_sae_of_a_rotation_is_all_moved(reference, sae, tokens):
+    """The matching and activation r, on an SAE turned by hand with the known rotation
+    (W_enc -> Q^T W_enc, W_dec -> W_dec Q, b_dec -> b_dec Q): every active feature matches
+    itself with decoder cosine cos(angle) and r = 1."""
+    import copy
+
+    from pytest_qdm.analyse.feature_matching import decoder_cosines, match_features
+    from pytest_qdm.analyse.retrain_eval import feature_pass
+
+    rotation = uniform_rotation(reference.cfg.d_model, cosine=0.95)
+    turned = copy.deepcopy(sae)
+    q = rotation.float()
+    with torch.no_grad():
+        turned.W_enc.copy_(q.T @ sae.W_enc)
+        turned.W_dec.copy_(sae.W_dec @ q)
+        turned.b_dec.copy_(sae.b_dec @ q)
+    rotated = RotatedReadout(hook=TINY_HOOK, rotation=rotation)
+    w_dec = sae.W_dec.detach().numpy()
+    cosines = decoder_cosines(w_dec, turned.W_dec.detach().numpy())
+    match = match_features(cosines, "hungarian")
+    ids = np.arange(len(match))
+    assert (match == ids).all() and np.allclose(cosines[ids, match], 0.95, atol=1e-5)
+    (fired,), r = feature_pass(
+        reference, sae, [turned], rotated, tokens[:4], TINY_HOOK, (ids, match), 4
+    )
+    live = np.isfinite(r) & (fired > 0)
+    assert live.sum() > 100 and np.allclose(r[live], 1.0, atol=1e-3)
