@@ -108,7 +108,7 @@ def inference_sae(trained, like):
 
 
 def activation_stream(
-    model, condition: Condition, tokens: torch.Tensor, hook: str, dtype, advance=None
+    model, condition: Condition, tokens: torch.Tensor, hook: str, dtype
 ) -> Iterator[torch.Tensor]:
     """Activations at ``hook`` of the condition's model, ROWS_PER_FORWARD rows per forward,
     the rows in a fresh random order every epoch (global torch RNG), forever. The model
@@ -120,8 +120,6 @@ def activation_stream(
             rows = tokens[order[start : start + ROWS_PER_FORWARD]].to(model.cfg.device)
             with torch.no_grad(), condition.running(model, weights) as run:
                 acts, _ = run_to_hook(run, rows, hook)
-            if advance is not None:
-                advance(acts.shape[0])
             yield acts.to(dtype)
 
 
