@@ -35,6 +35,8 @@ _EXPORTS = {
     "load_preset": "load.subject",
     "prune_sae": "analyse.sae_pruning",
     "sae_pruning_sweep": "analyse.sae_pruning",
+    "retrain_sae": "analyse.retrain",
+    "RetrainResult": "schema.retrain",
     "TokenAgreement": "schema.audit",
 }
 
@@ -52,6 +54,7 @@ __all__ = [
     "ProtocolReport",
     "RTN",
     "Reference",
+    "RetrainResult",
     "assert_feature_survival",
     "assert_features_survive",
     "assert_max_damaged",
@@ -60,6 +63,7 @@ __all__ = [
     "fit_survival_predictor",
     "load_preset",
     "prune_sae",
+    "retrain_sae",
     "run_protocol",
     "sae_pruning_sweep",
     "TokenAgreement",
@@ -71,6 +75,7 @@ _SUBMODULES = ("assertions", "options", "settings", "progress", "zoo")
 if TYPE_CHECKING:
     from pytest_qdm.analyse.overlap import compare_damage
     from pytest_qdm.analyse.predictor import fit_survival_predictor
+    from pytest_qdm.analyse.retrain import retrain_sae
     from pytest_qdm.analyse.sae_pruning import prune_sae, sae_pruning_sweep
     from pytest_qdm.assertions import (
         assert_feature_survival,
@@ -85,6 +90,7 @@ if TYPE_CHECKING:
     from pytest_qdm.schema.analyses import OverlapResult, PredictorResult
     from pytest_qdm.schema.audit import AuditResult, ConditionResult, TokenAgreement
     from pytest_qdm.schema.protocol import ProtocolReport
+    from pytest_qdm.schema.retrain import RetrainResult
     from pytest_qdm.settings import AuditConfig
 
 

@@ -17,8 +17,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from pytest_qdm.analyse.retrain_checks import check_budget
 from pytest_qdm.analyse.sensitivity import check_focus, plan_target
-from pytest_qdm.compress.names import scheme_name
+from pytest_qdm.compress.names import condition_name, scheme_name
 from pytest_qdm.gate.thresholds import BaselineCheck, GateCheck, parse_baseline, parse_gate
 from pytest_qdm.load.tokens import DOMAIN_LABEL
 from pytest_qdm.settings import (
@@ -317,6 +318,29 @@ class QdmOptions(BaseModel):
         description="SAE feature importance for --qdm-sae-prune: " + " or ".join(SAE_PRUNE_METHODS),
         json_schema_extra=cli("sae-prune-method", metavar="METHOD"),
     )
+    retrain_sae: int = Field(
+        0,
+        ge=0,
+        description="retrained-SAE baseline: train an SAE of the reference SAE's architecture "
+        "on the --qdm-retrain-condition model's activations for this many tokens (sae_lens' "
+        "trainer), then report frozen vs retrained vs pruned SAE and which failing features "
+        "are lost or only moved (docs/retrained-sae.md)",
+        json_schema_extra=cli("retrain-sae", "int", "TOKENS", shown="off"),
+    )
+    retrain_init: Literal["reference", "random"] = Field(
+        "reference",
+        description="--qdm-retrain-sae starts from the reference SAE (a fine-tune) or from "
+        "sae_lens' random initialisation",
+        json_schema_extra=cli("retrain-init", metavar="INIT"),
+    )
+    retrain_condition: str | None = Field(
+        None,
+        description="the audited condition --qdm-retrain-sae trains on, e.g. int4 or a "
+        "candidate:<name>",
+        json_schema_extra=cli(
+            "retrain-condition", metavar="NAME", shown="the --qdm-match-bits width"
+        ),
+    )
     sensitivity: bool = Field(
         False,
         description="which blocks to keep at higher precision: quantize one block at a time at "
@@ -362,6 +386,11 @@ class QdmOptions(BaseModel):
                 f"--qdm-match-bits {self.match_bits} is not among --qdm-bits {list(self.bits)}"
             )
         check_focus(self.match_bits, self.sensitivity)
+        if self.retrain_sae:
+            try:
+                check_budget(self.retrain_sae)
+            except ValueError as error:
+                raise ValueError(f"--qdm-retrain-sae: {error}") from None
         if self.two_phase_dir is not None and not self.two_phase:
             raise ValueError("--qdm-two-phase-dir needs --qdm-two-phase")
         if self.damage_threshold > self.survival_threshold:
@@ -377,6 +406,15 @@ class QdmOptions(BaseModel):
         refcode = tuple(f"rtn-int{b}-refcode" for b in self.bits)
         extra = refcode if self.rtn_axes == "reference" else ()
         return tuple(dict.fromkeys(self.schemes + extra))
+
+    @property
+    def retrained_condition(self) -> str | None:
+        """The condition name --qdm-retrain-sae trains on (None: no retraining)."""
+        if not self.retrain_sae:
+            return None
+        if self.retrain_condition is not None:
+            return condition_name(self.retrain_condition.strip().lower())
+        return None if self.match_bits is None else f"rtn-int{self.match_bits}"
 
     @property
     def sensitivity_target(self) -> float:

@@ -8,6 +8,8 @@ Definitions of the bands and metrics: docs/definitions.md.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 LENSES = ("token", "transfer")
@@ -130,6 +132,16 @@ class ProtocolConfig(BaseModel):
     )
     sensitivity_max_raised: int | None = Field(
         None, ge=0, description="at most this many blocks raised to INT8 (None: no limit)"
+    )
+    retrain_tokens: int = Field(
+        0,
+        ge=0,
+        description="retrain the SAE on one condition's activations for this many tokens "
+        "(docs/retrained-sae.md; 0: no retrained baseline)",
+    )
+    retrain_init: Literal["reference", "random"] = "reference"
+    retrain_condition: str | None = Field(
+        None, description="the audited condition to retrain on (None: the focus condition)"
     )
 
     @field_validator("sae_prune_method")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from pytest_qdm.analyse.retrain_checks import check_audited
 from pytest_qdm.compress.names import SCHEME_NAME
 from pytest_qdm.gate.input_checks import check_input_files
 from pytest_qdm.load.corpus import source_problem
@@ -27,6 +28,7 @@ def preflight(options: QdmOptions) -> None:
     _check_candidates(options)
     _check_dataset(options)
     _check_gated_conditions(options)
+    _check_retrain(options)
     _check_device(options.device)
     _check_placement(options)
     check_writable_dir(options.report_dir, "--qdm-report-dir")
@@ -144,6 +146,21 @@ def _check_gated_conditions(options: QdmOptions) -> None:
             fix = f"add {bits[1]} to --qdm-bits" if bits else f"add {name} to --qdm-schemes"
             option = getattr(check, "option", "baseline_fail").replace("_", "-")
             raise ValueError(f"--qdm-{option} names {name}, which this run does not audit: {fix}")
+
+
+def _check_retrain(options: QdmOptions) -> None:
+    """--qdm-retrain-sae trains on a condition this run audits."""
+    if not options.retrain_sae:
+        return
+    name = options.retrained_condition
+    if name is None:
+        raise ValueError(
+            "--qdm-retrain-sae needs --qdm-retrain-condition NAME when --qdm-match-bits is 0"
+        )
+    try:
+        check_audited(name, audited_names(options))
+    except ValueError as error:
+        raise ValueError(f"--qdm-retrain-condition: {error}") from None
 
 
 def _check_device(device: str | None) -> None:

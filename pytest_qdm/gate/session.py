@@ -34,6 +34,7 @@ from pytest_qdm.settings import ProtocolConfig
 from pytest_qdm.stream.distributed import agreed, from_main, init_from_torchrun
 
 SENSITIVITY_FIELDS = {"sensitivity", "sensitivity_target", "sensitivity_max_raised"}
+RETRAIN_FIELDS = {"retrain_tokens", "retrain_init", "retrain_condition"}
 # settings that never change a number (two-phase gives the one-phase numbers bit for bit):
 # out of the fingerprint, so either mode reuses the other's cached results and baselines
 NOT_FINGERPRINTED = {"progress", "two_phase", "two_phase_dir", "two_phase_keep"}
@@ -67,6 +68,9 @@ class GateSession:
             sae_prune_method=options.sae_prune_method,
             sensitivity=options.sensitivity,
             sensitivity_target=options.sensitivity_target,
+            retrain_tokens=options.retrain_sae,
+            retrain_init=options.retrain_init,
+            retrain_condition=options.retrained_condition,
         )
 
     @cached_property
@@ -74,11 +78,12 @@ class GateSession:
         s, options = self.subject, self.options
         settings = {
             "audit": json.loads(options.audit_config().model_dump_json(exclude=NOT_FINGERPRINTED)),
-            # sensitivity off: its fields stay out, so fingerprints (caches, baselines) made
-            # before the option existed still match
+            # sensitivity or retraining off: its fields stay out, so fingerprints (caches,
+            # baselines) made before the option existed still match
             "protocol": json.loads(
                 self.protocol_config.model_dump_json(
-                    exclude=None if options.sensitivity else SENSITIVITY_FIELDS
+                    exclude=(set() if options.sensitivity else SENSITIVITY_FIELDS)
+                    | (set() if options.retrain_sae else RETRAIN_FIELDS)
                 )
             ),
             "bits": list(options.bits),

@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_qdm.report import _format as fmt
+from pytest_qdm.report.retrain import (
+    lost_caption,
+    lost_moved_table,
+    retrain_caption,
+    three_way_table,
+)
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -67,6 +73,8 @@ def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool,
         (fmt.lens_table(report), fmt.LENS_LEGEND),
         (fmt.sae_pruning_table(report), None),
         (fmt.sensitivity_table(report), fmt.sensitivity_plan_line(report)),
+        (three_way_table(report), retrain_caption(report)),
+        (lost_moved_table(report), lost_caption(report)),
     ]:
         if table is not None:
             title, headers, rows = table

@@ -26,6 +26,11 @@ e.g. ``reference``, ``rtn-int6``, ``prune-0.175``):
   ``ppl_chunked_change``; ``qdm.sensitivity.plan.``: ``survived_pct``, ``mean_r``,
   ``ppl_chunked_change`` (measured), ``predicted_survived_pct``, ``n_raised``,
   ``target_met`` (block sensitivity, when run).
+- ``qdm.retrain.``: ``condition``, ``trained_tokens``, ``matching``;
+  ``qdm.retrain.<transfer|retrained|pruned>.``: ``sae_ev``, ``mean_l0``,
+  ``spliced_loss_change``, ``loss_recovered``, ``dead_latents``, ``n_features``;
+  ``qdm.retrain.<survived|degraded|damaged>.moved`` / ``.lost`` (the retrained-SAE
+  baseline, when run).
 - ``qdm.overlap.``: ``jaccard_not_survived``, ``jaccard_damaged``, ``pearson_damage``,
   ``spearman_damage``.
 - ``qdm.null.``: ``passed``, ``max_abs_deviation``; ``qdm.sae_fit.``: ``ok``,
@@ -41,6 +46,7 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from pytest_qdm.report.retrain import retrain_properties
 from pytest_qdm.schema.metrics import ROW_PROPERTIES
 
 if TYPE_CHECKING:
@@ -196,6 +202,7 @@ def junit_properties(report: ProtocolReport) -> list[Property]:
         *_conditions(report),
         *_analyses(report),
         *_checks(report),
+        *retrain_properties(report),
         *_emit(
             "qdm",
             [

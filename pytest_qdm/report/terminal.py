@@ -17,6 +17,12 @@ from rich.table import Table
 from rich.text import Text
 
 from pytest_qdm.report import _format as fmt
+from pytest_qdm.report.retrain import (
+    lost_caption,
+    lost_moved_table,
+    retrain_caption,
+    three_way_table,
+)
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.audit import AuditResult
@@ -159,6 +165,8 @@ def render_report(
         _titled_table(fmt.lens_table(report), caption=fmt.LENS_LEGEND),
         _titled_table(fmt.sae_pruning_table(report)),
         _titled_table(fmt.sensitivity_table(report), caption=fmt.sensitivity_plan_line(report)),
+        _titled_table(three_way_table(report), caption=retrain_caption(report)),
+        _titled_table(lost_moved_table(report), caption=lost_caption(report)),
         _pruning(report),
         _predictor(report),
         _stability(report),
