@@ -237,6 +237,18 @@ class QdmOptions(BaseModel):
         description="gate: fail when the perplexity rises more, e.g. int6:0.05 (repeatable)",
         json_schema_extra=cli("max-ppl-change", "list", "COND:FRAC", shown="none"),
     )
+    max_kl: Annotated[tuple[GateCheck, ...], _gates("max_kl")] = Field(
+        (),
+        description="gate: fail when the mean KL(reference || condition) of the next-token "
+        "distributions is above, in nats per token, e.g. int6:0.01 (repeatable)",
+        json_schema_extra=cli("max-kl", "list", "COND:NATS", shown="none"),
+    )
+    min_top1: Annotated[tuple[GateCheck, ...], _gates("min_top1")] = Field(
+        (),
+        description="gate: fail when the share of tokens whose top next token is the "
+        "reference's is below, e.g. int6:0.95 (repeatable)",
+        json_schema_extra=cli("min-top1", "list", "COND:FRAC", shown="none"),
+    )
     baseline: str | None = Field(
         None,
         description="compare with a saved baseline; a missing one is written and the gate fails",
@@ -416,7 +428,9 @@ class QdmOptions(BaseModel):
 
     @property
     def gates(self) -> tuple[GateCheck, ...]:
-        return self.min_survived + self.max_damaged + self.max_ppl_change
+        return (
+            self.min_survived + self.max_damaged + self.max_ppl_change + self.max_kl + self.min_top1
+        )
 
     def audit_config(self, hook: str | None = None) -> AuditConfig:
         """The audit settings these options name (shared fields by name)."""

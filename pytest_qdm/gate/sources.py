@@ -24,6 +24,8 @@ _PRESENTATION = {
     "min_survived",
     "max_damaged",
     "max_ppl_change",
+    "max_kl",
+    "min_top1",
     "baseline",
     "baseline_checks",
     "update_baseline",

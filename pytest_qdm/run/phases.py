@@ -9,6 +9,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pytest_qdm.analyse.behaviour import (
+    BehaviourSums,
+    ReferenceLogits,
+    behaviour_fields,
+    behaviour_findings,
+    joined,
+)
 from pytest_qdm.analyse.matched_pruning import match_sparsity
 from pytest_qdm.analyse.overlap import compare_damage
 from pytest_qdm.analyse.perplexity import (
@@ -52,6 +59,7 @@ from pytest_qdm.schema.analyses import (
     TransferQuality,
 )
 from pytest_qdm.schema.audit import AuditResult
+from pytest_qdm.schema.behaviour import BehaviourResult
 from pytest_qdm.schema.protocol import DomainRow, Finding, SweepRow
 from pytest_qdm.settings import AuditConfig, ProtocolConfig
 from pytest_qdm.stream.distributed import concatenated, local_share
@@ -103,6 +111,15 @@ class Perplexities:
 
     perplexity: dict[str, dict[str, PerplexityResult]] = field(default_factory=dict)
     transfer: dict[str, TransferQuality] = field(default_factory=dict)
+    behaviour: dict[str, BehaviourResult] = field(default_factory=dict)
+    # the reference's logits while conditions are measured (never saved: see release)
+    logits: ReferenceLogits | None = None
+
+    def release(self) -> None:
+        """Drop the reference's logits (before saving, and when measuring is done)."""
+        if self.logits is not None:
+            self.logits.close()
+            self.logits = None
 
     @property
     def reference(self) -> dict[str, PerplexityResult]:
@@ -162,17 +179,22 @@ def measure(inputs: Inputs, into: Perplexities, name: str, model=None) -> None:
     currently is."""
     cfg, model = inputs.cfg, inputs.model if model is None else model
     sums = TransferSums(model, inputs.sae, inputs.hook) if cfg.sae_transfer else None
+    behaviour = None
+    if into.logits is not None:  # the reference records its logits, conditions compare
+        behaviour = BehaviourSums(into.logits, record=name == Reference().name)
     into.perplexity[name] = _perplexities(
         model,
         inputs.ppl_tokens,
         inputs.bos,
         cfg,
         inputs.config.batch_size,
-        sums,
+        joined(sums, behaviour),
         inputs.ppl_domains,
     )
     if sums is not None:
         into.transfer[name] = sums.result()
+    if behaviour is not None and not behaviour.record:
+        into.behaviour[name] = behaviour.result(seed=cfg.seed)
 
 
 def search_steps(inputs: Inputs) -> int:
@@ -182,7 +204,7 @@ def search_steps(inputs: Inputs) -> int:
 
 def perplexity_phase(inputs: Inputs, tick) -> Perplexities:
     """The reference and every RTN / extra condition on the perplexity tokens."""
-    measured = Perplexities()
+    measured = Perplexities(logits=ReferenceLogits())
     measure(inputs, measured, Reference().name)
     tick()
     for condition in [*inputs.rtn, *inputs.extra]:
@@ -366,6 +388,7 @@ def sweep_rows(
             measured.reference,
             bootstrap.get(c.name),
             measured.transfer.get(c.name),
+            measured.behaviour.get(c.name),
         )
         for c in conditions
     ]
@@ -427,10 +450,10 @@ def findings_phase(report_rows: list[SweepRow], cfg: ProtocolConfig) -> list[Fin
                     ),
                 )
             )
-    return findings
+    return findings + behaviour_findings(report_rows, cfg)
 
 
-def _row(name, cond, ppl, ref_ppl, ci, quality) -> SweepRow:
+def _row(name, cond, ppl, ref_ppl, ci, quality, behaviour=None) -> SweepRow:
     s, agreement = cond.summary, cond.agreement
     chunked, sliding = (ppl.get(k) for k in ("chunked", "sliding"))
 
@@ -460,6 +483,7 @@ def _row(name, cond, ppl, ref_ppl, ci, quality) -> SweepRow:
         procrustes_error=agreement.procrustes_aligned_error if agreement else None,
         unaligned_error=agreement.unaligned_error if agreement else None,
         survived_ci=(ci.low, ci.high) if ci else None,
+        **behaviour_fields(behaviour),
         domains={
             domain: _domain_row(summary, chunked, ref_ppl.get("chunked"), domain)
             for domain, summary in cond.domains.items()
