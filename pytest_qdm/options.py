@@ -19,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from pytest_qdm.analyse.sensitivity import check_focus, plan_target
 from pytest_qdm.compress.names import scheme_name
+from pytest_qdm.gate.confidence import GateOn
 from pytest_qdm.gate.thresholds import BaselineCheck, GateCheck, parse_baseline, parse_gate
 from pytest_qdm.load.tokens import DOMAIN_LABEL
 from pytest_qdm.settings import (
@@ -248,6 +249,13 @@ class QdmOptions(BaseModel):
         description="gate: fail when the share of tokens whose top next token is the "
         "reference's is below, e.g. int6:0.95 (repeatable)",
         json_schema_extra=cli("min-top1", "list", "COND:FRAC", shown="none"),
+    )
+    gate_on: GateOn = Field(
+        "estimate",
+        description="what the gate bounds compare: estimate, lower (the interval's end that is "
+        "worse for the check: pass only with evidence) or upper (the better end: fail only "
+        "when even it misses, never on noise); 95% intervals",
+        json_schema_extra=cli("gate-on", metavar="END"),
     )
     baseline: str | None = Field(
         None,

@@ -116,7 +116,7 @@ class GateSession:
             report = self.protocol()
 
             def judge_and_write() -> list:
-                verdicts = gate_verdicts(report, self.options.gates)
+                verdicts = gate_verdicts(report, self.options.gates, self.options.gate_on)
                 verdicts += baseline_verdicts(self, report)
                 write_outputs(report, verdicts, self.options, self.provenance())
                 return verdicts

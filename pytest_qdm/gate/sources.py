@@ -26,6 +26,7 @@ _PRESENTATION = {
     "max_ppl_change",
     "max_kl",
     "min_top1",
+    "gate_on",
     "baseline",
     "baseline_checks",
     "update_baseline",

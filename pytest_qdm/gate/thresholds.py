@@ -52,9 +52,11 @@ class GateCheck:
     bound: float  # in the metric's unit (percent for *_pct, a fraction for ppl change)
     domain: str | None = None  # a labelled domain; None: all tokens
 
-    def describe(self, value: float | None, condition: str | None = None) -> tuple[bool, str]:
+    def describe(
+        self, value: float | None, condition: str | None = None, note: str = ""
+    ) -> tuple[bool, str]:
         """(passed, message) for an observed ``value`` of ``condition`` (default: the
-        check's own); both sides in percent."""
+        check's own), each in the metric's unit; ``note`` says what ``value`` is."""
         condition = condition or self.condition
         bound = self.shown(self.bound)
         if value is None:
@@ -65,7 +67,7 @@ class GateCheck:
         shown = self.shown(value)
         return (
             ok,
-            f"{condition} {self.metric} = {shown}, required {relation} {bound}: {verdict}",
+            f"{condition} {self.metric} = {shown}{note}, required {relation} {bound}: {verdict}",
         )
 
     def shown(self, value: float) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_qdm.gate.baseline import compare, read_baseline, write_baseline
+from pytest_qdm.gate.confidence import GateOn, judged_value
 from pytest_qdm.gate.thresholds import GateCheck
 from pytest_qdm.schema.gate import Verdict
 from pytest_qdm.schema.protocol import ProtocolReport
@@ -44,7 +45,11 @@ def planned_checks(options: QdmOptions) -> list[str]:
     return names + (["baseline"] if options.baseline else [])
 
 
-def gate_verdicts(report: ProtocolReport, gates: tuple[GateCheck, ...]) -> list[Verdict]:
+def gate_verdicts(
+    report: ProtocolReport, gates: tuple[GateCheck, ...], gate_on: GateOn = "estimate"
+) -> list[Verdict]:
+    """One verdict per check; ``gate_on`` picks the estimate or an end of its interval
+    (gate/confidence.py)."""
     rtn = [r.condition for r in report.sweep if r.kind == "RTN"]
     candidates = [r.condition for r in report.sweep if r.kind == "Candidate"]
     verdicts = []
@@ -57,7 +62,8 @@ def gate_verdicts(report: ProtocolReport, gates: tuple[GateCheck, ...]) -> list[
             verdicts.append(Verdict(name, False, message))
             continue
         if gate.domain is None:
-            passed, message = gate.describe(getattr(row, gate.metric), condition)
+            value, note = judged_value(row, gate, gate_on)
+            passed, message = gate.describe(value, condition, note)
         elif gate.domain in row.domains:
             value = getattr(row.domains[gate.domain], gate.metric)
             passed, message = gate.describe(value, f"{condition}@{gate.domain}")

@@ -43,9 +43,9 @@ def _cells(row: SweepRow) -> list[str]:
     ci = None if low is None else f"{low:.2g}–{high:.2g}"
     return [
         row.condition,
-        num(row.kl, ".4f"),
+        num(row.kl, ".3g"),
         ci or "—",
-        num(row.kl_reverse, ".4f"),
+        num(row.kl_reverse, ".3g"),
         num(row.top1_agreement, ".2%"),
         num(row.topk_token_overlap, ".3f"),
         num(row.top_prob_change, "+.4f"),
