@@ -17,6 +17,8 @@ _EXPORTS = {
     "MagnitudePrune": "compress.conditions",
     "Candidate": "compress.conditions",
     "Reference": "compress.conditions",
+    "NoiseFloor": "compress.noise_floor",
+    "noise_floor": "compress.noise_floor",
     "NF4": "compress.schemes",
     "FP8": "compress.schemes",
     "AbsmaxINT8": "compress.schemes",
@@ -44,6 +46,8 @@ __all__ = [
     "Candidate",
     "ConditionResult",
     "MagnitudePrune",
+    "NoiseFloor",
+    "noise_floor",
     "NF4",
     "FP8",
     "AbsmaxINT8",
@@ -78,6 +82,7 @@ if TYPE_CHECKING:
         assert_max_damaged,
     )
     from pytest_qdm.compress.conditions import RTN, Candidate, MagnitudePrune, Reference
+    from pytest_qdm.compress.noise_floor import NoiseFloor, noise_floor
     from pytest_qdm.compress.schemes import FP8, NF4, AbsmaxINT8
     from pytest_qdm.load.subject import load_preset
     from pytest_qdm.run.audit import audit

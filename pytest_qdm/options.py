@@ -345,6 +345,13 @@ class QdmOptions(BaseModel):
         "that width (else 90%)",
         json_schema_extra=cli("sensitivity", "flag"),
     )
+    noise_floor: bool = Field(
+        False,
+        description="also audit changes that are not compression (the reference in bfloat16 "
+        "and float16, another batch size, the other attention implementation and the other "
+        "backend) as floor-* conditions; the report states the floor",
+        json_schema_extra=cli("noise-floor", "flag"),
+    )
     cache: bool = Field(
         True,
         description="do not read or write the on-disk result cache",

@@ -208,7 +208,7 @@ def behaviour_findings(rows, cfg) -> list:
 
     findings = []
     for row in rows:
-        if row.kl is None or row.top1_agreement is None or row.survived_pct is None:
+        if row.kind == "NoiseFloor" or None in (row.kl, row.top1_agreement, row.survived_pct):
             continue
         held = row.kl <= cfg.masks_kl_bound and row.top1_agreement >= cfg.masks_top1_bound
         if held and row.survived_pct < 100 * cfg.masks_survival_bound:

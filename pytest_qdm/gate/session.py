@@ -165,6 +165,7 @@ class GateSession:
         return ProtocolReport.from_json(path.read_text())
 
     def _run_protocol(self) -> ProtocolReport:
+        from pytest_qdm.compress.noise_floor import floors_for
         from pytest_qdm.compress.schemes import scheme_condition
         from pytest_qdm.run.protocol import run_protocol
 
@@ -181,6 +182,7 @@ class GateSession:
             extra_conditions=[
                 *(scheme_condition(name) for name in self.options.audited_schemes),
                 *s.candidates,
+                *floors_for(self.options, s.model),
             ],
             # finished work survives a killed run: the rerun continues from it
             checkpoints=Path(self.options.cache_dir) / f"partial-{self.fingerprint.key()}"

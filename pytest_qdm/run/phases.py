@@ -16,6 +16,7 @@ from pytest_qdm.analyse.behaviour import (
     behaviour_findings,
     joined,
 )
+from pytest_qdm.analyse.floor import floor_findings
 from pytest_qdm.analyse.matched_pruning import match_sparsity
 from pytest_qdm.analyse.overlap import compare_damage
 from pytest_qdm.analyse.perplexity import (
@@ -434,7 +435,7 @@ def findings_phase(report_rows: list[SweepRow], cfg: ProtocolConfig) -> list[Fin
     findings = []
     for row in report_rows:
         change, survived = row.ppl_chunked_change, row.survived_pct
-        if change is None or survived is None or row.kind == "Reference":
+        if change is None or survived is None or row.kind in ("Reference", "NoiseFloor"):
             continue
         if change <= cfg.masks_ppl_tolerance and survived < 100 * cfg.masks_survival_bound:
             verb = "improved" if change < 0 else "rose only"
@@ -450,7 +451,7 @@ def findings_phase(report_rows: list[SweepRow], cfg: ProtocolConfig) -> list[Fin
                     ),
                 )
             )
-    return findings + behaviour_findings(report_rows, cfg)
+    return findings + behaviour_findings(report_rows, cfg) + floor_findings(report_rows)
 
 
 def _row(name, cond, ppl, ref_ppl, ci, quality, behaviour=None) -> SweepRow:
