@@ -213,7 +213,7 @@ def behaviour_findings(rows, cfg) -> list:
         held = row.kl <= cfg.masks_kl_bound and row.top1_agreement >= cfg.masks_top1_bound
         if held and row.survived_pct < 100 * cfg.masks_survival_bound:
             message = (
-                f"{row.condition}: next-token KL {row.kl:.4f} nats and top-1 agreement "
+                f"{row.condition}: next-token KL {row.kl:.3g} nats and top-1 agreement "
                 f"{row.top1_agreement:.1%} stay within {cfg.masks_kl_bound:g} / "
                 f"{cfg.masks_top1_bound:.0%} while only {row.survived_pct:.1f}% of active SAE "
                 "features survived: behaviour masks feature damage."

@@ -17,6 +17,7 @@ moves (bands, r, KL) is what the audit sees without any compression
 from __future__ import annotations
 
 import copy
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +75,9 @@ class NoiseFloor(Condition):
         """A copy of ``model`` in ``dtype``, made once per reference model."""
         key = id(model)
         if key not in self._copies:
-            cast = copy.deepcopy(model).to(dtype)
+            cast = copy.deepcopy(model)
+            quiet = "print_details" in inspect.signature(cast.to).parameters  # TransformerLens
+            cast = cast.to(dtype, print_details=False) if quiet else cast.to(dtype)
             if hasattr(cast, "cfg"):
                 cast.cfg.dtype = dtype
             self._copies.clear()  # one reference per audit: keep one copy

@@ -136,6 +136,7 @@ class BaselineCheck:
     metric: str  # a key of BASELINE_METRICS
     bad_direction: Literal["-", "+"]
     amount: float
+    significant: bool = False  # fail only if the paired test also finds the change (p < 0.05)
 
     def compare(self, name: str, current: float | None, baseline: float | None) -> str | None:
         """None if fine, else a message naming the metric, both values and the bound."""
@@ -152,12 +153,38 @@ class BaselineCheck:
         return None
 
 
+SIGNIFICANT = ":significant"
+#: baseline metrics a ``:significant`` check can test feature by feature (analyse/paired.py)
+PAIRED_TESTS = {"survived": "mcnemar_p", "mean_r": "wilcoxon_p"}
+
+
 def parse_baseline(text: str) -> BaselineCheck:
-    match = _BASELINE.match(text.strip())
+    """``[CONDITION.]METRIC:±AMOUNT[:significant]``, or ``[CONDITION.]METRIC:significant``
+    (any drop the paired test finds)."""
+    body = text.strip()
+    significant = body.endswith(SIGNIFICANT)
+    if significant:
+        body = body.removesuffix(SIGNIFICANT)
+        if ":" not in body:
+            body += ":-0"
+        metric = body.partition(":")[0].rpartition(".")[2]
+        if metric not in PAIRED_TESTS:
+            raise ValueError(
+                f"--qdm-baseline-fail {text!r}: ':significant' tests {sorted(PAIRED_TESTS)} "
+                "feature by feature; other metrics have no paired test"
+            )
+    check = _parse_baseline(text, body)
+    return BaselineCheck(*(check.text, check.condition, check.metric), check.bad_direction,
+                         check.amount, significant)  # fmt: skip
+
+
+def _parse_baseline(text: str, body: str) -> BaselineCheck:
+    match = _BASELINE.match(body)
     if not match or match["metric"] not in BASELINE_METRICS:
         raise ValueError(
             f"--qdm-baseline-fail {text!r} is not [CONDITION.]METRIC:±AMOUNT with METRIC in "
-            f"{sorted(BASELINE_METRICS)} (e.g. survived:-2%, int6.damaged:+3, auc:-0.02)"
+            f"{sorted(BASELINE_METRICS)} (e.g. survived:-2%, int6.damaged:+3, auc:-0.02, "
+            "int6.survived:-2:significant)"
         )
     condition = condition_name(match["cond"]) if match["cond"] else None
     if condition:

@@ -113,8 +113,20 @@ def baseline_verdicts(
                 + ". Rerun with --qdm-update-baseline to replace it.",
             )
         ]
-    failures = compare(report, saved.report, list(options.baseline_checks))
+    paired = paired_or_none(report, saved.report)
+    failures = compare(report, saved.report, list(options.baseline_checks), paired)
     if failures and options.update_baseline:
         write_baseline(path, fingerprint, report)
         failures.append(f"baseline {path} rewritten with this run")
-    return [Verdict("baseline", not failures, "; ".join(failures) or f"within {path}")]
+    tests = [change.describe() for change in (paired or {}).values()]
+    message = "; ".join(failures) or f"within {path}"
+    return [Verdict("baseline", not failures, message + "".join(f" | {t}" for t in tests))]
+
+
+def paired_or_none(report: ProtocolReport, baseline: ProtocolReport) -> dict | None:
+    """Feature-by-feature changes against the baseline when it read the same tokens."""
+    from pytest_qdm.analyse.paired import paired_changes, same_tokens
+
+    if same_tokens(report.audit, baseline.audit) is not None:
+        return None
+    return paired_changes(report.audit, baseline.audit)

@@ -19,7 +19,6 @@ BEHAVIOUR_HEADERS = (
     "top-1\nagree",
     "top-k\noverlap",
     "Δp\ntop",
-    "survived\n%",
 )
 BEHAVIOUR_LEGEND = (
     "KL: mean KL(reference || condition) of the next-token distributions per token; rev. KL: "
@@ -49,5 +48,4 @@ def _cells(row: SweepRow) -> list[str]:
         num(row.top1_agreement, ".2%"),
         num(row.topk_token_overlap, ".3f"),
         num(row.top_prob_change, "+.4f"),
-        num(row.survived_pct, ".1f"),
     ]
