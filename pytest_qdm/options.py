@@ -93,6 +93,13 @@ def _max_memory(value: Any) -> dict[str | int, str] | None:
     return memory
 
 
+def _bound_or_none(value: Any) -> float | None:
+    """``none`` (measure only) or a number, as --qdm-min-explained-variance takes it."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    return float(value)
+
+
 def _lenses(values: Any) -> tuple[str, ...]:
     lenses = tuple(v for v in values if v != "none")
     unknown = sorted(set(lenses) - set(LENSES))
@@ -344,6 +351,13 @@ class QdmOptions(BaseModel):
         "most damaging blocks to INT8 until survival reaches the --qdm-min-survived bound of "
         "that width (else 90%)",
         json_schema_extra=cli("sensitivity", "flag"),
+    )
+    min_explained_variance: Annotated[float | None, BeforeValidator(_bound_or_none)] = Field(
+        0.5,
+        le=1,
+        description="refuse an SAE that explains less of the activations at the read-out "
+        "(none: audit anyway; the report's headline then says how poorly it fits)",
+        json_schema_extra=cli("min-explained-variance", metavar="EV|none"),
     )
     noise_floor: bool = Field(
         False,

@@ -66,6 +66,7 @@ class GateSession:
             sae_prune_method=options.sae_prune_method,
             sensitivity=options.sensitivity,
             sensitivity_target=options.sensitivity_target,
+            min_explained_variance=options.min_explained_variance,
         )
 
     @cached_property

@@ -166,7 +166,8 @@ def check_inputs(
     )
     if not fit.ok:
         raise ValueError(
-            f"{fit.reason}. {ADVICE} (ProtocolConfig(min_explained_variance=None) audits anyway)"
+            f"{fit.reason}. {ADVICE} (--qdm-min-explained-variance none, or "
+            "ProtocolConfig(min_explained_variance=None), audits anyway)"
         )
     focus = focus_condition(rtn, match_bits)
     inputs = Inputs(
