@@ -18,6 +18,7 @@ _EXPORTS = {
     "Candidate": "compress.conditions",
     "Reference": "compress.conditions",
     "NoiseFloor": "compress.noise_floor",
+    "tokens_for": "analyse.precision",
     "noise_floor": "compress.noise_floor",
     "NF4": "compress.schemes",
     "FP8": "compress.schemes",
@@ -48,6 +49,7 @@ __all__ = [
     "MagnitudePrune",
     "NoiseFloor",
     "noise_floor",
+    "tokens_for",
     "NF4",
     "FP8",
     "AbsmaxINT8",
@@ -74,6 +76,7 @@ _SUBMODULES = ("assertions", "options", "settings", "progress", "zoo")
 
 if TYPE_CHECKING:
     from pytest_qdm.analyse.overlap import compare_damage
+    from pytest_qdm.analyse.precision import tokens_for
     from pytest_qdm.analyse.predictor import fit_survival_predictor
     from pytest_qdm.analyse.sae_pruning import prune_sae, sae_pruning_sweep
     from pytest_qdm.assertions import (

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pytest_qdm.analyse.precision import precision_line
+
 if TYPE_CHECKING:
     from pytest_qdm.schema.drilldown import Context
     from pytest_qdm.schema.protocol import ProtocolReport, SweepRow
@@ -325,6 +327,7 @@ def stability_lines(report: ProtocolReport) -> list[tuple[str, str]]:
         (NULL_LABEL, null_line(report)),
         ("token budget", f"max spread {_widest(s.budget.spread)} over {tokens} tokens"),
         (s.subsets.label, f"max spread {_widest(s.subsets.spread)}"),
+        ("precision", precision_line(report)),
     ]
     if s.second_layer is not None:
         survival = ", ".join(
