@@ -264,6 +264,13 @@ class QdmOptions(BaseModel):
         "when even it misses, never on noise); 95% intervals",
         json_schema_extra=cli("gate-on", metavar="END"),
     )
+    confidence: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="level of the intervals --qdm-gate-on reads (survival, KL, top-1)",
+        json_schema_extra=cli("confidence", "float", "LEVEL"),
+    )
     baseline: str | None = Field(
         None,
         description="compare with a saved baseline; a missing one is written and the gate fails",

@@ -120,6 +120,9 @@ class ProtocolConfig(BaseModel):
     masks_survival_bound: float = Field(
         0.9, ge=0, le=1, description="survival below this is damage"
     )
+    confidence: float = Field(
+        0.95, gt=0, lt=1, description="level of the bootstrap intervals (survival, KL, top-1)"
+    )
     masks_kl_bound: float = Field(
         0.01,
         ge=0,

@@ -81,3 +81,13 @@ def test_bad_gate_options_fail_at_configure(pytester, args, message):
     result = pytester.runpytest_subprocess("--qdm-model", "tiny", *args)
     assert result.ret != 0
     result.stderr.fnmatch_lines([f"*{message}"])
+
+
+def test_confidence_sets_the_level_of_the_intervals():
+    from pytest_qdm.gate.session import GateSession
+    from pytest_qdm.options import build_options
+
+    options = build_options({"model": "tiny", "confidence": "0.8"})
+    assert GateSession(options).protocol_config.confidence == 0.8
+    with pytest.raises(ValueError, match="--qdm-confidence"):
+        build_options({"model": "tiny", "confidence": "95"})

@@ -8,7 +8,8 @@
   favourable end misses the bound, so it does not flap on noise.
 
 Intervals: survival from the cluster bootstrap over shards (``survived_ci``), KL and top-1
-agreement from the bootstrap over perplexity rows (``kl_ci``, ``top1_ci``), all 95 %.
+agreement from the bootstrap over perplexity rows (``kl_ci``, ``top1_ci``), all at
+``--qdm-confidence`` (default 95 %).
 Metrics without an interval (damaged %, perplexity change) are read as estimates, and the
 verdict says so.
 """
@@ -26,8 +27,11 @@ GATE_ON = ("estimate", "lower", "upper")
 INTERVALS = {"survived_pct": "survived_ci", "kl": "kl_ci", "top1_agreement": "top1_ci"}
 
 
-def judged_value(row: SweepRow, check: GateCheck, gate_on: GateOn) -> tuple[float | None, str]:
-    """(the value the check compares with its bound, a note saying which it is)."""
+def judged_value(
+    row: SweepRow, check: GateCheck, gate_on: GateOn, level: float = 0.95
+) -> tuple[float | None, str]:
+    """(the value the check compares with its bound, a note saying which it is);
+    ``level``: the intervals' (``--qdm-confidence``)."""
     estimate = getattr(row, check.metric)
     if gate_on == "estimate" or estimate is None:
         return estimate, ""
@@ -38,6 +42,6 @@ def judged_value(row: SweepRow, check: GateCheck, gate_on: GateOn) -> tuple[floa
     value, end = (low, "lower") if pessimistic else (high, "upper")
     interval = f"{check.shown(low)}–{check.shown(high)}"
     return value, (
-        f" (gate on {gate_on}: the {end} end of the 95% interval [{interval}], "
+        f" (gate on {gate_on}: the {end} end of the {level:.0%} interval [{interval}], "
         f"estimate {check.shown(estimate)})"
     )

@@ -67,6 +67,7 @@ class GateSession:
             sensitivity=options.sensitivity,
             sensitivity_target=options.sensitivity_target,
             min_explained_variance=options.min_explained_variance,
+            confidence=options.confidence,
         )
 
     @cached_property

@@ -62,7 +62,7 @@ def gate_verdicts(
             verdicts.append(Verdict(name, False, message))
             continue
         if gate.domain is None:
-            value, note = judged_value(row, gate, gate_on)
+            value, note = judged_value(row, gate, gate_on, report.config.confidence)
             passed, message = gate.describe(value, condition, note)
         elif gate.domain in row.domains:
             value = getattr(row.domains[gate.domain], gate.metric)

@@ -196,7 +196,7 @@ def measure(inputs: Inputs, into: Perplexities, name: str, model=None) -> None:
     if sums is not None:
         into.transfer[name] = sums.result()
     if behaviour is not None and not behaviour.record:
-        into.behaviour[name] = behaviour.result(seed=cfg.seed)
+        into.behaviour[name] = behaviour.result(cfg.confidence, seed=cfg.seed)
 
 
 def search_steps(inputs: Inputs) -> int:
@@ -301,7 +301,9 @@ def stability_phase(
     """Null, budget, subsets, threshold grid and bootstrap, all from the shard states."""
     cfg, config, shards = inputs.cfg, inputs.config, features.shards
     bootstrap = (
-        bootstrap_survival(shards, config, cfg.n_bootstrap, cfg.seed) if cfg.n_bootstrap else {}
+        bootstrap_survival(shards, config, cfg.n_bootstrap, cfg.seed, cfg.confidence)
+        if cfg.n_bootstrap
+        else {}
     )
     return StabilityReport(
         null=null_check(features.result),
