@@ -104,3 +104,21 @@ def test_within_reach_marks_conditions_at_or_above_the_floor():
     found = floor_findings(rows)
     assert found[0].kind == "noise_floor" and found[0].condition == "floor-bfloat16"
     assert [f.condition for f in found[1:]] == ["rtn-int8"]  # int6's upper end 91 < 92
+
+
+def test_attention_floor_switches_a_bridged_model_and_restores_it():
+    from pytest_qdm.compress.noise_floor import attention_implementation
+    from pytest_qdm.load.models import load_model
+
+    bridge = load_model("tiny", backend="bridge", device="cpu")
+    own = attention_implementation(bridge)
+    assert own in ("eager", "sdpa")
+    assert "floor-attention" in [c.name for c in noise_floor(bridge)]
+    tokens = torch.arange(1, 33).reshape(2, 16)
+    hook = "blocks.1.hook_resid_post"
+    reference, _ = run_to_hook(bridge, tokens, hook)
+    with NoiseFloor("attention").running(bridge, {}) as running:
+        assert attention_implementation(running) != own
+        other, _ = run_to_hook(running, tokens, hook)
+    assert attention_implementation(bridge) == own
+    torch.testing.assert_close(other, reference, rtol=1e-4, atol=1e-4)
