@@ -17,6 +17,9 @@ _EXPORTS = {
     "MagnitudePrune": "compress.conditions",
     "Candidate": "compress.conditions",
     "Reference": "compress.conditions",
+    "NoiseFloor": "compress.noise_floor",
+    "tokens_for": "analyse.precision",
+    "noise_floor": "compress.noise_floor",
     "NF4": "compress.schemes",
     "FP8": "compress.schemes",
     "AbsmaxINT8": "compress.schemes",
@@ -46,6 +49,9 @@ __all__ = [
     "Candidate",
     "ConditionResult",
     "MagnitudePrune",
+    "NoiseFloor",
+    "noise_floor",
+    "tokens_for",
     "NF4",
     "FP8",
     "AbsmaxINT8",
@@ -74,6 +80,7 @@ _SUBMODULES = ("assertions", "options", "settings", "progress", "zoo")
 
 if TYPE_CHECKING:
     from pytest_qdm.analyse.overlap import compare_damage
+    from pytest_qdm.analyse.precision import tokens_for
     from pytest_qdm.analyse.predictor import fit_survival_predictor
     from pytest_qdm.analyse.retrain import retrain_sae
     from pytest_qdm.analyse.sae_pruning import prune_sae, sae_pruning_sweep
@@ -83,6 +90,7 @@ if TYPE_CHECKING:
         assert_max_damaged,
     )
     from pytest_qdm.compress.conditions import RTN, Candidate, MagnitudePrune, Reference
+    from pytest_qdm.compress.noise_floor import NoiseFloor, noise_floor
     from pytest_qdm.compress.schemes import FP8, NF4, AbsmaxINT8
     from pytest_qdm.load.subject import load_preset
     from pytest_qdm.run.audit import audit

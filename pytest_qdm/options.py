@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pytest_qdm.analyse.retrain_checks import check_budget
 from pytest_qdm.analyse.sensitivity import check_focus, plan_target
 from pytest_qdm.compress.names import condition_name, scheme_name
+from pytest_qdm.gate.confidence import GateOn
 from pytest_qdm.gate.thresholds import BaselineCheck, GateCheck, parse_baseline, parse_gate
 from pytest_qdm.load.tokens import DOMAIN_LABEL
 from pytest_qdm.settings import (
@@ -91,6 +92,13 @@ def _max_memory(value: Any) -> dict[str | int, str] | None:
             )
         memory[int(device) if device.isdigit() else device] = size.strip()
     return memory
+
+
+def _bound_or_none(value: Any) -> float | None:
+    """``none`` (measure only) or a number, as --qdm-min-explained-variance takes it."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    return float(value)
 
 
 def _lenses(values: Any) -> tuple[str, ...]:
@@ -238,6 +246,32 @@ class QdmOptions(BaseModel):
         description="gate: fail when the perplexity rises more, e.g. int6:0.05 (repeatable)",
         json_schema_extra=cli("max-ppl-change", "list", "COND:FRAC", shown="none"),
     )
+    max_kl: Annotated[tuple[GateCheck, ...], _gates("max_kl")] = Field(
+        (),
+        description="gate: fail when the mean KL(reference || condition) of the next-token "
+        "distributions is above, in nats per token, e.g. int6:0.01 (repeatable)",
+        json_schema_extra=cli("max-kl", "list", "COND:NATS", shown="none"),
+    )
+    min_top1: Annotated[tuple[GateCheck, ...], _gates("min_top1")] = Field(
+        (),
+        description="gate: fail when the share of tokens whose top next token is the "
+        "reference's is below, e.g. int6:0.95 (repeatable)",
+        json_schema_extra=cli("min-top1", "list", "COND:FRAC", shown="none"),
+    )
+    gate_on: GateOn = Field(
+        "estimate",
+        description="what the gate bounds compare: estimate, lower (the interval's end that is "
+        "worse for the check: pass only with evidence) or upper (the better end: fail only "
+        "when even it misses, never on noise); 95% intervals",
+        json_schema_extra=cli("gate-on", metavar="END"),
+    )
+    confidence: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="level of the intervals --qdm-gate-on reads (survival, KL, top-1)",
+        json_schema_extra=cli("confidence", "float", "LEVEL"),
+    )
     baseline: str | None = Field(
         None,
         description="compare with a saved baseline; a missing one is written and the gate fails",
@@ -349,6 +383,20 @@ class QdmOptions(BaseModel):
         "that width (else 90%)",
         json_schema_extra=cli("sensitivity", "flag"),
     )
+    min_explained_variance: Annotated[float | None, BeforeValidator(_bound_or_none)] = Field(
+        0.5,
+        le=1,
+        description="refuse an SAE that explains less of the activations at the read-out "
+        "(none: audit anyway; the report's headline then says how poorly it fits)",
+        json_schema_extra=cli("min-explained-variance", metavar="EV|none"),
+    )
+    noise_floor: bool = Field(
+        False,
+        description="also audit changes that are not compression (the reference in bfloat16 "
+        "and float16, another batch size, the other attention implementation and the other "
+        "backend) as floor-* conditions; the report states the floor",
+        json_schema_extra=cli("noise-floor", "flag"),
+    )
     cache: bool = Field(
         True,
         description="do not read or write the on-disk result cache",
@@ -454,7 +502,9 @@ class QdmOptions(BaseModel):
 
     @property
     def gates(self) -> tuple[GateCheck, ...]:
-        return self.min_survived + self.max_damaged + self.max_ppl_change
+        return (
+            self.min_survived + self.max_damaged + self.max_ppl_change + self.max_kl + self.min_top1
+        )
 
     def audit_config(self, hook: str | None = None) -> AuditConfig:
         """The audit settings these options name (shared fields by name)."""

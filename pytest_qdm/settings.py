@@ -122,6 +122,18 @@ class ProtocolConfig(BaseModel):
     masks_survival_bound: float = Field(
         0.9, ge=0, le=1, description="survival below this is damage"
     )
+    confidence: float = Field(
+        0.95, gt=0, lt=1, description="level of the bootstrap intervals (survival, KL, top-1)"
+    )
+    masks_kl_bound: float = Field(
+        0.01,
+        ge=0,
+        description="mean KL(reference || condition) in nats counted as 'behaviour held' "
+        "(docs/definitions.md, 'Behaviour masks damage')",
+    )
+    masks_top1_bound: float = Field(
+        0.95, ge=0, le=1, description="top-1 agreement counted as 'behaviour held'"
+    )
     sensitivity: bool = Field(
         False,
         description="quantize one block at a time at match_bits, then verify a greedy "

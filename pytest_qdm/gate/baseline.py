@@ -93,9 +93,14 @@ def _metric(report: ProtocolReport, condition: str, metric: str) -> float | None
 
 
 def compare(
-    report: ProtocolReport, baseline: ProtocolReport, checks: list[BaselineCheck]
+    report: ProtocolReport,
+    baseline: ProtocolReport,
+    checks: list[BaselineCheck],
+    paired: dict | None = None,
 ) -> list[str]:
-    """Messages for every check the run fails against the baseline (empty: all fine)."""
+    """Messages for every check the run fails against the baseline (empty: all fine).
+    ``paired``: :func:`pytest_qdm.analyse.paired.paired_changes` by condition, which a
+    ``:significant`` check also requires to reject no change."""
     failures = []
     shared = [
         r.condition for r in report.sweep if any(b.condition == r.condition for b in baseline.sweep)
@@ -107,6 +112,24 @@ def compare(
             message = check.compare(
                 name, _metric(report, name, check.metric), _metric(baseline, name, check.metric)
             )
+            if message and check.significant:
+                message = significant_only(message, check, (paired or {}).get(name))
             if message:
                 failures.append(message)
     return failures
+
+
+def significant_only(message: str, check: BaselineCheck, change) -> str | None:
+    """``message`` with its paired p-value when the paired test rejects no change at 0.05;
+    None when it does not; a failure when no paired test was possible."""
+    from pytest_qdm.gate.thresholds import PAIRED_TESTS
+
+    if change is None:
+        return f"{message}: no paired test (the baseline was not measured on these tokens)"
+    p = getattr(change, PAIRED_TESTS[check.metric])
+    if p is None or p >= SIGNIFICANCE:
+        return None
+    return f"{message}, significant (paired p={p:.3g} < {SIGNIFICANCE})"
+
+
+SIGNIFICANCE = 0.05

@@ -71,6 +71,8 @@ class GateSession:
             retrain_tokens=options.retrain_sae,
             retrain_init=options.retrain_init,
             retrain_condition=options.retrained_condition,
+            min_explained_variance=options.min_explained_variance,
+            confidence=options.confidence,
         )
 
     @cached_property
@@ -122,7 +124,7 @@ class GateSession:
             report = self.protocol()
 
             def judge_and_write() -> list:
-                verdicts = gate_verdicts(report, self.options.gates)
+                verdicts = gate_verdicts(report, self.options.gates, self.options.gate_on)
                 verdicts += baseline_verdicts(self, report)
                 write_outputs(report, verdicts, self.options, self.provenance())
                 return verdicts
@@ -185,6 +187,7 @@ class GateSession:
         return report
 
     def _run_protocol(self) -> ProtocolReport:
+        from pytest_qdm.compress.noise_floor import floors_for
         from pytest_qdm.compress.schemes import scheme_condition
         from pytest_qdm.run.protocol import run_protocol
 
@@ -202,6 +205,7 @@ class GateSession:
             extra_conditions=[
                 *(scheme_condition(name) for name in self.options.audited_schemes),
                 *s.candidates,
+                *floors_for(self.options, s.model),
             ],
             # finished work survives a killed run: the rerun continues from it
             checkpoints=Path(self.options.cache_dir) / f"partial-{self.fingerprint.key()}"

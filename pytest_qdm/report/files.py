@@ -15,6 +15,7 @@ from pytest_qdm.report.retrain import (
     retrain_caption,
     three_way_table,
 )
+from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -71,6 +72,7 @@ def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool,
     for table, legend in [
         (fmt.domain_table(report), fmt.domain_caption(report)),
         (fmt.lens_table(report), fmt.LENS_LEGEND),
+        (behaviour_table(report), BEHAVIOUR_LEGEND),
         (fmt.sae_pruning_table(report), None),
         (fmt.sensitivity_table(report), fmt.sensitivity_plan_line(report)),
         (three_way_table(report), retrain_caption(report)),

@@ -23,6 +23,7 @@ from pytest_qdm.report.retrain import (
     retrain_caption,
     three_way_table,
 )
+from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.drilldown import Context, FeatureDrilldown
@@ -179,6 +180,11 @@ def html_report(
         lens_title, headers, rows = lens
         legend = f'<p class="muted">{escape(fmt.LENS_LEGEND)}</p>'
         sections.append(f"<h2>{escape(lens_title)}</h2>" + _table(headers, rows) + legend)
+    behaviour = behaviour_table(report)
+    if behaviour is not None:
+        behaviour_title, headers, rows = behaviour
+        legend = f'<p class="muted">{escape(BEHAVIOUR_LEGEND)}</p>'
+        sections.append(f"<h2>{escape(behaviour_title)}</h2>" + _table(headers, rows) + legend)
     sensitivity = fmt.sensitivity_table(report)
     if sensitivity is not None:
         sens_title, headers, rows = sensitivity

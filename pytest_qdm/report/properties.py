@@ -9,7 +9,9 @@ e.g. ``reference``, ``rtn-int6``, ``prune-0.175``):
   ``ppl_chunked``, ``ppl_sliding``, ``ppl_chunked_change``, ``ppl_sliding_change``
   (relative, PPL_C / PPL_FP - 1), ``sae_ev``, ``sae_loss_recovered`` (SAE transfer
   quality on the perplexity tokens), ``sample_r``, ``topk_agreement``,
-  ``procrustes_error``, ``unaligned_error`` (token lenses), ``budget_spread_pp``,
+  ``procrustes_error``, ``unaligned_error`` (token lenses), ``kl``, ``kl_reverse`` (nats),
+  ``top1_agreement``, ``topk_token_overlap`` (fractions), ``top_prob_change`` (behaviour
+  vs the reference, analyse/behaviour.py), ``budget_spread_pp``,
   ``subsets_spread_pp`` (percentage points).
 - ``qdm.<condition>@<domain>.<metric>`` per labelled domain (``--qdm-dataset LABEL=SOURCE``):
   ``n_active``, ``survived_pct``, ``degraded_pct``, ``damaged_pct``, ``mean_r``,

@@ -23,6 +23,7 @@ from pytest_qdm.report.retrain import (
     retrain_caption,
     three_way_table,
 )
+from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.audit import AuditResult
@@ -163,6 +164,7 @@ def render_report(
         _sweep_table(report, console.width < WIDE_MIN_WIDTH),
         _titled_table(fmt.domain_table(report), caption=fmt.domain_caption(report)),
         _titled_table(fmt.lens_table(report), caption=fmt.LENS_LEGEND),
+        _titled_table(behaviour_table(report), caption=BEHAVIOUR_LEGEND),
         _titled_table(fmt.sae_pruning_table(report)),
         _titled_table(fmt.sensitivity_table(report), caption=fmt.sensitivity_plan_line(report)),
         _titled_table(three_way_table(report), caption=retrain_caption(report)),

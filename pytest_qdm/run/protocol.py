@@ -69,6 +69,7 @@ def run_protocol(
         with progress_bar("QDM perplexity", n_measured, config.progress) as tick:
             measured = phases.perplexity_phase(inputs, tick)
             pruning = phases.pruning_phase(inputs, measured, tick)
+        measured.release()
         store.save("perplexity", (measured, pruning))
     else:
         measured, pruning = done

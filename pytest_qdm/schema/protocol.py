@@ -62,6 +62,14 @@ class SweepRow(BaseModel):
     procrustes_error: float | None = None
     unaligned_error: float | None = None
     survived_ci: tuple[float | None, float | None] | None
+    # next-token behaviour vs the reference (analyse/behaviour.py; None for the reference)
+    kl: float | None = None
+    kl_reverse: float | None = None
+    top1_agreement: float | None = None
+    topk_token_overlap: float | None = None
+    top_prob_change: float | None = None
+    kl_ci: tuple[float, float] | None = None
+    top1_ci: tuple[float, float] | None = None
     domains: dict[str, DomainRow] = {}  # per labelled domain (--qdm-dataset LABEL=SOURCE)
 
 
