@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_qdm.report import _format as fmt
+from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
 from pytest_qdm.report.retrain import (
     feature_verdicts,
     lost_caption,
@@ -23,7 +24,6 @@ from pytest_qdm.report.retrain import (
     retrain_caption,
     three_way_table,
 )
-from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.drilldown import Context, FeatureDrilldown

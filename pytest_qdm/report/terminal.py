@@ -17,13 +17,13 @@ from rich.table import Table
 from rich.text import Text
 
 from pytest_qdm.report import _format as fmt
+from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
 from pytest_qdm.report.retrain import (
     lost_caption,
     lost_moved_table,
     retrain_caption,
     three_way_table,
 )
-from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.audit import AuditResult
