@@ -17,6 +17,9 @@ _EXPORTS = {
     "MagnitudePrune": "compress.conditions",
     "Candidate": "compress.conditions",
     "Reference": "compress.conditions",
+    "NoiseFloor": "compress.noise_floor",
+    "tokens_for": "analyse.precision",
+    "noise_floor": "compress.noise_floor",
     "NF4": "compress.schemes",
     "FP8": "compress.schemes",
     "AbsmaxINT8": "compress.schemes",
@@ -35,6 +38,8 @@ _EXPORTS = {
     "load_preset": "load.subject",
     "prune_sae": "analyse.sae_pruning",
     "sae_pruning_sweep": "analyse.sae_pruning",
+    "retrain_sae": "analyse.retrain",
+    "RetrainResult": "schema.retrain",
     "TokenAgreement": "schema.audit",
     "check_claims": "claims.check",
     "load_claims": "claims.files",
@@ -47,6 +52,9 @@ __all__ = [
     "Candidate",
     "ConditionResult",
     "MagnitudePrune",
+    "NoiseFloor",
+    "noise_floor",
+    "tokens_for",
     "NF4",
     "FP8",
     "AbsmaxINT8",
@@ -55,6 +63,7 @@ __all__ = [
     "ProtocolReport",
     "RTN",
     "Reference",
+    "RetrainResult",
     "assert_feature_survival",
     "assert_features_survive",
     "assert_max_damaged",
@@ -63,6 +72,7 @@ __all__ = [
     "fit_survival_predictor",
     "load_preset",
     "prune_sae",
+    "retrain_sae",
     "run_protocol",
     "sae_pruning_sweep",
     "TokenAgreement",
@@ -76,7 +86,9 @@ _SUBMODULES = ("assertions", "options", "settings", "progress", "zoo")
 
 if TYPE_CHECKING:
     from pytest_qdm.analyse.overlap import compare_damage
+    from pytest_qdm.analyse.precision import tokens_for
     from pytest_qdm.analyse.predictor import fit_survival_predictor
+    from pytest_qdm.analyse.retrain import retrain_sae
     from pytest_qdm.analyse.sae_pruning import prune_sae, sae_pruning_sweep
     from pytest_qdm.assertions import (
         assert_feature_survival,
@@ -86,6 +98,7 @@ if TYPE_CHECKING:
     from pytest_qdm.claims.check import check_claims
     from pytest_qdm.claims.files import load_claims
     from pytest_qdm.compress.conditions import RTN, Candidate, MagnitudePrune, Reference
+    from pytest_qdm.compress.noise_floor import NoiseFloor, noise_floor
     from pytest_qdm.compress.schemes import FP8, NF4, AbsmaxINT8
     from pytest_qdm.load.subject import load_preset
     from pytest_qdm.run.audit import audit
@@ -94,6 +107,7 @@ if TYPE_CHECKING:
     from pytest_qdm.schema.audit import AuditResult, ConditionResult, TokenAgreement
     from pytest_qdm.schema.claims import ClaimsReport
     from pytest_qdm.schema.protocol import ProtocolReport
+    from pytest_qdm.schema.retrain import RetrainResult
     from pytest_qdm.settings import AuditConfig
 
 

@@ -17,8 +17,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from pytest_qdm.analyse.retrain_checks import check_budget
 from pytest_qdm.analyse.sensitivity import check_focus, plan_target
-from pytest_qdm.compress.names import scheme_name
+from pytest_qdm.compress.names import condition_name, scheme_name
+from pytest_qdm.gate.confidence import GateOn
 from pytest_qdm.gate.thresholds import BaselineCheck, GateCheck, parse_baseline, parse_gate
 from pytest_qdm.load.tokens import DOMAIN_LABEL
 from pytest_qdm.settings import (
@@ -90,6 +92,13 @@ def _max_memory(value: Any) -> dict[str | int, str] | None:
             )
         memory[int(device) if device.isdigit() else device] = size.strip()
     return memory
+
+
+def _bound_or_none(value: Any) -> float | None:
+    """``none`` (measure only) or a number, as --qdm-min-explained-variance takes it."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    return float(value)
 
 
 def _lenses(values: Any) -> tuple[str, ...]:
@@ -237,6 +246,32 @@ class QdmOptions(BaseModel):
         description="gate: fail when the perplexity rises more, e.g. int6:0.05 (repeatable)",
         json_schema_extra=cli("max-ppl-change", "list", "COND:FRAC", shown="none"),
     )
+    max_kl: Annotated[tuple[GateCheck, ...], _gates("max_kl")] = Field(
+        (),
+        description="gate: fail when the mean KL(reference || condition) of the next-token "
+        "distributions is above, in nats per token, e.g. int6:0.01 (repeatable)",
+        json_schema_extra=cli("max-kl", "list", "COND:NATS", shown="none"),
+    )
+    min_top1: Annotated[tuple[GateCheck, ...], _gates("min_top1")] = Field(
+        (),
+        description="gate: fail when the share of tokens whose top next token is the "
+        "reference's is below, e.g. int6:0.95 (repeatable)",
+        json_schema_extra=cli("min-top1", "list", "COND:FRAC", shown="none"),
+    )
+    gate_on: GateOn = Field(
+        "estimate",
+        description="what the gate bounds compare: estimate, lower (the interval's end that is "
+        "worse for the check: pass only with evidence) or upper (the better end: fail only "
+        "when even it misses, never on noise); 95% intervals",
+        json_schema_extra=cli("gate-on", metavar="END"),
+    )
+    confidence: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="level of the intervals --qdm-gate-on reads (survival, KL, top-1)",
+        json_schema_extra=cli("confidence", "float", "LEVEL"),
+    )
     baseline: str | None = Field(
         None,
         description="compare with a saved baseline; a missing one is written and the gate fails",
@@ -322,6 +357,29 @@ class QdmOptions(BaseModel):
         description="SAE feature importance for --qdm-sae-prune: " + " or ".join(SAE_PRUNE_METHODS),
         json_schema_extra=cli("sae-prune-method", metavar="METHOD"),
     )
+    retrain_sae: int = Field(
+        0,
+        ge=0,
+        description="retrained-SAE baseline: train an SAE of the reference SAE's architecture "
+        "on the --qdm-retrain-condition model's activations for this many tokens (sae_lens' "
+        "trainer), then report frozen vs retrained vs pruned SAE and which failing features "
+        "are lost or only moved (docs/retrained-sae.md)",
+        json_schema_extra=cli("retrain-sae", "int", "TOKENS", shown="off"),
+    )
+    retrain_init: Literal["reference", "random"] = Field(
+        "reference",
+        description="--qdm-retrain-sae starts from the reference SAE (a fine-tune) or from "
+        "sae_lens' random initialisation",
+        json_schema_extra=cli("retrain-init", metavar="INIT"),
+    )
+    retrain_condition: str | None = Field(
+        None,
+        description="the audited condition --qdm-retrain-sae trains on, e.g. int4 or a "
+        "candidate:<name>",
+        json_schema_extra=cli(
+            "retrain-condition", metavar="NAME", shown="the --qdm-match-bits width"
+        ),
+    )
     sensitivity: bool = Field(
         False,
         description="which blocks to keep at higher precision: quantize one block at a time at "
@@ -329,6 +387,20 @@ class QdmOptions(BaseModel):
         "most damaging blocks to INT8 until survival reaches the --qdm-min-survived bound of "
         "that width (else 90%)",
         json_schema_extra=cli("sensitivity", "flag"),
+    )
+    min_explained_variance: Annotated[float | None, BeforeValidator(_bound_or_none)] = Field(
+        0.5,
+        le=1,
+        description="refuse an SAE that explains less of the activations at the read-out "
+        "(none: audit anyway; the report's headline then says how poorly it fits)",
+        json_schema_extra=cli("min-explained-variance", metavar="EV|none"),
+    )
+    noise_floor: bool = Field(
+        False,
+        description="also audit changes that are not compression (the reference in bfloat16 "
+        "and float16, another batch size, the other attention implementation and the other "
+        "backend) as floor-* conditions; the report states the floor",
+        json_schema_extra=cli("noise-floor", "flag"),
     )
     cache: bool = Field(
         True,
@@ -367,6 +439,11 @@ class QdmOptions(BaseModel):
                 f"--qdm-match-bits {self.match_bits} is not among --qdm-bits {list(self.bits)}"
             )
         check_focus(self.match_bits, self.sensitivity)
+        if self.retrain_sae:
+            try:
+                check_budget(self.retrain_sae)
+            except ValueError as error:
+                raise ValueError(f"--qdm-retrain-sae: {error}") from None
         if self.two_phase_dir is not None and not self.two_phase:
             raise ValueError("--qdm-two-phase-dir needs --qdm-two-phase")
         if self.damage_threshold > self.survival_threshold:
@@ -382,6 +459,15 @@ class QdmOptions(BaseModel):
         refcode = tuple(f"rtn-int{b}-refcode" for b in self.bits)
         extra = refcode if self.rtn_axes == "reference" else ()
         return tuple(dict.fromkeys(self.schemes + extra))
+
+    @property
+    def retrained_condition(self) -> str | None:
+        """The condition name --qdm-retrain-sae trains on (None: no retraining)."""
+        if not self.retrain_sae:
+            return None
+        if self.retrain_condition is not None:
+            return condition_name(self.retrain_condition.strip().lower())
+        return None if self.match_bits is None else f"rtn-int{self.match_bits}"
 
     @property
     def sensitivity_target(self) -> float:
@@ -421,7 +507,9 @@ class QdmOptions(BaseModel):
 
     @property
     def gates(self) -> tuple[GateCheck, ...]:
-        return self.min_survived + self.max_damaged + self.max_ppl_change
+        return (
+            self.min_survived + self.max_damaged + self.max_ppl_change + self.max_kl + self.min_top1
+        )
 
     def audit_config(self, hook: str | None = None) -> AuditConfig:
         """The audit settings these options name (shared fields by name)."""
@@ -498,7 +586,12 @@ def build_options(raw: dict[str, Any], **extra: Any) -> QdmOptions:
     for name, meta, _ in option_fields():
         flags[name] = meta["flag"]
         value = raw.get(meta["flag"])
-        if value in (None, "", []) or (meta["kind"] in ("flag", "not-flag") and not value):
+        if _blank(value) and meta["kind"] not in ("flag", "not-flag"):
+            raise ValueError(
+                f"--qdm-{meta['flag']} was given an empty value: give a value "
+                "(see pytest --help) or leave the option out"
+            )
+        if value in (None, []) or (meta["kind"] in ("flag", "not-flag") and not value):
             continue
         settings[name] = _parse(meta["flag"], meta["kind"], value)
     if settings.get("match_bits") == 0:
@@ -507,6 +600,12 @@ def build_options(raw: dict[str, Any], **extra: Any) -> QdmOptions:
         return QdmOptions(**settings)
     except ValidationError as error:
         raise ValueError(one_line(error, flags)) from None
+
+
+def _blank(value: Any) -> bool:
+    """An option given with nothing in it ("" or a list with a blank entry)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return any(isinstance(v, str) and not v.strip() for v in values)
 
 
 def one_line(error: ValidationError, flags: dict[str, str] | None = None) -> str:

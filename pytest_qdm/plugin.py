@@ -7,7 +7,6 @@ only when a gate runs or a qdm fixture is used.
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from _pytest import junitxml
 
 OPTIONS_KEY = pytest.StashKey["object"]()
 SESSION_KEY = pytest.StashKey["object"]()
-STARTED_KEY = pytest.StashKey[float]()
+WORKER_OUTCOME_KEY = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -77,7 +76,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "qdm(bits=(6,), tokens=N, survival_threshold=R, ...): per-test settings for the qdm_audit fixture",
     )
-    config.stash[STARTED_KEY] = time.time()
     try:
         config.stash[OPTIONS_KEY] = build_options(config)
     except ValueError as error:
@@ -120,12 +118,15 @@ class _GateItem(pytest.Item):
             return session.judged()
 
     def repr_failure(self, excinfo, style=None):
+        from pytest_qdm.gate.baseline import BaselineRefused
         from pytest_qdm.load.checkpoints import MissingFormatLibrary
         from pytest_qdm.load.hub import HubUnavailableError
 
         model = _options(self.config).model
         if isinstance(excinfo.value, QdmGateFailure):
             return f"QDM gate {self.name} failed for {model}: {excinfo.value}"
+        if isinstance(excinfo.value, BaselineRefused):
+            return f"QDM gate {self.name} not run for {model}: {excinfo.value}"
         if isinstance(excinfo.value, (HubUnavailableError, MissingFormatLibrary)):
             return f"QDM gate {self.name} could not load its inputs: {excinfo.value}"
         return super().repr_failure(excinfo, style)
@@ -236,16 +237,34 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     options = _options(config)
     if not options.model or hasattr(config, "workerinput") or not is_main_process():
         return
+    outcome = _outcome(config) or config.stash.get(WORKER_OUTCOME_KEY, None)
+    if outcome is None:  # the gate did not run in this session (deselected, failed to load)
+        return
     from pytest_qdm.gate.outputs import summary_text
 
-    text = summary_text(
-        options,
-        since=config.stash[STARTED_KEY],
-        width=terminalreporter._tw.fullwidth,
-        markup=terminalreporter.hasmarkup,
-    )
-    if text:
-        terminalreporter.write(text)
+    width, markup = terminalreporter._tw.fullwidth, terminalreporter.hasmarkup
+    terminalreporter.write(summary_text(options, outcome, width=width, markup=markup))
+
+
+def _outcome(config: pytest.Config) -> dict | None:
+    session = config.stash.get(SESSION_KEY, None)
+    return None if session is None else session.outcome()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its own result to the controller (never through files)."""
+    config = session.config
+    if hasattr(config, "workeroutput") and (outcome := _outcome(config)) is not None:
+        config.workeroutput["qdm_outcome"] = {**outcome, "report": outcome["report"].to_json()}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """On the xdist controller: keep the result of the worker that ran the gate."""
+    outcome = getattr(node, "workeroutput", {}).get("qdm_outcome")
+    kept = node.config.stash.get(WORKER_OUTCOME_KEY, None)
+    if outcome is not None and (kept is None or kept["provenance"].get("cached")):
+        node.config.stash[WORKER_OUTCOME_KEY] = outcome  # the worker that computed, if any
 
 
 # Fixtures -------------------------------------------------------------------------------

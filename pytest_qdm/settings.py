@@ -8,6 +8,8 @@ Definitions of the bands and metrics: docs/definitions.md.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 LENSES = ("token", "transfer")
@@ -120,6 +122,18 @@ class ProtocolConfig(BaseModel):
     masks_survival_bound: float = Field(
         0.9, ge=0, le=1, description="survival below this is damage"
     )
+    confidence: float = Field(
+        0.95, gt=0, lt=1, description="level of the bootstrap intervals (survival, KL, top-1)"
+    )
+    masks_kl_bound: float = Field(
+        0.01,
+        ge=0,
+        description="mean KL(reference || condition) in nats counted as 'behaviour held' "
+        "(docs/definitions.md, 'Behaviour masks damage')",
+    )
+    masks_top1_bound: float = Field(
+        0.95, ge=0, le=1, description="top-1 agreement counted as 'behaviour held'"
+    )
     sensitivity: bool = Field(
         False,
         description="quantize one block at a time at match_bits, then verify a greedy "
@@ -130,6 +144,16 @@ class ProtocolConfig(BaseModel):
     )
     sensitivity_max_raised: int | None = Field(
         None, ge=0, description="at most this many blocks raised to INT8 (None: no limit)"
+    )
+    retrain_tokens: int = Field(
+        0,
+        ge=0,
+        description="retrain the SAE on one condition's activations for this many tokens "
+        "(docs/retrained-sae.md; 0: no retrained baseline)",
+    )
+    retrain_init: Literal["reference", "random"] = "reference"
+    retrain_condition: str | None = Field(
+        None, description="the audited condition to retrain on (None: the focus condition)"
     )
 
     @field_validator("sae_prune_method")

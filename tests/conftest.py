@@ -180,3 +180,27 @@ def tokens(reference):
     return load_tokens(
         "builtin", reference.tokenizer, context_length=128, max_tokens=2048, prepend_bos=True
     ).tokens
+
+
+@pytest.fixture(scope="session")
+def tiny_report(reference, sae):
+    """One real protocol report of the bundled model on 8 random rows (tests/reliability)."""
+    import torch
+
+    import pytest_qdm as qdm
+    from pytest_qdm.settings import ProtocolConfig
+
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randint(reference.cfg.d_vocab, (8, 64), generator=generator)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return qdm.run_protocol(
+            *(reference, sae, rows),
+            bits=(8,),
+            match_bits=None,
+            config=qdm.AuditConfig(progress=False),
+            protocol=ProtocolConfig(n_shards=2, n_bootstrap=0, ppl_tokens=128, sae_transfer=False),
+        )
+    finally:
+        torch.set_num_threads(threads)

@@ -310,3 +310,31 @@ def test_nf4_double_quant_names_and_scales():
     # same 4-bit codes: every weight's ratio to its block's max code value is unchanged
     assert torch.equal(torch.sign(plain), torch.sign(dq))
     assert 0 < float((plain - dq).abs().max()) < 0.02 * float(w.abs().max())
+
+
+def test_reference_code_rounds_in_the_weights_own_dtype(gemma_like_model):
+    """On a bf16 model RTN(axes="reference") equals the study's formula run in bfloat16
+    (an independent torch formula per TransformerLens layout), bit for bit, and differs
+    from rounding in float32 and casting, which per-channel RTN keeps."""
+    import copy
+
+    model = copy.deepcopy(gemma_like_model).to(torch.bfloat16)
+    qmax = 7
+    reduce = {"W_Q": (0, 1), "W_K": (0, 1), "W_V": (0, 1), "W_O": (0, 1)}
+    reduce |= {"W_in": (0,), "W_gate": (0,), "W_out": (0,)}
+    ours = RTN(4, axes="reference").compressed_weights(model)
+    params = dict(model.named_parameters())
+    in_float32 = 0
+    for name, weight in ours.items():
+        w = params[name].detach()
+        assert w.dtype == weight.dtype == torch.bfloat16
+        scale = w.abs().amax(dim=reduce[name.rsplit(".", 1)[-1].lstrip("_")], keepdim=True) / qmax
+        expected = torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+        assert torch.equal(weight, expected), name
+        scale32 = (
+            w.float().abs().amax(dim=reduce[name.rsplit(".", 1)[-1].lstrip("_")], keepdim=True)
+            / qmax
+        )
+        cast = (torch.clamp(torch.round(w.float() / scale32), -qmax, qmax) * scale32).bfloat16()
+        in_float32 += int((cast != weight).sum())
+    assert in_float32 > 0  # bf16 arithmetic rounds some weights differently

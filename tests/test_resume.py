@@ -78,7 +78,7 @@ def test_a_killed_process_resumes_with_the_same_numbers(
     process = subprocess.Popen([sys.executable, str(script), str(folder)])
     try:
         deadline = time.monotonic() + 300
-        while not (folder / "shard0.pt").exists():
+        while not (folder / "shard0.safetensors").exists():
             assert process.poll() is None, "the run ended before it saved a shard"
             assert time.monotonic() < deadline
             time.sleep(0.2)

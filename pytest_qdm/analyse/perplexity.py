@@ -82,6 +82,9 @@ class BatchObserver(Protocol):
 
     def observe(self, batch: torch.Tensor, nll: torch.Tensor) -> None: ...
 
+    # Optional: ``observe_logits(batch, logits)`` sees the batch's logits [b, pos-1, vocab]
+    # (float32) of the scored positions (analyse/behaviour.py).
+
     def sum_over_ranks(self) -> None:
         """Under torch.distributed, where each rank saw a share of the batches: add every
         rank's sums."""
@@ -101,6 +104,8 @@ def _token_nll(
     else:
         logits = model.run_with_hooks(batch, return_type="logits", fwd_hooks=observer.fwd_hooks())
     logits = logits[:, :-1].float()  # on the last block's device, where a model is split
+    if observer is not None and hasattr(observer, "observe_logits"):
+        observer.observe_logits(batch, logits)
     targets = batch[:, 1:].to(logits.device)
     nll = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"

@@ -214,11 +214,14 @@ def _from_rows(kind: str, rows: torch.Tensor, like: torch.Tensor) -> torch.Tenso
     return rows.T.contiguous()  # W_in, W_gate, W_out, conv1d
 
 
-def rtn_rows(rows: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
+def rtn_rows(
+    rows: torch.Tensor, bits: int, group_size: int | None = None, own_dtype: bool = False
+) -> torch.Tensor:
     """Symmetric round-to-nearest of a [out, in] matrix, one scale per row (or per group).
 
     qmax = 2^(bits-1) - 1; scale = max|w| / qmax; w' = clamp(round(w / scale), -qmax, qmax)
-    * scale, computed in float32 and returned in the input dtype. All-zero rows stay zero.
+    * scale, computed in float32 (``own_dtype``: in the input's dtype, as the reference
+    study's code did) and returned in the input dtype. All-zero rows stay zero.
     """
     out_features, in_features = rows.shape
     group = in_features if group_size is None else group_size
@@ -228,7 +231,8 @@ def rtn_rows(rows: torch.Tensor, bits: int, group_size: int | None = None) -> to
             "choose a divisor of every compressed weight's input width"
         )
     qmax = 2 ** (bits - 1) - 1
-    grouped = rows.float().reshape(out_features, in_features // group, group)
+    work = rows if own_dtype else rows.float()
+    grouped = work.reshape(out_features, in_features // group, group)
     scale = grouped.abs().amax(dim=-1, keepdim=True) / qmax
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     quantized = torch.clamp(torch.round(grouped / safe), -qmax, qmax) * scale
@@ -278,15 +282,16 @@ RTN_AXES = ("channel", "reference")
 
 
 def rtn_reference_axes(target: Target, bits: int) -> torch.Tensor:
-    """RTN as the reference study's code computed it: W_Q/W_K/W_V [heads, d_model, d_head]
-    reduced over every dim but the last, one scale per d_head index shared across heads
-    (a known flaw, kept to reproduce its tables); other weights per output channel."""
+    """RTN as the reference study's code computed it: in the weight's own dtype (bfloat16
+    for a bf16 model), W_Q/W_K/W_V [heads, d_model, d_head] reduced over every dim but the
+    last, one scale per d_head index shared across heads (a known flaw, kept to reproduce its
+    tables); other weights per output channel."""
     if target.kind not in ("W_Q", "W_K", "W_V"):
-        return target.from_rows(rtn_rows(target.to_rows(), bits))
+        return target.from_rows(rtn_rows(target.to_rows(), bits, own_dtype=True))
     weight = target.param.data
     heads, d_model, d_head = weight.shape
     per_index = weight.permute(2, 0, 1).reshape(d_head, heads * d_model)  # a row per d_head
-    rounded = rtn_rows(per_index, bits)
+    rounded = rtn_rows(per_index, bits, own_dtype=True)
     return rounded.reshape(d_head, heads, d_model).permute(1, 2, 0).contiguous()
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from pytest_qdm.analyse.retrain_checks import check_audited
 from pytest_qdm.compress.names import SCHEME_NAME
+from pytest_qdm.gate.input_checks import check_input_files
 from pytest_qdm.load.corpus import source_problem
 from pytest_qdm.load.specs import check_specs
 from pytest_qdm.options import QdmOptions
@@ -22,9 +24,11 @@ from pytest_qdm.options import QdmOptions
 def preflight(options: QdmOptions) -> None:
     """Raise ValueError with one line for the first problem found."""
     check_specs(options)
+    check_input_files(options)
     _check_candidates(options)
     _check_dataset(options)
     _check_gated_conditions(options)
+    _check_retrain(options)
     _check_device(options.device)
     _check_placement(options)
     check_writable_dir(options.report_dir, "--qdm-report-dir")
@@ -148,6 +152,21 @@ def _check_gated_conditions(options: QdmOptions) -> None:
             raise ValueError(f"--qdm-{option} names {name}, which this run does not audit: {fix}")
 
 
+def _check_retrain(options: QdmOptions) -> None:
+    """--qdm-retrain-sae trains on a condition this run audits."""
+    if not options.retrain_sae:
+        return
+    name = options.retrained_condition
+    if name is None:
+        raise ValueError(
+            "--qdm-retrain-sae needs --qdm-retrain-condition NAME when --qdm-match-bits is 0"
+        )
+    try:
+        check_audited(name, audited_names(options))
+    except ValueError as error:
+        raise ValueError(f"--qdm-retrain-condition: {error}") from None
+
+
 def _check_device(device: str | None) -> None:
     if not device or device == "cpu":
         return
@@ -175,6 +194,7 @@ def check_writable_dir(path: str | os.PathLike, option: str) -> None:
 
 
 def _check_baseline(path: Path, update: bool) -> None:
+    from pytest_qdm.gate.baseline import check_schema
     from pytest_qdm.schema.gate import Baseline
 
     if path.is_dir():
@@ -183,10 +203,14 @@ def _check_baseline(path: Path, update: bool) -> None:
     if not path.exists() or update:
         return  # written (or rewritten) after the run
     try:
-        Baseline.model_validate_json(path.read_text())
+        baseline = Baseline.model_validate_json(path.read_text())
     except (OSError, ValueError, ValidationError) as error:
         reason = "empty" if path.exists() and not path.stat().st_size else type(error).__name__
         raise ValueError(
             f"--qdm-baseline {str(path)!r} is not a pytest-qdm baseline ({reason}); "
             "delete it or rerun with --qdm-update-baseline to rewrite it"
         ) from None
+    try:
+        check_schema(baseline, path)
+    except ValueError as error:
+        raise ValueError(f"--qdm-baseline: {error}") from None

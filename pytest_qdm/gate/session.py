@@ -34,6 +34,7 @@ from pytest_qdm.settings import ProtocolConfig
 from pytest_qdm.stream.distributed import agreed, from_main, init_from_torchrun
 
 SENSITIVITY_FIELDS = {"sensitivity", "sensitivity_target", "sensitivity_max_raised"}
+RETRAIN_FIELDS = {"retrain_tokens", "retrain_init", "retrain_condition"}
 # settings that never change a number (two-phase gives the one-phase numbers bit for bit):
 # out of the fingerprint, so either mode reuses the other's cached results and baselines
 NOT_FINGERPRINTED = {"progress", "two_phase", "two_phase_dir", "two_phase_keep"}
@@ -47,6 +48,7 @@ class GateSession:
     cache_hit: bool = False
     _verdicts: list | None = None
     _claims: object | None = None
+    _provenance: dict | None = None
 
     @cached_property
     def subject(self) -> Subject:
@@ -67,6 +69,11 @@ class GateSession:
             sae_prune_method=options.sae_prune_method,
             sensitivity=options.sensitivity,
             sensitivity_target=options.sensitivity_target,
+            retrain_tokens=options.retrain_sae,
+            retrain_init=options.retrain_init,
+            retrain_condition=options.retrained_condition,
+            min_explained_variance=options.min_explained_variance,
+            confidence=options.confidence,
         )
 
     @cached_property
@@ -74,11 +81,12 @@ class GateSession:
         s, options = self.subject, self.options
         settings = {
             "audit": json.loads(options.audit_config().model_dump_json(exclude=NOT_FINGERPRINTED)),
-            # sensitivity off: its fields stay out, so fingerprints (caches, baselines) made
-            # before the option existed still match
+            # sensitivity or retraining off: its fields stay out, so fingerprints (caches,
+            # baselines) made before the option existed still match
             "protocol": json.loads(
                 self.protocol_config.model_dump_json(
-                    exclude=None if options.sensitivity else SENSITIVITY_FIELDS
+                    exclude=(set() if options.sensitivity else SENSITIVITY_FIELDS)
+                    | (set() if options.retrain_sae else RETRAIN_FIELDS)
                 )
             ),
             "bits": list(options.bits),
@@ -117,7 +125,7 @@ class GateSession:
             report = self.reported()
 
             def judge_and_write() -> list:
-                verdicts = gate_verdicts(report, self.options.gates)
+                verdicts = gate_verdicts(report, self.options.gates, self.options.gate_on)
                 verdicts += baseline_verdicts(self, report)
                 write_outputs(report, verdicts, self.options, self.provenance())
                 return verdicts
@@ -136,8 +144,19 @@ class GateSession:
             self._claims = from_main(partial(session_claims, self))
         return self.protocol().model_copy(update={"claims": self._claims})
 
+    def outcome(self) -> dict | None:
+        """This run's own result for the end-of-session summary (report, verdict rows,
+        provenance), held in memory; None before the gate was judged."""
+        if self._verdicts is None:
+            return None
+        rows = [(v.name, v.passed, v.message) for v in self._verdicts]
+        return {"report": self.reported(), "verdicts": rows, "provenance": self.provenance()}
+
     def provenance(self) -> dict:
-        """Where the report came from, for the summary and run.json."""
+        """Where the report came from, for the summary and run.json (taken once, when the
+        gate is judged, so both say the same)."""
+        if self._provenance is not None:
+            return self._provenance
         info = {"cached": self.cache_hit}
         if self.options.cache:
             path = cache_path(self.options.cache_dir, self.fingerprint.key())
@@ -146,6 +165,7 @@ class GateSession:
                 info["cached_at"] = datetime.fromtimestamp(path.stat().st_mtime).isoformat(
                     sep=" ", timespec="seconds"
                 )
+        self._provenance = info
         return info
 
     def protocol(self) -> ProtocolReport:
@@ -169,16 +189,20 @@ class GateSession:
         known = remembered_fingerprint(self.options.cache_dir, self.sources)
         if known is None:
             return None
+        from pytest_qdm.cachefiles import read_checked
+
         path = cache_path(self.options.cache_dir, known.key())
-        if not path.is_file():
-            return None
-        self.__dict__["fingerprint"] = known  # the cached_property, without loading anything
-        return ProtocolReport.from_json(path.read_text())
+        report = read_checked(path, known.key(), ProtocolReport)
+        if report is not None:
+            self.__dict__["fingerprint"] = known  # the cached_property, without loading
+        return report
 
     def _run_protocol(self) -> ProtocolReport:
+        from pytest_qdm.compress.noise_floor import floors_for
         from pytest_qdm.compress.schemes import scheme_condition
         from pytest_qdm.run.protocol import run_protocol
 
+        self._refuse_foreign_baseline()
         s = self.subject
         return run_protocol(
             s.model,
@@ -192,12 +216,26 @@ class GateSession:
             extra_conditions=[
                 *(scheme_condition(name) for name in self.options.audited_schemes),
                 *s.candidates,
+                *floors_for(self.options, s.model),
             ],
             # finished work survives a killed run: the rerun continues from it
             checkpoints=Path(self.options.cache_dir) / f"partial-{self.fingerprint.key()}"
             if self.options.cache
             else None,
         )
+
+    def _refuse_foreign_baseline(self) -> None:
+        """Before the audit: a baseline made for other inputs fails the run now, naming what
+        differs, not after the work (BaselineRefused, one line)."""
+        options = self.options
+        path = Path(options.baseline) if options.baseline else None
+        if path is None or options.update_baseline or not path.is_file():
+            return
+        from pytest_qdm.gate.baseline import BaselineRefused, foreign_baseline, read_baseline
+
+        differences = self.fingerprint.differences(read_baseline(path).fingerprint)
+        if differences:
+            raise BaselineRefused(foreign_baseline(path, differences))
 
     def audit(self, bits=None, tokens=None, **overrides) -> AuditResult:
         """The session's audit; per-test settings (a ``qdm`` marker) get their own run."""

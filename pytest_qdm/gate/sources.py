@@ -24,6 +24,9 @@ _PRESENTATION = {
     "min_survived",
     "max_damaged",
     "max_ppl_change",
+    "max_kl",
+    "min_top1",
+    "gate_on",
     "baseline",
     "claims",  # measured after the protocol, cached on their own (claims/session.py)
     "baseline_checks",

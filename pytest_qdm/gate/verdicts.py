@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_qdm.gate.baseline import compare, read_baseline, write_baseline
+from pytest_qdm.gate.baseline import compare, foreign_baseline, read_baseline, write_baseline
+from pytest_qdm.gate.confidence import GateOn, judged_value
 from pytest_qdm.gate.thresholds import GateCheck
 from pytest_qdm.schema.gate import Verdict
 from pytest_qdm.schema.protocol import ProtocolReport
@@ -44,7 +45,11 @@ def planned_checks(options: QdmOptions) -> list[str]:
     return names + (["baseline"] if options.baseline else [])
 
 
-def gate_verdicts(report: ProtocolReport, gates: tuple[GateCheck, ...]) -> list[Verdict]:
+def gate_verdicts(
+    report: ProtocolReport, gates: tuple[GateCheck, ...], gate_on: GateOn = "estimate"
+) -> list[Verdict]:
+    """One verdict per check; ``gate_on`` picks the estimate or an end of its interval
+    (gate/confidence.py)."""
     rtn = [r.condition for r in report.sweep if r.kind == "RTN"]
     candidates = [r.condition for r in report.sweep if r.kind == "Candidate"]
     verdicts = []
@@ -57,7 +62,8 @@ def gate_verdicts(report: ProtocolReport, gates: tuple[GateCheck, ...]) -> list[
             verdicts.append(Verdict(name, False, message))
             continue
         if gate.domain is None:
-            passed, message = gate.describe(getattr(row, gate.metric), condition)
+            value, note = judged_value(row, gate, gate_on, report.config.confidence)
+            passed, message = gate.describe(value, condition, note)
         elif gate.domain in row.domains:
             value = getattr(row.domains[gate.domain], gate.metric)
             passed, message = gate.describe(value, f"{condition}@{gate.domain}")
@@ -98,17 +104,21 @@ def baseline_verdicts(
             return [
                 Verdict("baseline", False, f"baseline {path} rewritten (it was for other inputs)")
             ]
-        return [
-            Verdict(
-                "baseline",
-                False,
-                f"baseline {path} refused, it was made for other inputs: "
-                + "; ".join(differences)
-                + ". Rerun with --qdm-update-baseline to replace it.",
-            )
-        ]
-    failures = compare(report, saved.report, list(options.baseline_checks))
+        return [Verdict("baseline", False, foreign_baseline(path, differences))]
+    paired = paired_or_none(report, saved.report)
+    failures = compare(report, saved.report, list(options.baseline_checks), paired)
     if failures and options.update_baseline:
         write_baseline(path, fingerprint, report)
         failures.append(f"baseline {path} rewritten with this run")
-    return [Verdict("baseline", not failures, "; ".join(failures) or f"within {path}")]
+    tests = [change.describe() for change in (paired or {}).values()]
+    message = "; ".join(failures) or f"within {path}"
+    return [Verdict("baseline", not failures, message + "".join(f" | {t}" for t in tests))]
+
+
+def paired_or_none(report: ProtocolReport, baseline: ProtocolReport) -> dict | None:
+    """Feature-by-feature changes against the baseline when it read the same tokens."""
+    from pytest_qdm.analyse.paired import paired_changes, same_tokens
+
+    if same_tokens(report.audit, baseline.audit) is not None:
+        return None
+    return paired_changes(report.audit, baseline.audit)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pytest_qdm.analyse.precision import precision_line
+
 if TYPE_CHECKING:
     from pytest_qdm.schema.drilldown import Context
     from pytest_qdm.schema.protocol import ProtocolReport, SweepRow
@@ -188,6 +190,22 @@ def headline(report: ProtocolReport) -> list[str]:
             for name, cond in audit.conditions.items()
             if cond.spec.checkpoint is not None
         ),
+        *poor_fit_line(report),
+    ]
+
+
+POOR_FIT = 0.5  # the default --qdm-min-explained-variance
+
+
+def poor_fit_line(report: ProtocolReport) -> list[str]:
+    """A headline warning when the SAE explains less than the default bound (possible only
+    with --qdm-min-explained-variance lowered or none)."""
+    ev = report.sae_fit.explained_variance
+    if ev >= POOR_FIT:  # False for NaN
+        return []
+    return [
+        f"POOR SAE FIT: the SAE explains {ev:.3f} of the variance at the read-out (below "
+        f"{POOR_FIT}); survival of its features says little about the model's own features"
     ]
 
 
@@ -309,6 +327,7 @@ def stability_lines(report: ProtocolReport) -> list[tuple[str, str]]:
         (NULL_LABEL, null_line(report)),
         ("token budget", f"max spread {_widest(s.budget.spread)} over {tokens} tokens"),
         (s.subsets.label, f"max spread {_widest(s.subsets.spread)}"),
+        ("precision", precision_line(report)),
     ]
     if s.second_layer is not None:
         survival = ", ".join(

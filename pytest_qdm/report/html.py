@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_qdm.report import _format as fmt
+from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
 from pytest_qdm.report.claims import claims_html
+from pytest_qdm.report.retrain import (
+    feature_verdicts,
+    lost_caption,
+    lost_moved_table,
+    retrain_caption,
+    three_way_table,
+)
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.drilldown import Context, FeatureDrilldown
@@ -92,7 +100,7 @@ def element_id(condition: str, feature: int) -> str:
     return f"drill-{re.sub(r'[^A-Za-z0-9_-]', '_', condition)}-{feature}"
 
 
-def _feature(condition: str, feature: FeatureDrilldown) -> str:
+def _feature(condition: str, feature: FeatureDrilldown, verdict: str | None = None) -> str:
     contexts = [*feature.reference_top, *feature.compressed_top]
     scale = max((v for c in contexts for v in (*c.reference, *c.compressed)), default=0.0)
     link = ""
@@ -101,7 +109,8 @@ def _feature(condition: str, feature: FeatureDrilldown) -> str:
     return (
         f'<details class="feature" id="{element_id(condition, feature.feature)}">'
         f"<summary>feature <b>#{feature.feature}</b>, r = {feature.correlation:+.3f}{link}"
-        "</summary>"
+        + (f" · <b>{verdict}</b> after retraining" if verdict else "")
+        + "</summary>"
         + _contexts("Where the reference fires most", feature.reference_top, scale, condition)
         + _contexts(f"Where {condition} fires most now", feature.compressed_top, scale, condition)
         + "</details>"
@@ -113,7 +122,8 @@ def _drilldown(report: ProtocolReport) -> str:
     for name, condition in report.audit.conditions.items():
         if not condition.drilldown:
             continue
-        features = "".join(_feature(name, f) for f in condition.drilldown)
+        verdicts = feature_verdicts(report, name)
+        features = "".join(_feature(name, f, verdicts.get(f.feature)) for f in condition.drilldown)
         parts.append(f"<h3>{escape(name)}</h3>{features}")
     if not parts:
         return ""
@@ -171,12 +181,24 @@ def html_report(
         lens_title, headers, rows = lens
         legend = f'<p class="muted">{escape(fmt.LENS_LEGEND)}</p>'
         sections.append(f"<h2>{escape(lens_title)}</h2>" + _table(headers, rows) + legend)
+    behaviour = behaviour_table(report)
+    if behaviour is not None:
+        behaviour_title, headers, rows = behaviour
+        legend = f'<p class="muted">{escape(BEHAVIOUR_LEGEND)}</p>'
+        sections.append(f"<h2>{escape(behaviour_title)}</h2>" + _table(headers, rows) + legend)
     sensitivity = fmt.sensitivity_table(report)
     if sensitivity is not None:
         sens_title, headers, rows = sensitivity
         plan = f"<p>{escape(fmt.sensitivity_plan_line(report))}</p>"
         sections.append(f"<h2>{escape(sens_title)}</h2>" + _table(headers, rows) + plan)
     sections.append(claims_html(report.claims, _table))
+    for table, caption in [
+        (three_way_table(report), retrain_caption(report)),
+        (lost_moved_table(report), lost_caption(report)),
+    ]:
+        if table is not None:
+            note = f'<p class="muted">{escape(caption)}</p>'
+            sections.append(f"<h2>{escape(table[0])}</h2>" + _table(*table[1:]) + note)
     details = [
         ("Matched pruning", fmt.pruning_line(report)),
         ("Overlap", fmt.overlap_line(report)),

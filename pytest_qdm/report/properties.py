@@ -9,7 +9,9 @@ e.g. ``reference``, ``rtn-int6``, ``prune-0.175``):
   ``ppl_chunked``, ``ppl_sliding``, ``ppl_chunked_change``, ``ppl_sliding_change``
   (relative, PPL_C / PPL_FP - 1), ``sae_ev``, ``sae_loss_recovered`` (SAE transfer
   quality on the perplexity tokens), ``sample_r``, ``topk_agreement``,
-  ``procrustes_error``, ``unaligned_error`` (token lenses), ``budget_spread_pp``,
+  ``procrustes_error``, ``unaligned_error`` (token lenses), ``kl``, ``kl_reverse`` (nats),
+  ``top1_agreement``, ``topk_token_overlap`` (fractions), ``top_prob_change`` (behaviour
+  vs the reference, analyse/behaviour.py), ``budget_spread_pp``,
   ``subsets_spread_pp`` (percentage points).
 - ``qdm.<condition>@<domain>.<metric>`` per labelled domain (``--qdm-dataset LABEL=SOURCE``):
   ``n_active``, ``survived_pct``, ``degraded_pct``, ``damaged_pct``, ``mean_r``,
@@ -26,6 +28,11 @@ e.g. ``reference``, ``rtn-int6``, ``prune-0.175``):
   ``ppl_chunked_change``; ``qdm.sensitivity.plan.``: ``survived_pct``, ``mean_r``,
   ``ppl_chunked_change`` (measured), ``predicted_survived_pct``, ``n_raised``,
   ``target_met`` (block sensitivity, when run).
+- ``qdm.retrain.``: ``condition``, ``trained_tokens``, ``matching``;
+  ``qdm.retrain.<transfer|retrained|pruned>.``: ``sae_ev``, ``mean_l0``,
+  ``spliced_loss_change``, ``loss_recovered``, ``dead_latents``, ``n_features``;
+  ``qdm.retrain.<survived|degraded|damaged>.moved`` / ``.lost`` (the retrained-SAE
+  baseline, when run).
 - ``qdm.overlap.``: ``jaccard_not_survived``, ``jaccard_damaged``, ``pearson_damage``,
   ``spearman_damage``.
 - ``qdm.null.``: ``passed``, ``max_abs_deviation``; ``qdm.sae_fit.``: ``ok``,
@@ -41,6 +48,7 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from pytest_qdm.report.retrain import retrain_properties
 from pytest_qdm.schema.metrics import ROW_PROPERTIES
 
 if TYPE_CHECKING:
@@ -196,6 +204,7 @@ def junit_properties(report: ProtocolReport) -> list[Property]:
         *_conditions(report),
         *_analyses(report),
         *_checks(report),
+        *retrain_properties(report),
         *_emit(
             "qdm",
             [

@@ -17,8 +17,15 @@ from rich.table import Table
 from rich.text import Text
 
 from pytest_qdm.report import _format as fmt
+from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
 from pytest_qdm.report.claims import LEGEND as CLAIMS_LEGEND
 from pytest_qdm.report.claims import claims_table
+from pytest_qdm.report.retrain import (
+    lost_caption,
+    lost_moved_table,
+    retrain_caption,
+    three_way_table,
+)
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.audit import AuditResult
@@ -159,9 +166,12 @@ def render_report(
         _sweep_table(report, console.width < WIDE_MIN_WIDTH),
         _titled_table(fmt.domain_table(report), caption=fmt.domain_caption(report)),
         _titled_table(fmt.lens_table(report), caption=fmt.LENS_LEGEND),
+        _titled_table(behaviour_table(report), caption=BEHAVIOUR_LEGEND),
         _titled_table(fmt.sae_pruning_table(report)),
         _titled_table(fmt.sensitivity_table(report), caption=fmt.sensitivity_plan_line(report)),
         _titled_table(claims_table(report.claims), caption=CLAIMS_LEGEND),
+        _titled_table(three_way_table(report), caption=retrain_caption(report)),
+        _titled_table(lost_moved_table(report), caption=lost_caption(report)),
         _pruning(report),
         _predictor(report),
         _stability(report),

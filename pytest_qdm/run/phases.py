@@ -9,6 +9,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pytest_qdm.analyse.behaviour import (
+    BehaviourSums,
+    ReferenceLogits,
+    behaviour_fields,
+    behaviour_findings,
+    joined,
+)
+from pytest_qdm.analyse.floor import floor_findings
 from pytest_qdm.analyse.matched_pruning import match_sparsity
 from pytest_qdm.analyse.overlap import compare_damage
 from pytest_qdm.analyse.perplexity import (
@@ -52,6 +60,7 @@ from pytest_qdm.schema.analyses import (
     TransferQuality,
 )
 from pytest_qdm.schema.audit import AuditResult
+from pytest_qdm.schema.behaviour import BehaviourResult
 from pytest_qdm.schema.protocol import DomainRow, Finding, SweepRow
 from pytest_qdm.settings import AuditConfig, ProtocolConfig
 from pytest_qdm.stream.distributed import concatenated, local_share
@@ -103,6 +112,15 @@ class Perplexities:
 
     perplexity: dict[str, dict[str, PerplexityResult]] = field(default_factory=dict)
     transfer: dict[str, TransferQuality] = field(default_factory=dict)
+    behaviour: dict[str, BehaviourResult] = field(default_factory=dict)
+    # the reference's logits while conditions are measured (never saved: see release)
+    logits: ReferenceLogits | None = None
+
+    def release(self) -> None:
+        """Drop the reference's logits (before saving, and when measuring is done)."""
+        if self.logits is not None:
+            self.logits.close()
+            self.logits = None
 
     @property
     def reference(self) -> dict[str, PerplexityResult]:
@@ -148,7 +166,8 @@ def check_inputs(
     )
     if not fit.ok:
         raise ValueError(
-            f"{fit.reason}. {ADVICE} (ProtocolConfig(min_explained_variance=None) audits anyway)"
+            f"{fit.reason}. {ADVICE} (--qdm-min-explained-variance none, or "
+            "ProtocolConfig(min_explained_variance=None), audits anyway)"
         )
     focus = focus_condition(rtn, match_bits)
     inputs = Inputs(
@@ -162,17 +181,22 @@ def measure(inputs: Inputs, into: Perplexities, name: str, model=None) -> None:
     currently is."""
     cfg, model = inputs.cfg, inputs.model if model is None else model
     sums = TransferSums(model, inputs.sae, inputs.hook) if cfg.sae_transfer else None
+    behaviour = None
+    if into.logits is not None:  # the reference records its logits, conditions compare
+        behaviour = BehaviourSums(into.logits, record=name == Reference().name)
     into.perplexity[name] = _perplexities(
         model,
         inputs.ppl_tokens,
         inputs.bos,
         cfg,
         inputs.config.batch_size,
-        sums,
+        joined(sums, behaviour),
         inputs.ppl_domains,
     )
     if sums is not None:
         into.transfer[name] = sums.result()
+    if behaviour is not None and not behaviour.record:
+        into.behaviour[name] = behaviour.result(cfg.confidence, seed=cfg.seed)
 
 
 def search_steps(inputs: Inputs) -> int:
@@ -182,7 +206,7 @@ def search_steps(inputs: Inputs) -> int:
 
 def perplexity_phase(inputs: Inputs, tick) -> Perplexities:
     """The reference and every RTN / extra condition on the perplexity tokens."""
-    measured = Perplexities()
+    measured = Perplexities(logits=ReferenceLogits())
     measure(inputs, measured, Reference().name)
     tick()
     for condition in [*inputs.rtn, *inputs.extra]:
@@ -277,7 +301,9 @@ def stability_phase(
     """Null, budget, subsets, threshold grid and bootstrap, all from the shard states."""
     cfg, config, shards = inputs.cfg, inputs.config, features.shards
     bootstrap = (
-        bootstrap_survival(shards, config, cfg.n_bootstrap, cfg.seed) if cfg.n_bootstrap else {}
+        bootstrap_survival(shards, config, cfg.n_bootstrap, cfg.seed, cfg.confidence)
+        if cfg.n_bootstrap
+        else {}
     )
     return StabilityReport(
         null=null_check(features.result),
@@ -366,6 +392,7 @@ def sweep_rows(
             measured.reference,
             bootstrap.get(c.name),
             measured.transfer.get(c.name),
+            measured.behaviour.get(c.name),
         )
         for c in conditions
     ]
@@ -411,7 +438,7 @@ def findings_phase(report_rows: list[SweepRow], cfg: ProtocolConfig) -> list[Fin
     findings = []
     for row in report_rows:
         change, survived = row.ppl_chunked_change, row.survived_pct
-        if change is None or survived is None or row.kind == "Reference":
+        if change is None or survived is None or row.kind in ("Reference", "NoiseFloor"):
             continue
         if change <= cfg.masks_ppl_tolerance and survived < 100 * cfg.masks_survival_bound:
             verb = "improved" if change < 0 else "rose only"
@@ -427,10 +454,10 @@ def findings_phase(report_rows: list[SweepRow], cfg: ProtocolConfig) -> list[Fin
                     ),
                 )
             )
-    return findings
+    return findings + behaviour_findings(report_rows, cfg) + floor_findings(report_rows)
 
 
-def _row(name, cond, ppl, ref_ppl, ci, quality) -> SweepRow:
+def _row(name, cond, ppl, ref_ppl, ci, quality, behaviour=None) -> SweepRow:
     s, agreement = cond.summary, cond.agreement
     chunked, sliding = (ppl.get(k) for k in ("chunked", "sliding"))
 
@@ -460,6 +487,7 @@ def _row(name, cond, ppl, ref_ppl, ci, quality) -> SweepRow:
         procrustes_error=agreement.procrustes_aligned_error if agreement else None,
         unaligned_error=agreement.unaligned_error if agreement else None,
         survived_ci=(ci.low, ci.high) if ci else None,
+        **behaviour_fields(behaviour),
         domains={
             domain: _domain_row(summary, chunked, ref_ppl.get("chunked"), domain)
             for domain, summary in cond.domains.items()

@@ -11,7 +11,9 @@
 6. the fragility predictor, the overlap with pruning and the SAE-pruning sweep at the focus
    condition, and block sensitivity (``ProtocolConfig.sensitivity``: one pass of one
    condition per block up to the read-out, then one pass verifying the greedy plan);
-7. findings (perplexity masking feature damage) from the sweep rows.
+7. the retrained-SAE baseline (``ProtocolConfig.retrain_tokens``: an SAE trained on one
+   condition's activations, the three-way table, lost or moved features);
+8. findings (perplexity masking feature damage) from the sweep rows.
 
 Phases 2-3 and each shard of phase 4 are kept on disk as they finish when ``checkpoints``
 names a folder, so a killed run resumes (:mod:`pytest_qdm.run.resume`).
@@ -27,6 +29,7 @@ from pytest_qdm.compress.conditions import Condition, MagnitudePrune, Reference
 from pytest_qdm.progress import progress_bar
 from pytest_qdm.run import phases
 from pytest_qdm.run.resume import Checkpoints
+from pytest_qdm.run.retrain_phase import retrain_phase, retrain_target
 from pytest_qdm.schema.protocol import ProtocolReport
 from pytest_qdm.settings import DEFAULT_BITS, DEFAULT_MATCH_BITS, AuditConfig, ProtocolConfig
 
@@ -58,6 +61,7 @@ def run_protocol(
     inputs, fit = phases.check_inputs(
         model, sae, tokens, bits, match_bits, config, cfg, second_sae, extra_conditions
     )
+    retrain_target(inputs)  # refused now, not after the long phases
     store = Checkpoints(checkpoints)
     done = store.load("perplexity")
     if done is None:
@@ -65,6 +69,7 @@ def run_protocol(
         with progress_bar("QDM perplexity", n_measured, config.progress) as tick:
             measured = phases.perplexity_phase(inputs, tick)
             pruning = phases.pruning_phase(inputs, measured, tick)
+        measured.release()
         store.save("perplexity", (measured, pruning))
     else:
         measured, pruning = done
@@ -80,6 +85,7 @@ def run_protocol(
     pruned = conditions[-1].name if pruning is not None else None
     overlap = phases.overlap_phase(inputs, result, pruned)
     sensitivity = phases.sensitivity_phase(inputs, result, measured)
+    retrained = retrain_phase(inputs, result)
     rows = phases.sweep_rows(conditions, result, measured, stability.bootstrap)
     store.clear()
     return ProtocolReport(
@@ -100,4 +106,5 @@ def run_protocol(
         elapsed_seconds=time.perf_counter() - started,
         sae_pruning=sae_pruning,
         sensitivity=sensitivity,
+        retrain=retrained,
     )

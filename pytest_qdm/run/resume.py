@@ -9,6 +9,11 @@ code on the same rows and merged in the same order. Each shard is written once, 
 file, so saving costs one state per shard; the drill-down buffer that the shards fill
 together moves along with the newest shard. Under torch.distributed each rank keeps its
 own files. The folder is removed when the protocol finishes.
+
+Files are safetensors written by :mod:`pytest_qdm.tensorfile` (no pickle: a planted file
+runs nothing) and name the folder and part they belong to; a file that is corrupt, foreign
+or from a newer version is discarded with one warning and its part recomputed. Saving is
+best effort (pytest_qdm/cachefiles.py).
 """
 
 from __future__ import annotations
@@ -32,30 +37,48 @@ class Checkpoints:
 
         rank, size = rank_and_size()
         suffix = f"-rank{rank}of{size}" if size > 1 else ""
-        return self.folder / f"{name}{suffix}.pt"
+        return self.folder / f"{name}{suffix}.safetensors"
 
     def load(self, name: str) -> Any | None:
-        """What was saved under ``name``, or None (nothing saved, or unreadable)."""
+        """What was saved under ``name``, or None (nothing saved; unreadable, corrupt or
+        foreign: discarded with one warning)."""
         if self.folder is None or not self._path(name).is_file():
             return None
-        import torch
+        from pytest_qdm.cachefiles import discarded
+        from pytest_qdm.tensorfile import StoredValueError, loads
 
+        path = self._path(name)
         try:
-            return torch.load(self._path(name), weights_only=False)
-        except Exception:  # a file from another version of the code: recompute
+            stored = loads(path.read_bytes())
+        except (OSError, StoredValueError) as error:
+            discarded(path, str(error))
             return None
+        if not (isinstance(stored, dict) and stored.get("name") == self._label(name)):
+            discarded(path, "saved for another run or part (its name does not match)")
+            return None
+        return stored["value"]
+
+    def _label(self, name: str) -> str:
+        return f"{self.folder.name}/{self._path(name).name}"
 
     def save(self, name: str, value: Any) -> None:
+        """Best effort: a folder that cannot be written costs one warning, not the run."""
         if self.folder is None:
             return
-        import torch
+        from pytest_qdm.cachefiles import best_effort
 
+        best_effort(self._path(name), lambda: self._write(name, value))
+
+    def _write(self, name: str, value: Any) -> None:
+        from pytest_qdm.tensorfile import dumps
+
+        data = dumps({"name": self._label(name), "value": value})
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(name)
         handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.")
         try:
             with os.fdopen(handle, "wb") as file:
-                torch.save(value, file)
+                file.write(data)
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -73,7 +96,10 @@ class Checkpoints:
     def load_shards(self) -> list:
         """The finished shards' states in order, the drill-down back on the first."""
         saved = []
-        while (shard := self.load(f"shard{len(saved)}")) is not None:
+        while self.folder is not None and self._path(f"shard{len(saved)}").is_file():
+            shard = self.load(f"shard{len(saved)}")
+            if shard is None:  # discarded: the drill-down it carried is gone, start over
+                return []
             saved.append(shard)
         states = [state for state, _ in saved]
         if saved:

@@ -19,6 +19,7 @@ from pytest_qdm.schema.analyses import (
 )
 from pytest_qdm.schema.audit import SCHEMA_VERSION, AuditResult
 from pytest_qdm.schema.claims import ClaimsReport
+from pytest_qdm.schema.retrain import RetrainResult
 from pytest_qdm.settings import ProtocolConfig
 
 
@@ -62,6 +63,14 @@ class SweepRow(BaseModel):
     procrustes_error: float | None = None
     unaligned_error: float | None = None
     survived_ci: tuple[float | None, float | None] | None
+    # next-token behaviour vs the reference (analyse/behaviour.py; None for the reference)
+    kl: float | None = None
+    kl_reverse: float | None = None
+    top1_agreement: float | None = None
+    topk_token_overlap: float | None = None
+    top_prob_change: float | None = None
+    kl_ci: tuple[float, float] | None = None
+    top1_ci: tuple[float, float] | None = None
     domains: dict[str, DomainRow] = {}  # per labelled domain (--qdm-dataset LABEL=SOURCE)
 
 
@@ -95,6 +104,7 @@ class ProtocolReport(BaseModel):
     sae_pruning: SaePruningSweep | None = None  # ProtocolConfig.sae_prune_fractions
     sensitivity: SensitivityResult | None = None  # ProtocolConfig.sensitivity
     claims: ClaimsReport | None = None  # --qdm-claims (docs/claims.md)
+    retrain: RetrainResult | None = None  # ProtocolConfig.retrain_tokens
 
     def to_json(self, **kwargs) -> str:
         return self.model_dump_json(**kwargs)

@@ -17,7 +17,6 @@ it. Importing this module imports no torch.
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import traceback
@@ -212,14 +211,12 @@ def _describe(error: BaseException) -> str:
 
 
 def _dumps(value: object) -> bytes:
-    import torch
+    from pytest_qdm.tensorfile import dumps
 
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    return buffer.getvalue()
+    return dumps(value)
 
 
 def _loads(data: bytes, device: torch.device | str | None) -> object:
-    import torch
+    from pytest_qdm.tensorfile import loads
 
-    return torch.load(io.BytesIO(data), map_location=device or "cpu", weights_only=False)
+    return loads(data, device or "cpu")
