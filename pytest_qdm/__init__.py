@@ -41,6 +41,9 @@ _EXPORTS = {
     "retrain_sae": "analyse.retrain",
     "RetrainResult": "schema.retrain",
     "TokenAgreement": "schema.audit",
+    "check_claims": "claims.check",
+    "load_claims": "claims.files",
+    "ClaimsReport": "schema.claims",
 }
 
 __all__ = [
@@ -73,6 +76,9 @@ __all__ = [
     "run_protocol",
     "sae_pruning_sweep",
     "TokenAgreement",
+    "check_claims",
+    "load_claims",
+    "ClaimsReport",
     "__version__",
 ]
 
@@ -89,6 +95,8 @@ if TYPE_CHECKING:
         assert_features_survive,
         assert_max_damaged,
     )
+    from pytest_qdm.claims.check import check_claims
+    from pytest_qdm.claims.files import load_claims
     from pytest_qdm.compress.conditions import RTN, Candidate, MagnitudePrune, Reference
     from pytest_qdm.compress.noise_floor import NoiseFloor, noise_floor
     from pytest_qdm.compress.schemes import FP8, NF4, AbsmaxINT8
@@ -97,6 +105,7 @@ if TYPE_CHECKING:
     from pytest_qdm.run.protocol import run_protocol
     from pytest_qdm.schema.analyses import OverlapResult, PredictorResult
     from pytest_qdm.schema.audit import AuditResult, ConditionResult, TokenAgreement
+    from pytest_qdm.schema.claims import ClaimsReport
     from pytest_qdm.schema.protocol import ProtocolReport
     from pytest_qdm.schema.retrain import RetrainResult
     from pytest_qdm.settings import AuditConfig

@@ -285,6 +285,11 @@ class QdmOptions(BaseModel):
             json_schema_extra=cli("baseline-fail", "list", "EXPR", shown="none"),
         )
     )
+    claims: str | None = Field(
+        None,
+        description="claims file (TOML) to check on every audited condition (docs/claims.md)",
+        json_schema_extra=cli("claims", metavar="FILE", shown="none"),
+    )
     update_baseline: bool = Field(
         False,
         description="rewrite a failing, foreign or unreadable baseline (the gate still fails)",

@@ -41,7 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 # Folders and files named in an ini file are relative to that file, not to the working folder.
-INI_PATHS = ("report-dir", "cache-dir", "baseline")
+INI_PATHS = ("report-dir", "cache-dir", "baseline", "claims")
 
 
 def build_options(config: pytest.Config):
@@ -162,6 +162,42 @@ class QdmCheckItem(_GateItem):
             raise QdmGateFailure(verdict.message)
 
 
+class QdmClaims(pytest.Collector):
+    """``qdm-claims``: one item per claim and audited condition (docs/claims.md)."""
+
+    def collect(self):
+        from pytest_qdm.claims.files import claims_of_options
+        from pytest_qdm.claims.session import condition_names
+
+        options = _options(self.config)
+        for claim in claims_of_options(options):
+            for condition in condition_names(options):
+                yield QdmClaimItem.from_parent(
+                    self, name=f"{claim.id}[{condition}]", claim=claim.id, condition=condition
+                )
+
+
+class QdmClaimItem(_GateItem):
+    """One claim on one condition: its numbers become JUnit properties; it fails when the
+    claim fails there or has no reference effect."""
+
+    def __init__(self, *, claim: str, condition: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.claim, self.condition = claim, condition
+
+    def runtest(self) -> None:
+        from pytest_qdm.report.claims import claim_properties
+
+        report, _ = self.judged()
+        result = report.claims.result(self.claim, self.condition)
+        self.user_properties.extend(claim_properties(result))
+        if not result.holds:
+            raise QdmGateFailure(result.message)
+
+    def reportinfo(self):
+        return Path(self.config.rootpath), None, f"qdm-claims::{self.name}"
+
+
 def _uses_qdm(item: pytest.Item) -> bool:
     fixtures = getattr(item, "fixturenames", ())
     return any(f.startswith("qdm_") for f in fixtures) or item.get_closest_marker("qdm") is not None
@@ -188,7 +224,11 @@ def pytest_collection_modifyitems(
             config.hook.pytest_deselected(items=unrelated)
             items[:] = [item for item in items if _uses_qdm(item)]
     gate = QdmGate.from_parent(session, name="qdm-gate", nodeid="qdm-gate")
-    items[:0] = list(gate.collect())
+    added = list(gate.collect())
+    if options.claims:
+        claims = QdmClaims.from_parent(session, name="qdm-claims", nodeid="qdm-claims")
+        added += list(claims.collect())
+    items[:0] = added
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:

@@ -36,6 +36,10 @@ def preflight(options: QdmOptions) -> None:
         check_writable_dir(options.cache_dir, "--qdm-cache-dir")
     if options.baseline:
         _check_baseline(Path(options.baseline), options.update_baseline)
+    if options.claims:
+        from pytest_qdm.claims.files import claims_of_options
+
+        claims_of_options(options)
 
 
 def _check_placement(options: QdmOptions) -> None:

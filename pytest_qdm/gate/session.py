@@ -47,6 +47,7 @@ class GateSession:
     _protocol: ProtocolReport | None = None
     cache_hit: bool = False
     _verdicts: list | None = None
+    _claims: object | None = None
     _provenance: dict | None = None
 
     @cached_property
@@ -121,7 +122,7 @@ class GateSession:
             from pytest_qdm.gate.outputs import write_outputs
             from pytest_qdm.gate.verdicts import baseline_verdicts, gate_verdicts
 
-            report = self.protocol()
+            report = self.reported()
 
             def judge_and_write() -> list:
                 verdicts = gate_verdicts(report, self.options.gates, self.options.gate_on)
@@ -131,7 +132,17 @@ class GateSession:
 
             # under torchrun rank 0 judges and writes; every rank gets its verdicts
             self._verdicts = from_main(judge_and_write)
-        return self.protocol(), self._verdicts
+        return self.reported(), self._verdicts
+
+    def reported(self) -> ProtocolReport:
+        """The protocol report with the --qdm-claims results (docs/claims.md) attached."""
+        if not self.options.claims:
+            return self.protocol()
+        if self._claims is None:
+            from pytest_qdm.claims.session import session_claims
+
+            self._claims = from_main(partial(session_claims, self))
+        return self.protocol().model_copy(update={"claims": self._claims})
 
     def outcome(self) -> dict | None:
         """This run's own result for the end-of-session summary (report, verdict rows,
@@ -139,7 +150,7 @@ class GateSession:
         if self._verdicts is None:
             return None
         rows = [(v.name, v.passed, v.message) for v in self._verdicts]
-        return {"report": self.protocol(), "verdicts": rows, "provenance": self.provenance()}
+        return {"report": self.reported(), "verdicts": rows, "provenance": self.provenance()}
 
     def provenance(self) -> dict:
         """Where the report came from, for the summary and run.json (taken once, when the

@@ -28,6 +28,7 @@ _PRESENTATION = {
     "min_top1",
     "gate_on",
     "baseline",
+    "claims",  # measured after the protocol, cached on their own (claims/session.py)
     "baseline_checks",
     "update_baseline",
     "report_dir",

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from pytest_qdm.report import _format as fmt
 from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
+from pytest_qdm.report.claims import LEGEND as CLAIMS_LEGEND
+from pytest_qdm.report.claims import claims_table
 from pytest_qdm.report.retrain import (
     lost_caption,
     lost_moved_table,
@@ -75,6 +77,7 @@ def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool,
         (behaviour_table(report), BEHAVIOUR_LEGEND),
         (fmt.sae_pruning_table(report), None),
         (fmt.sensitivity_table(report), fmt.sensitivity_plan_line(report)),
+        (claims_table(report.claims), CLAIMS_LEGEND),
         (three_way_table(report), retrain_caption(report)),
         (lost_moved_table(report), lost_caption(report)),
     ]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from pytest_qdm.report import _format as fmt
 from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
+from pytest_qdm.report.claims import claims_html
 from pytest_qdm.report.retrain import (
     feature_verdicts,
     lost_caption,
@@ -190,6 +191,7 @@ def html_report(
         sens_title, headers, rows = sensitivity
         plan = f"<p>{escape(fmt.sensitivity_plan_line(report))}</p>"
         sections.append(f"<h2>{escape(sens_title)}</h2>" + _table(headers, rows) + plan)
+    sections.append(claims_html(report.claims, _table))
     for table, caption in [
         (three_way_table(report), retrain_caption(report)),
         (lost_moved_table(report), lost_caption(report)),

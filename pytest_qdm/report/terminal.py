@@ -18,6 +18,8 @@ from rich.text import Text
 
 from pytest_qdm.report import _format as fmt
 from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
+from pytest_qdm.report.claims import LEGEND as CLAIMS_LEGEND
+from pytest_qdm.report.claims import claims_table
 from pytest_qdm.report.retrain import (
     lost_caption,
     lost_moved_table,
@@ -167,6 +169,7 @@ def render_report(
         _titled_table(behaviour_table(report), caption=BEHAVIOUR_LEGEND),
         _titled_table(fmt.sae_pruning_table(report)),
         _titled_table(fmt.sensitivity_table(report), caption=fmt.sensitivity_plan_line(report)),
+        _titled_table(claims_table(report.claims), caption=CLAIMS_LEGEND),
         _titled_table(three_way_table(report), caption=retrain_caption(report)),
         _titled_table(lost_moved_table(report), caption=lost_caption(report)),
         _pruning(report),

@@ -18,6 +18,7 @@ from pytest_qdm.schema.analyses import (
     TransferQuality,
 )
 from pytest_qdm.schema.audit import SCHEMA_VERSION, AuditResult
+from pytest_qdm.schema.claims import ClaimsReport
 from pytest_qdm.schema.retrain import RetrainResult
 from pytest_qdm.settings import ProtocolConfig
 
@@ -102,6 +103,7 @@ class ProtocolReport(BaseModel):
     elapsed_seconds: float
     sae_pruning: SaePruningSweep | None = None  # ProtocolConfig.sae_prune_fractions
     sensitivity: SensitivityResult | None = None  # ProtocolConfig.sensitivity
+    claims: ClaimsReport | None = None  # --qdm-claims (docs/claims.md)
     retrain: RetrainResult | None = None  # ProtocolConfig.retrain_tokens
 
     def to_json(self, **kwargs) -> str:
