@@ -129,5 +129,6 @@ def add_gpt2_tokenizer(writer, folder: Path) -> None:
     writer.add_token_merges(merges)
     writer.add_bos_token_id(special[settings["bos_token"]])
     writer.add_eos_token_id(special[settings["eos_token"]])
-    writer.add_pad_token_id(special[settings["pad_token"]])
+    if settings.get("pad_token") in special:
+        writer.add_pad_token_id(special[settings["pad_token"]])
     writer.add_add_bos_token(bool(settings.get("add_bos_token")))

@@ -71,8 +71,8 @@ def check_specs(options: QdmOptions) -> None:
     except FileNotFoundError as error:
         raise ValueError(f"--qdm-model {model!r}: {error}") from None
     if model not in preset_names():
-        if looks_like_path(model) and gguf is None:
-            if not Path(model).expanduser().is_dir():
+        if looks_like_path(model):
+            if gguf is None and not Path(model).expanduser().is_dir():
                 raise ValueError(f"--qdm-model {model!r}: no such checkpoint folder or .gguf file")
         elif not _HUB_ID.match(model):
             raise ValueError(
