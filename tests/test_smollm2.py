@@ -68,3 +68,17 @@ def test_served_q4_1_is_near_but_not_equal_to_its_dequantized_weights(gguf_file,
     error = float((got["x"] - cache[hook]).norm() / cache[hook].norm())
     # llama.cpp's q8 activations and float16 KV cache: about 1% away, not bit-equal
     assert 1e-4 < error < 5e-2, error
+
+
+def test_preset_audits_offline_with_its_bundled_sae(gguf_file):
+    if not (smollm2.sae_dir() / "cfg.json").is_file():
+        pytest.skip("the SmolLM2 SAE is not bundled in this checkout yet")
+    import pytest_qdm as qdm
+    from pytest_qdm.load.subject import load_preset
+
+    loaded = load_preset("smollm2-135m-q4_1", device="cpu")
+    tokens = loaded.tokens(2048)
+    assert {d.label for d in tokens.info.domains} == {"prose", "code"}
+    rtn = qdm.RTN(8)
+    result = qdm.audit(loaded.model, loaded.sae, tokens, [rtn], qdm.AuditConfig(progress=False))
+    assert result.conditions[rtn.name].summary.survived_pct > 50

@@ -48,10 +48,19 @@ def read_gguf(file: str | Path, what: str = "GGUF file") -> GgufHeader:
             "name a .gguf file written by llama.cpp or the gguf package"
         )
     require_library("gguf")
+    stat = file.stat()
+    return _read_header(str(file.resolve()), stat.st_size, stat.st_mtime_ns, what)
+
+
+@lru_cache(maxsize=16)
+def _read_header(file: str, size: int, mtime_ns: int, what: str) -> GgufHeader:  # noqa: ARG001
+    """gguf's reader parses every metadata array (a 49k-token vocabulary: seconds): once per
+    (path, size, mtime)."""
     from collections import Counter
 
     from gguf import GGUFReader
 
+    file = Path(file)
     try:
         reader = GGUFReader(str(file))
     except Exception as error:  # numpy/struct errors of a cut-off file, all kinds
@@ -117,12 +126,13 @@ def default_cache_dir() -> Path:
 def dequantized_folder(file: str | Path, cache_dir: str | Path | None = None) -> Path:
     """A Hugging Face checkpoint folder of ``file``'s weights dequantized to float32 by
     transformers, under ``cache_dir/gguf/<sha256>`` (written once, atomically)."""
-    header = read_gguf(file)
-    digest = file_sha256(header.file)
+    file = Path(file).expanduser()
+    digest = file_sha256(file)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / "gguf" / digest
     if (folder / DIGEST_FILE).is_file():
         return folder
+    header = read_gguf(file)
     from pytest_qdm.load.checkpoints import _quiet_loading
 
     partial = folder.with_name(f"{digest}.partial-{os.getpid()}")

@@ -410,14 +410,10 @@ def hooked_from_hf(hf_model, name: str, tokenizer, device: str, dtype) -> Hooked
     )
     with quiet_deprecations():
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        convert(hf_model, cfg),
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
+    # load_and_process_state_dict with every processing step off, in one load_state_dict
+    # (TransformerLens loads key by key, walking the whole module tree for each: a minute
+    # for a 30-layer model on a loaded CPU)
+    model.load_state_dict(model.fill_missing_keys(convert(hf_model, cfg)), strict=False)
     model.move_model_modules_to_device()
     return model.eval()
 
