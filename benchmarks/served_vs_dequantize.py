@@ -39,13 +39,13 @@ from pytest_qdm.zoo import smollm2  # noqa: E402
 WRITTEN = ("Q8_0", "Q5_0", "Q4_0")
 
 
-def written_files(reference_folder: Path, out: Path) -> dict[str, Path]:
-    """Q8_0 / Q5_0 / Q4_0 GGUFs of the reference folder, written once."""
+def written_files(reference_folder: Path, out: Path, qtypes=WRITTEN) -> dict[str, Path]:
+    """GGUFs of the reference folder (default Q8_0 / Q5_0 / Q4_0), written once."""
     import gguf
     from gguf_writer import write_llama_gguf
 
     files = {}
-    for qtype in WRITTEN:
+    for qtype in qtypes:
         file = out / f"SmolLM2-135M-Instruct.from-Q4_1.{qtype}.gguf"
         if not file.is_file():
             write_llama_gguf(reference_folder, file, gguf.GGMLQuantizationType[qtype])
@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--kl-rows", type=int, default=4, help="rows of 256 tokens for the KL")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "pytest-qdm"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--written", nargs="*", default=list(WRITTEN), help="types to write")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -87,7 +88,7 @@ def main() -> None:
     q4_1 = smollm2.gguf_file()
     folder = dequantized_folder(q4_1, args.cache_dir)
     files = {"Q4_1 (shipped)": q4_1}
-    files.update(written_files(folder, Path(args.cache_dir) / "gguf"))
+    files.update(written_files(folder, Path(args.cache_dir) / "gguf", args.written))
     tokens = load_tokens(
         {"prose": "builtin", "code": "builtin:code"},
         reference.tokenizer,

@@ -53,7 +53,7 @@ def test_served_activations_and_logits_equal_the_pytorch_forward(served, referen
     hooks = [TINY_HOOK, "blocks.5.hook_resid_post"]  # a middle block and the last one
     got = {}
     logits = served.run_with_hooks(
-        tokens, fwd_hooks=[(h, lambda a, hook: got.setdefault(hook.name, a)) for h in hooks]
+        tokens, fwd_hooks=[(h, lambda a, hook: got.__setitem__(hook.name, a)) for h in hooks]
     )
     with torch.no_grad():
         want_logits, cache = reference.run_with_cache(tokens, names_filter=hooks)

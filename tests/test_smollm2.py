@@ -62,7 +62,7 @@ def test_served_q4_1_is_near_but_not_equal_to_its_dequantized_weights(gguf_file,
     ids = dequantized.to_tokens(text, prepend_bos=False)
     got = {}
     hook = smollm2.HOOK
-    served.run_with_hooks(ids, fwd_hooks=[(hook, lambda a, hook: got.setdefault("x", a))])
+    served.run_with_hooks(ids, fwd_hooks=[(hook, lambda a, hook: got.__setitem__("x", a))])
     with torch.no_grad():
         _, cache = dequantized.run_with_cache(ids, names_filter=hook)
     error = float((got["x"] - cache[hook]).norm() / cache[hook].norm())

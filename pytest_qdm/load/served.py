@@ -157,7 +157,10 @@ class ServedModel:
                 setattr(self, handle, None)
 
     def __del__(self):
-        self._free()
+        try:
+            self._free()
+        except ImportError:  # interpreter shutdown: the process frees everything
+            pass
 
     def _observe(self, tensor, ask, user_data):  # noqa: ARG002 (C callback signature)
         name = self._ggml.ggml_get_name(tensor).decode()
