@@ -12,6 +12,7 @@ activation are refused: llama.cpp's graph cannot be edited from here.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import re
 from pathlib import Path
@@ -157,10 +158,8 @@ class ServedModel:
                 setattr(self, handle, None)
 
     def __del__(self):
-        try:
+        with contextlib.suppress(ImportError):  # interpreter shutdown: the process frees all
             self._free()
-        except ImportError:  # interpreter shutdown: the process frees everything
-            pass
 
     def _observe(self, tensor, ask, user_data):  # noqa: ARG002 (C callback signature)
         name = self._ggml.ggml_get_name(tensor).decode()
