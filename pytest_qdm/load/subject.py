@@ -41,14 +41,17 @@ def load_subject(options: QdmOptions) -> Subject:
     spec = options.model
     preset = get_preset(spec) if spec in preset_names() else None
     second = None
-    if preset is not None:
-        loaded = load_preset(
-            preset, device=options.device, dtype=options.dtype, **options.placement
-        )
+    placement = {**options.placement, "cache_dir": options.cache_dir}
+    if preset is not None and not options.sae:
+        loaded = load_preset(preset, device=options.device, dtype=options.dtype, **placement)
         model, sae, sae_name = loaded.model, loaded.sae, f"{preset.sae_release}/{preset.sae_id}"
         second = next((s for h, s in loaded.saes.items() if h != preset.hook_name), None)
-    else:
-        model = load_model(spec, device=options.device, dtype=options.dtype, **options.placement)
+    else:  # a preset's model with the user's SAE: the preset's SAEs are not loaded
+        device = resolve_device(options.device)
+        dtype = resolve_dtype(options.dtype, device, preset) if preset else options.dtype
+        model = load_model(
+            preset.model if preset else spec, device=device, dtype=dtype, **placement
+        )
     if options.sae:
         sae, sae_name, second = load_sae(options.sae, device=options.device), options.sae, None
     elif preset is None:
@@ -72,7 +75,7 @@ def load_subject(options: QdmOptions) -> Subject:
             dtype=model.cfg.dtype,
             path=options.candidate_path,
             tokenizer=model.tokenizer,  # the forward path's, where the folder has none
-            **{**options.placement, "backend": "bridge" if is_bridge(model) else None},
+            **{**placement, "backend": "bridge" if is_bridge(model) else None},
         )
         for path in options.candidates
     ]
@@ -142,9 +145,27 @@ def load_preset(
         if second_sae and preset.second_sae_id is not None:
             specs[preset.second_hook_name] = preset.second_sae_id
         saes = {
-            hook: load_sae((preset.sae_release, sae_id), device=device, offline=offline)
+            hook: load_sae(bundled_sae_dir(preset, sae_id), device=device)
+            if preset.sae_release == "builtin"
+            else load_sae((preset.sae_release, sae_id), device=device, offline=offline)
             for hook, sae_id in specs.items()
         }
     if not second_sae:
         saes = {preset.hook_name: saes[preset.hook_name]}
     return LoadedPreset(preset=preset, model=model, sae=saes[preset.hook_name], saes=saes)
+
+
+def bundled_sae_dir(preset: Preset, sae_id: str):
+    """The folder of a bundled SAE (``sae_release="builtin"``, ``sae_id`` relative to
+    pytest_qdm/zoo); FileNotFoundError (one line) when this install lacks it."""
+    from pathlib import Path
+
+    import pytest_qdm.zoo
+
+    folder = Path(pytest_qdm.zoo.__file__).parent / sae_id
+    if not (folder / "cfg.json").is_file():
+        raise FileNotFoundError(
+            f"preset {preset.name!r}: its bundled SAE {sae_id!r} is missing from this install "
+            f"({folder}); pass an SAE folder with --qdm-sae DIR (load_sae('DIR'))"
+        )
+    return folder
