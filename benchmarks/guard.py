@@ -72,6 +72,9 @@ def main() -> int:
     parser.add_argument("--record", action="store_true", help="write the measured fraction")
     parser.add_argument("--file", type=Path, default=RECORD)
     args = parser.parse_args()
+    if not args.record and not args.file.exists():
+        print(f"no recorded fraction in {args.file}; run with --record first on a quiet machine")
+        return 2
     now = measure(args.tokens, args.ctx, args.threads, args.repeats)
     print(
         f"engine {now['seconds']:.1f} s on {now['tokens']} tokens, {now['threads']} thread(s); "
