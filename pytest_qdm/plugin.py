@@ -190,6 +190,29 @@ def pytest_collection_modifyitems(
     items[:0] = list(gate.collect())
 
 
+def _held_back(item: pytest.Item):
+    """Third-party noise held back while a gate item or a qdm test runs (pytest_qdm/quiet.py)."""
+    options = _options(item.config)
+    if not options.model or not (isinstance(item, _GateItem) or _uses_qdm(item)):
+        return contextlib.nullcontext()
+    from pytest_qdm.quiet import third_party_quiet
+
+    return third_party_quiet(options.verbose)
+
+
+# inside pytest's own warning capture, so its summary does not list what is held back
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    with _held_back(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    with _held_back(item):
+        return (yield)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     from pytest_qdm.stream.distributed import is_main_process
 
