@@ -58,18 +58,20 @@ def test_held_back_inside_and_restored_after(capsys, caplog):
     assert "shown when verbose" in caplog.text
 
 
-def test_quick_gate_and_candidate_gate_print_no_third_party_line(pytester, shipped, monkeypatch):  # noqa: F811
-    """The issue's acceptance: a default quick run and a candidate gate, line by line."""
-    folder = rtn_w4a16(shipped)  # a compressed-tensors checkpoint (its bars, transformers')
+def test_quick_candidate_gate_prints_no_third_party_line(pytester, shipped, monkeypatch):  # noqa: F811
+    """The issue's acceptance, line by line: a --qdm-quick gate of a compressed-tensors
+    candidate (its decompression bars, transformers' quantization_config warning, the
+    torch/torchao/bitsandbytes import lines, sae_lens' deprecations) prints none of them.
+    The budget is cut below --qdm-quick's to keep the test short: the noise comes from
+    imports and loading, not from the number of tokens."""
+    folder = rtn_w4a16(shipped)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pytester.makeini("[pytest]\n")
-    quick = pytester.runpytest_subprocess("--qdm-model", "tiny", "--qdm-quick")
-    assert quick.ret == 0, quick.stdout.str()
-    assert noise(quick.stdout.str() + quick.stderr.str()) == []
-    candidate = pytester.runpytest_subprocess(
-        *("--qdm-model", "tiny", "--qdm-tokens", "1024", "--qdm-bits", "8,4"),
-        *("--qdm-match-bits", "0", "--qdm-lenses", "none", "--qdm-no-plots"),
-        *("--qdm-candidate", folder, "--qdm-no-cache"),
+    result = pytester.runpytest_subprocess(
+        *("--qdm-model", "tiny", "--qdm-quick", "--qdm-tokens", "1024", "--qdm-ppl-tokens", "256"),
+        *("--qdm-bits", "8,4", "--qdm-match-bits", "0", "--qdm-lenses", "none"),
+        *("--qdm-candidate", folder, "--qdm-no-cache", "--qdm-no-plots"),
     )
-    assert candidate.ret == 0, candidate.stdout.str()
-    assert noise(candidate.stdout.str() + candidate.stderr.str()) == []
+    assert result.ret == 0, result.stdout.str()
+    assert noise(result.stdout.str() + result.stderr.str()) == []
+    result.stdout.fnmatch_lines(["qdm gate: 1 item (audit)", "report: *index.html *"])

@@ -89,5 +89,6 @@ def summary_text(options: QdmOptions, since: float, width: int, markup: bool) ->
         color_system="auto" if markup else None,
     )
     render_report(report, console, verdicts=verdicts)
-    lines = [*summary_notes(options, out), f"reports: {out.resolve()}"]
+    index = (out / "index.html").resolve()
+    lines = [*summary_notes(options, out), f"report: {index} (JSON, Markdown, plots beside it)"]
     return buffer.getvalue() + "".join(line + "\n" for line in lines)
