@@ -55,11 +55,9 @@ def summary_notes(options: QdmOptions, out: Path) -> list[str]:
             f"{provenance.get('fingerprint')}); --qdm-no-cache recomputes"
         )
     if not options.gates and not options.baseline:
-        lines.append(
-            "nothing was gated: this run measured but set no bound. Add e.g. "
-            "--qdm-min-survived int6:0.6, --qdm-max-damaged int4:0.4, "
-            "--qdm-max-ppl-change int6:0.05 or --qdm-baseline FILE to fail on feature damage."
-        )
+        from pytest_qdm.report._format import NOTHING_GATED
+
+        lines.append(NOTHING_GATED)
     return lines
 
 

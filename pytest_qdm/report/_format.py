@@ -174,6 +174,14 @@ def sae_pruning_table(report: ProtocolReport) -> TitledTable | None:
     return f"SAE pruning without retraining ({sweep.method})", headers, rows
 
 
+# a run without a gate bound or baseline: said in the terminal summary and the HTML page
+NOTHING_GATED = (
+    "nothing was gated: this run measured but set no bound. Add e.g. "
+    "--qdm-min-survived int6:0.6, --qdm-max-damaged int4:0.4, "
+    "--qdm-max-ppl-change int6:0.05 or --qdm-baseline FILE to fail on feature damage."
+)
+
+
 def headline(report: ProtocolReport) -> list[str]:
     """Read-out site, active features and tokens; thresholds and reference perplexity; the
     format and path of each shipped candidate."""

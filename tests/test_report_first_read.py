@@ -1,0 +1,21 @@
+"""What a first-time reader of the report meets: an ungated HTML page says so, and the
+HTML tables keep numbers and intervals on one line."""
+
+from __future__ import annotations
+
+from pytest_qdm.report import html
+from pytest_qdm.report._format import NOTHING_GATED
+
+
+def test_an_ungated_html_page_says_nothing_was_gated():
+    assert "nothing was gated: this run measured but set no bound" in html._verdicts([])
+    assert NOTHING_GATED not in html._verdicts([("min_survived[rtn-int6]", True, "ok")])
+
+
+def test_html_cells_do_not_wrap_numbers():
+    # "100.0 [100.0-100.0]" and "PPL chunked (Δ)" wrapped with spare width (issue 29)
+    assert "td { white-space: nowrap; }" in html.STYLE
+    assert "th { white-space: pre;" in html.STYLE  # headers break only where they say so
+    assert ".contexts td { text-align: left; font: 13px/1.6 ui-monospace, monospace; " in (
+        html.STYLE
+    )  # contexts still wrap (pre-wrap, the more specific rule)
