@@ -19,3 +19,22 @@ def test_html_cells_do_not_wrap_numbers():
     assert ".contexts td { text-align: left; font: 13px/1.6 ui-monospace, monospace; " in (
         html.STYLE
     )  # contexts still wrap (pre-wrap, the more specific rule)
+
+
+def test_terminal_sweep_keeps_numbers_whole_and_folds_a_long_name():
+    from rich.console import Console
+    from rich.text import Text
+
+    from pytest_qdm.report import _format as fmt
+    from pytest_qdm.report import terminal
+
+    table = terminal._table("Sweep", fmt.COMPACT_HEADERS)
+    for name, interval in [("reference", "100.0–100.0"), ("candidate:" + "x" * 30, "80.1–83.0")]:
+        cells = [name, "+0.07%", "+0.07%", "0.9500", "81.9", interval, "18.1", "0.0", "0", "3"]
+        table.add_row(*(Text(c) for c in cells))
+    terminal._keep_cells_whole(table)
+    console = Console(width=80, record=True, force_terminal=False)
+    console.print(table)
+    text = console.export_text()
+    assert "100.0–100.0" in text and "80.1–83.0" in text  # whole, each on one line
+    assert all(len(line) <= 80 for line in text.splitlines())  # nothing cut off instead
