@@ -71,9 +71,12 @@ class PlainProgress:
         )
 
 
-# measured seconds per forwarded token of each phase, relative to a perplexity pass
-# (bundled tiny model, CPU: the feature pass adds the SAE, its statistics and the lenses)
-PHASE_COST = {"QDM perplexity": 1.0, "QDM protocol": 2.0, "QDM audit": 1.5}
+# measured seconds per planned token of each phase, relative to the feature pass
+# (`pytest --qdm-model tiny --qdm-quick`, 2-core CPU: perplexity 650 s for 13 x 2,048
+# planned tokens, protocol 465 s for 7 x 8,192, second-layer audit 100 s for 6 x 8,192).
+# Perplexity runs every layer with logits, sliding windows and the SAE splice; the feature
+# pass stops at the read-out; the second layer's has no lenses.
+PHASE_COST = {"QDM perplexity": 3.0, "QDM protocol": 1.0, "QDM audit": 0.25}
 UNPLANNED_SHARE = 0.1  # a phase outside the plan counts for this share of the plan
 
 
