@@ -271,7 +271,8 @@ def test_paths_that_cannot_run_are_refused_in_one_line(tmp_path, reference, dens
     with pytest.raises(ValueError, match="candidate path must be one of dequantize, forward"):
         choose_path(inspect_checkpoint(dense), "bridge")
     with pytest.raises(
-        ValueError, match=r"^--qdm-candidate-path: Input should be 'dequantize' or 'forward'"
+        ValueError,
+        match=r"^--qdm-candidate-path: Input should be 'dequantize', 'forward' or 'served'",
     ):
         build_options({"model": "tiny", "candidate": [dense], "candidate-path": "bridge"})
     # a bridge without the read-out hook is refused before any forward pass

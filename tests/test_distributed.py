@@ -229,7 +229,7 @@ def test_torchrun_pytest_gate_and_audits(tmp_path):
     assert sorted(stdout) == ["0", "1"]
     for text in stdout.values():
         assert "7 passed" in text  # audit item, min_survived check, the five inner tests
-    assert "reports:" in stdout["0"] and "reports:" not in stdout["1"]
+    assert "report:" in stdout["0"] and "report:" not in stdout["1"]
     written = {p.name for p in reports.iterdir()}
     assert {"qdm-report.json", "qdm-summary.md", "run.json", "verdicts.json"} <= written
     summary = (tmp_path / "step-summary.md").read_text()

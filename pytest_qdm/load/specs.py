@@ -48,7 +48,7 @@ def model_shape(options: QdmOptions) -> tuple[int | None, int | None]:
 def gguf_model_file(options: QdmOptions) -> Path | None:
     """The .gguf file ``--qdm-model`` (or its preset) names, or None for any other model;
     FileNotFoundError (one line) for a preset whose model package is not installed."""
-    from pytest_qdm.load.models import packaged_model
+    from pytest_qdm.load.gguf import packaged_model
     from pytest_qdm.load.presets import get_preset, preset_names
 
     spec = options.model
