@@ -38,7 +38,7 @@ _EXPORTS = {
     "load_preset": "load.subject",
     "prune_sae": "analyse.sae_pruning",
     "sae_pruning_sweep": "analyse.sae_pruning",
-    "retrain_sae": "analyse.retrain",
+    "retrain_sae": "run.retrain_phase",
     "RetrainResult": "schema.retrain",
     "TokenAgreement": "schema.audit",
     "check_claims": "claims.check",
@@ -88,7 +88,6 @@ if TYPE_CHECKING:
     from pytest_qdm.analyse.overlap import compare_damage
     from pytest_qdm.analyse.precision import tokens_for
     from pytest_qdm.analyse.predictor import fit_survival_predictor
-    from pytest_qdm.analyse.retrain import retrain_sae
     from pytest_qdm.analyse.sae_pruning import prune_sae, sae_pruning_sweep
     from pytest_qdm.assertions import (
         assert_feature_survival,
@@ -103,6 +102,7 @@ if TYPE_CHECKING:
     from pytest_qdm.load.subject import load_preset
     from pytest_qdm.run.audit import audit
     from pytest_qdm.run.protocol import run_protocol
+    from pytest_qdm.run.retrain_phase import retrain_sae
     from pytest_qdm.schema.analyses import OverlapResult, PredictorResult
     from pytest_qdm.schema.audit import AuditResult, ConditionResult, TokenAgreement
     from pytest_qdm.schema.claims import ClaimsReport

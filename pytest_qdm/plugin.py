@@ -140,13 +140,16 @@ class QdmAuditItem(_GateItem):
     properties, the run's metadata suite-level ones."""
 
     def runtest(self) -> None:
+        from pytest_qdm import __version__
         from pytest_qdm.report import junit_properties, suite_properties
 
         report, _ = self.judged()
         self.user_properties.extend(junit_properties(report))
         xml = self.config.stash.get(junitxml.xml_key, None)
         if xml is not None:
-            for name, value in suite_properties(report, _session(self.config)):
+            session = _session(self.config)
+            metadata = (report, session.fingerprint, session.cache_hit, __version__)
+            for name, value in suite_properties(*metadata):
                 xml.add_global_property(name, value)
 
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from rotation import RotatedReadout, uniform_rotation
 
-from pytest_qdm.analyse.retrain import retrain_sae, training_classes
+from pytest_qdm.analyse.retrain import training_classes
 from pytest_qdm.analyse.retrain_checks import check_budget
 from pytest_qdm.compress.conditions import RTN, Reference
 from pytest_qdm.run.audit import audit
+from pytest_qdm.run.retrain_phase import retrain_sae
 from pytest_qdm.settings import AuditConfig
 from pytest_qdm.zoo import TINY_HOOK
 

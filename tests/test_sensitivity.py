@@ -13,10 +13,11 @@ from conftest import random_tokens
 from rich.console import Console
 
 import pytest_qdm as qdm
-from pytest_qdm.analyse.sensitivity import block_sensitivity, predicted_survived_pct
+from pytest_qdm.analyse.sensitivity import predicted_survived_pct
 from pytest_qdm.compress.conditions import RTN, target_weights
 from pytest_qdm.compress.mixed import BlockRTN, MixedRTN
 from pytest_qdm.options import build_options
+from pytest_qdm.run.sensitivity import block_sensitivity
 from pytest_qdm.settings import ProtocolConfig
 
 QUIET = qdm.AuditConfig(progress=False, token_lenses=False, drilldown_features=0)

@@ -415,18 +415,10 @@ class Candidate(Condition):
         scheme's own: forward where the deployed kernel quantizes activations
         (:mod:`pytest_qdm.load.checkpoints`). Named ``candidate:<folder>`` unless ``name``
         is given."""
-        from pytest_qdm.load.checkpoints import candidate_name
-        from pytest_qdm.load.models import load_candidate
+        from pytest_qdm.load.candidate import read_candidate
 
-        model, info, chosen = load_candidate(path_or_name, path=path, **load_kwargs)
-        checkpoint = CheckpointSpec(
-            location=str(path_or_name),
-            quant_method=info.quant_method,
-            scheme=info.scheme,
-            path=chosen,
-            activations_quantized=info.activations_quantized,
-        )
-        return cls(model=model, name=name or candidate_name(path_or_name), checkpoint=checkpoint)
+        model, checkpoint, default_name = read_candidate(path_or_name, path=path, **load_kwargs)
+        return cls(model=model, name=name or default_name, checkpoint=checkpoint)
 
     @property
     def forward(self) -> bool:

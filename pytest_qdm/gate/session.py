@@ -25,7 +25,7 @@ from pytest_qdm.gate.cache import (
     remembered_fingerprint,
 )
 from pytest_qdm.gate.sources import sources_key
-from pytest_qdm.load.subject import Subject, load_subject
+from pytest_qdm.gate.subject import Subject, load_subject
 from pytest_qdm.options import QdmOptions, validated_overrides
 from pytest_qdm.schema.audit import AuditResult
 from pytest_qdm.schema.gate import Fingerprint
@@ -126,7 +126,7 @@ class GateSession:
 
             def judge_and_write() -> list:
                 verdicts = gate_verdicts(report, self.options.gates, self.options.gate_on)
-                verdicts += baseline_verdicts(self, report)
+                verdicts += baseline_verdicts(self.options, self.fingerprint, report)
                 write_outputs(report, verdicts, self.options, self.provenance())
                 return verdicts
 
@@ -198,8 +198,8 @@ class GateSession:
         return report
 
     def _run_protocol(self) -> ProtocolReport:
-        from pytest_qdm.compress.noise_floor import floors_for
         from pytest_qdm.compress.schemes import scheme_condition
+        from pytest_qdm.gate.subject import floors_for
         from pytest_qdm.run.protocol import run_protocol
 
         self._refuse_foreign_baseline()

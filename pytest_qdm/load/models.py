@@ -39,6 +39,7 @@ from pytest_qdm.load.multimodal import (
 )
 from pytest_qdm.load.placement import plan_device_map
 from pytest_qdm.load.presets import Preset, preset_for_model
+from pytest_qdm.zoo import tiny
 
 if TYPE_CHECKING:
     import torch
@@ -98,21 +99,26 @@ def load_model(
     check_backend(backend)
     placed = device_map is not None or max_memory is not None
     if name_or_path == "tiny" and backend is None and not placed:
-        from pytest_qdm.zoo import load_tiny_model
-
-        model = load_tiny_model(device=resolve_device(device))
+        model = _load_tiny(resolve_device(device))
         return model if dtype is None else model.to(resolve_dtype(dtype, str(model.cfg.device)))
     local = local_dir(name_or_path)
     if name_or_path == "tiny":  # the bundled model's folder, through the bridge
-        from pytest_qdm.zoo import weights_dir
-
-        local = weights_dir()
+        local = tiny.weights_dir()
     placement = dict(backend=backend, device_map=device_map, max_memory=max_memory)
     if local is not None:
         return load_model_from_disk(local, device=device, dtype=dtype, **placement)
     return load_model_from_hub(
         str(name_or_path), device=device, dtype=dtype, offline=offline, **placement
     )
+
+
+def _load_tiny(device: str) -> HookedTransformer:
+    """The bundled qdm-tiny (:mod:`pytest_qdm.zoo.tiny`), named as such."""
+    tiny.require(tiny.weights_dir() / tiny.MODEL_CONFIG_FILE)
+    tiny.require(tiny.weights_dir() / tiny.MODEL_WEIGHTS_FILE)
+    model = load_model_from_disk(tiny.weights_dir(), device=device)
+    model.cfg.model_name = tiny.TINY_MODEL_NAME
+    return model
 
 
 def load_model_from_hub(

@@ -101,8 +101,7 @@ class Preset:
 
 
 def _tiny() -> Preset:
-    # Lazy: the bundled model's hook names live in pytest_qdm.zoo (import-light itself).
-    from pytest_qdm import zoo
+    from pytest_qdm.zoo import tiny as zoo  # the bundled model's hook names
 
     return Preset(
         name="tiny",

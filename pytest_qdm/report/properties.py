@@ -53,6 +53,7 @@ from pytest_qdm.schema.metrics import ROW_PROPERTIES
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.audit import AuditResult
+    from pytest_qdm.schema.gate import Fingerprint
     from pytest_qdm.schema.protocol import ProtocolReport
 
 Property = tuple[str, str | float | int]
@@ -217,11 +218,10 @@ def junit_properties(report: ProtocolReport) -> list[Property]:
     ]
 
 
-def suite_properties(report: ProtocolReport, session) -> list[Property]:
-    """The run's metadata, for the JUnit ``<testsuite>`` properties."""
-    from pytest_qdm import __version__
-
-    fingerprint = session.fingerprint
+def suite_properties(
+    report: ProtocolReport, fingerprint: Fingerprint, cached: bool, version: str
+) -> list[Property]:
+    """The run's metadata, for the JUnit ``<testsuite>`` properties (``version``: pytest-qdm's)."""
     pairs = [
         ("model", fingerprint.model),
         ("sae", fingerprint.sae),
@@ -229,8 +229,8 @@ def suite_properties(report: ProtocolReport, session) -> list[Property]:
         ("n_tokens", report.audit.tokens.n_tokens),
         ("tokens_sha256", fingerprint.tokens_sha256),
         ("fingerprint", fingerprint.key()),
-        ("cached", session.cache_hit),
-        ("version", __version__),
+        ("cached", cached),
+        ("version", version),
     ]
     return _emit("qdm", pairs)
 

@@ -27,7 +27,7 @@ from pytest_qdm.analyse.perplexity import (
 from pytest_qdm.analyse.predictor import fit_survival_predictor
 from pytest_qdm.analyse.sae_fit import ADVICE, check_sae_fit
 from pytest_qdm.analyse.sae_pruning import check_prune_fractions, sae_pruning_sweep
-from pytest_qdm.analyse.sensitivity import block_sensitivity, check_focus
+from pytest_qdm.analyse.sensitivity import check_focus
 from pytest_qdm.analyse.stability import (
     bootstrap_survival,
     budget_sensitivity,
@@ -48,6 +48,7 @@ from pytest_qdm.compress.conditions import (
 from pytest_qdm.progress import progress_bar
 from pytest_qdm.run.audit import as_token_tensor, audit, finalize, prepare_conditions, token_summary
 from pytest_qdm.run.resume import Checkpoints
+from pytest_qdm.run.sensitivity import block_sensitivity
 from pytest_qdm.schema.analyses import (
     OverlapResult,
     PerplexityResult,

@@ -29,7 +29,7 @@ def model_shape(options: QdmOptions) -> tuple[int | None, int | None]:
 
     spec = options.model
     if spec in preset_names() and get_preset(spec).model == "tiny":
-        from pytest_qdm.zoo import weights_dir
+        from pytest_qdm.zoo.tiny import weights_dir
 
         config = _json(weights_dir() / "config.json")
         return config.get("hidden_size"), config.get("num_hidden_layers")
