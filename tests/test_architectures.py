@@ -13,7 +13,9 @@ import pytest
 import torch
 from test_loading import heads_in, heads_out, randomize, rtn_numpy, sample_tokens, save_checkpoint
 
-from pytest_qdm.compress.conditions import RTN, applied, target_weights
+from pytest_qdm.compress.conditions import RTN
+from pytest_qdm.compress.swap import applied
+from pytest_qdm.compress.targets import target_weights
 from pytest_qdm.load.architectures import SUPPORTED_ARCHITECTURES
 from pytest_qdm.load.models import load_model_from_disk
 

@@ -123,7 +123,7 @@ def test_batch_size_does_not_change_results(neox_model, neox_sae, neox_tokens):
 
 
 def test_correlations_equal_a_dense_computation(neox_model, neox_sae, neox_tokens):
-    from pytest_qdm.compress.conditions import applied
+    from pytest_qdm.compress.swap import applied
 
     hook = "blocks.1.hook_resid_post"
     result = qdm.audit(neox_model, neox_sae, neox_tokens, [qdm.RTN(4)], QUIET)

@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 
 from pytest_qdm.analyse.behaviour import BehaviourSums, ReferenceLogits
 from pytest_qdm.analyse.perplexity import chunked_perplexity
-from pytest_qdm.compress.conditions import RTN, MagnitudePrune, applied
+from pytest_qdm.compress.conditions import RTN, MagnitudePrune
+from pytest_qdm.compress.swap import applied
 
 
 def dense_behaviour(p_model, q_model, rows, k):

@@ -20,14 +20,11 @@ from conftest import fitted_sae
 from test_loading import char_tokenizer, round_linears, rtn_numpy, sample_tokens, save_checkpoint
 
 import pytest_qdm as qdm
-from pytest_qdm.compress.conditions import (
-    RTN,
-    MagnitudePrune,
-    applied,
-    target_weights,
-)
+from pytest_qdm.compress.conditions import RTN, MagnitudePrune
 from pytest_qdm.compress.mixed import BlockRTN, MixedRTN
 from pytest_qdm.compress.schemes import scheme_condition
+from pytest_qdm.compress.swap import applied
+from pytest_qdm.compress.targets import target_weights
 from pytest_qdm.load.architectures import SUPPORTED_ARCHITECTURES
 from pytest_qdm.load.models import bridge_architectures, load_model, load_model_from_disk
 from pytest_qdm.stream.hooks import run_to_hook

@@ -17,8 +17,8 @@ import torch
 from conftest import needs
 
 import pytest_qdm as qdm
-from pytest_qdm.compress.conditions import target_weights
 from pytest_qdm.compress.schemes import NF4
+from pytest_qdm.compress.targets import target_weights
 from pytest_qdm.load.checkpoints import (
     MissingFormatLibrary,
     candidate_name,

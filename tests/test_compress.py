@@ -7,14 +7,9 @@ import pytest
 import torch
 from conftest import build_model, gemma_like_config, neox_config
 
-from pytest_qdm.compress.conditions import (
-    RTN,
-    Candidate,
-    MagnitudePrune,
-    Reference,
-    applied,
-    target_weights,
-)
+from pytest_qdm.compress.conditions import RTN, Candidate, MagnitudePrune, Reference
+from pytest_qdm.compress.swap import applied
+from pytest_qdm.compress.targets import target_weights
 
 
 def rtn_numpy(weight: np.ndarray, bits: int, group: int | None = None) -> np.ndarray:
@@ -201,7 +196,7 @@ def test_pruning_zeroes_exactly_the_requested_count(neox_model, sparsity):
 
 
 def test_pruning_ties_are_deterministic():
-    from pytest_qdm.compress.conditions import prune_smallest
+    from pytest_qdm.compress.operators import prune_smallest
 
     weight = torch.tensor([1.0, -1.0, 1.0, 2.0, 1.0])
     assert prune_smallest(weight, 0.4).tolist() == [0.0, 0.0, 1.0, 2.0, 1.0]

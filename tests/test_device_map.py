@@ -45,7 +45,7 @@ def test_the_split_reference_and_a_dense_candidate_run_through_the_bridge():
     """The bundled model as reference and its own folder as a dense candidate, both loaded
     with device_map through the bridge: the candidate is the reference (every r = 1)."""
     import pytest_qdm as qdm
-    from pytest_qdm.compress.conditions import is_bridge
+    from pytest_qdm.compress.targets import is_bridge
     from pytest_qdm.gate.subject import load_subject
     from pytest_qdm.options import build_options
     from pytest_qdm.zoo import weights_dir
@@ -63,7 +63,7 @@ def test_the_split_reference_and_a_dense_candidate_run_through_the_bridge():
 
 
 def test_the_backend_option_runs_the_gate_model_through_the_bridge():
-    from pytest_qdm.compress.conditions import is_bridge
+    from pytest_qdm.compress.targets import is_bridge
     from pytest_qdm.gate.subject import load_subject
     from pytest_qdm.options import build_options
 

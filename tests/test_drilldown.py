@@ -50,7 +50,8 @@ def passes():
     """The engine over all rows, over each half, and the dense activations of both sides."""
     import torch
 
-    from pytest_qdm.compress.conditions import RTN, Reference, applied
+    from pytest_qdm.compress.conditions import RTN, Reference
+    from pytest_qdm.compress.swap import applied
     from pytest_qdm.run.audit import prepare_conditions
     from pytest_qdm.settings import AuditConfig
     from pytest_qdm.stream.engine import encode

@@ -17,7 +17,7 @@ import torch
 from conftest import needs
 
 import pytest_qdm as qdm
-from pytest_qdm.compress.conditions import target_weights
+from pytest_qdm.compress.targets import target_weights
 from pytest_qdm.load.checkpoints import MissingFormatLibrary, inspect_checkpoint
 from pytest_qdm.zoo import weights_dir
 

@@ -98,7 +98,7 @@ def audit_agreement(model, sae, tokens, condition, **settings):
 def test_engine_token_lenses_equal_a_dense_computation(
     neox_model, neox_sae, neox_tokens, monkeypatch, block_rows
 ):
-    from pytest_qdm.compress.conditions import applied
+    from pytest_qdm.compress.swap import applied
     from pytest_qdm.stream import engine as engine
 
     if block_rows:

@@ -17,7 +17,9 @@ import pytest
 import torch
 
 import pytest_qdm
-from pytest_qdm.compress.conditions import RTN, Candidate, applied, target_weights
+from pytest_qdm.compress.conditions import RTN, Candidate
+from pytest_qdm.compress.swap import applied
+from pytest_qdm.compress.targets import target_weights
 from pytest_qdm.load import presets as presets
 from pytest_qdm.load.architectures import SUPPORTED_ARCHITECTURES
 from pytest_qdm.load.hub import HubUnavailableError, hub_reachable

@@ -11,8 +11,8 @@ import torch
 from test_loading import save_checkpoint
 
 import pytest_qdm as qdm
-from pytest_qdm.compress.conditions import target_weights
 from pytest_qdm.compress.schemes import NF4
+from pytest_qdm.compress.targets import target_weights
 from pytest_qdm.load.models import load_checkpoint, load_model_from_disk
 
 pytest_plugins = ["pytester"]

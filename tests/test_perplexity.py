@@ -14,7 +14,8 @@ from pytest_qdm.analyse.perplexity import (
     relative_change,
     sliding_window_perplexity,
 )
-from pytest_qdm.compress.conditions import RTN, MagnitudePrune, applied
+from pytest_qdm.compress.conditions import RTN, MagnitudePrune
+from pytest_qdm.compress.swap import applied
 from pytest_qdm.schema.analyses import PerplexityResult
 
 BOS = 0

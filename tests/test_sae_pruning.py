@@ -16,7 +16,8 @@ from pytest_qdm.analyse.sae_pruning import (
     select_features,
 )
 from pytest_qdm.analyse.transfer import sae_transfer
-from pytest_qdm.compress.conditions import Condition, applied
+from pytest_qdm.compress.conditions import Condition
+from pytest_qdm.compress.swap import applied
 from pytest_qdm.schema.analyses import SaePruningSweep
 from pytest_qdm.schema.audit import ReferenceResult
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import pytest_qdm as qdm
-from pytest_qdm.compress.conditions import target_weights
 from pytest_qdm.compress.schemes import NF4_CODEBOOK
+from pytest_qdm.compress.targets import target_weights
 
 # QLoRA's NF4 values (Dettmers et al. 2023, appendix E), as printed there.
 PUBLISHED_NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,

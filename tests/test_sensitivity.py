@@ -14,8 +14,9 @@ from rich.console import Console
 
 import pytest_qdm as qdm
 from pytest_qdm.analyse.sensitivity import predicted_survived_pct
-from pytest_qdm.compress.conditions import RTN, target_weights
+from pytest_qdm.compress.conditions import RTN
 from pytest_qdm.compress.mixed import BlockRTN, MixedRTN
+from pytest_qdm.compress.targets import target_weights
 from pytest_qdm.options import build_options
 from pytest_qdm.run.sensitivity import block_sensitivity
 from pytest_qdm.settings import ProtocolConfig

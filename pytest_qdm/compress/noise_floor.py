@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from pytest_qdm.compress.conditions import Condition, is_bridge
+from pytest_qdm.compress.conditions import Condition
+from pytest_qdm.compress.targets import is_bridge
 from pytest_qdm.schema.audit import ConditionSpec
 
 CHANGES = ("bfloat16", "float16", "batch", "attention", "backend")

@@ -12,12 +12,9 @@ from typing import Literal
 
 import torch
 
-from pytest_qdm.compress.conditions import (
-    RTN,
-    Condition,
-    target_weights,
-)
+from pytest_qdm.compress.conditions import RTN, Condition
 from pytest_qdm.compress.names import SCHEME_NAME
+from pytest_qdm.compress.targets import target_weights
 
 # The NormalFloat-4 codebook of QLoRA (Dettmers et al., 2023), as bitsandbytes ships it.
 NF4_CODEBOOK = (

@@ -82,8 +82,8 @@ def floors_for(options: QdmOptions, model) -> list[NoiseFloor]:
     which only the bridge runs)."""
     if not options.noise_floor:
         return []
-    from pytest_qdm.compress.conditions import is_bridge
     from pytest_qdm.compress.noise_floor import noise_floor
+    from pytest_qdm.compress.targets import is_bridge
 
     other = None
     if not options.split:

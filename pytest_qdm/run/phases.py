@@ -37,14 +37,8 @@ from pytest_qdm.analyse.stability import (
     threshold_grid,
 )
 from pytest_qdm.analyse.transfer import TransferSums
-from pytest_qdm.compress.conditions import (
-    RTN,
-    Candidate,
-    Condition,
-    MagnitudePrune,
-    Reference,
-    applied,
-)
+from pytest_qdm.compress.conditions import RTN, Candidate, Condition, MagnitudePrune, Reference
+from pytest_qdm.compress.swap import applied
 from pytest_qdm.progress import progress_bar
 from pytest_qdm.run.audit import as_token_tensor, audit, finalize, prepare_conditions, token_summary
 from pytest_qdm.run.resume import Checkpoints

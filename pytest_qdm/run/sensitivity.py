@@ -15,8 +15,9 @@ from pytest_qdm.analyse.sensitivity import (
     greedy_plan,
     predicted_survived_pct,
 )
-from pytest_qdm.compress.conditions import RTN, Condition, applied
+from pytest_qdm.compress.conditions import RTN, Condition
 from pytest_qdm.compress.mixed import BlockRTN, MixedRTN
+from pytest_qdm.compress.swap import applied
 from pytest_qdm.run.audit import as_token_tensor, audit
 from pytest_qdm.schema.analyses import BlockSensitivity, SensitivityPlan, SensitivityResult
 from pytest_qdm.settings import AuditConfig

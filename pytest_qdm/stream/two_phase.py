@@ -45,7 +45,8 @@ from pathlib import Path
 
 import torch
 
-from pytest_qdm.compress.conditions import Condition, applied
+from pytest_qdm.compress.conditions import Condition
+from pytest_qdm.compress.swap import applied
 from pytest_qdm.settings import AuditConfig
 from pytest_qdm.stream.domains import RowDomains, domain_batches
 from pytest_qdm.stream.drilldown import REFERENCE, TOKENS, DrilldownState, TopContexts
