@@ -51,6 +51,7 @@ __all__ += list(_EXPORTS)
 
 _SUBMODULES = ("assertions", "options", "settings", "progress", "zoo")
 
+
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None and name in _SUBMODULES:

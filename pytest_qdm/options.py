@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from pytest_qdm.analyse.retrain_checks import check_budget
 from pytest_qdm.analyse.sensitivity import check_focus, plan_target
-from pytest_qdm.compress.names import condition_name, scheme_name
+from pytest_qdm.compress.names import BIT_WIDTHS, condition_name, scheme_name, valid_bits
 from pytest_qdm.gate.confidence import GateOn
 from pytest_qdm.gate.thresholds import BaselineCheck, GateCheck, parse_baseline, parse_gate
 from pytest_qdm.load.tokens import DOMAIN_LABEL
@@ -431,9 +431,10 @@ class QdmOptions(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> QdmOptions:
-        bad = [b for b in self.bits if not 2 <= b <= 8]
-        if bad:
-            raise ValueError(f"--qdm-bits must list bit widths in 2..8, got {list(self.bits)}")
+        if not all(valid_bits(b) for b in self.bits):
+            raise ValueError(
+                f"--qdm-bits must list bit widths in {BIT_WIDTHS}, got {list(self.bits)}"
+            )
         if self.match_bits is not None and self.match_bits not in self.bits:
             raise ValueError(
                 f"--qdm-match-bits {self.match_bits} is not among --qdm-bits {list(self.bits)}"

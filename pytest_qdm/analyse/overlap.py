@@ -10,6 +10,7 @@ import numpy as np
 
 from pytest_qdm.analyse.predictor import quantile_bins
 from pytest_qdm.schema.analyses import DecileNonSurvival, OverlapResult
+from pytest_qdm.settings import SURVIVAL_THRESHOLD
 
 
 def _sets(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int, int, float | None]:
@@ -23,7 +24,7 @@ def compare_damage(
     active,
     *,
     firing_rate=None,
-    survival_threshold: float = 0.9,
+    survival_threshold: float = SURVIVAL_THRESHOLD,
     damage_threshold: float = 0.5,
     labels: tuple[str, str] = ("a", "b"),
 ) -> OverlapResult:

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from pytest_qdm.settings import SENSITIVITY_TARGET
+
 RAISED_BITS = 8
 
 
@@ -42,7 +44,7 @@ def check_focus(match_bits: int | None, sensitivity: bool) -> None:
         )
 
 
-def plan_target(min_survived, match_bits: int | None, default: float = 0.9) -> float:
+def plan_target(min_survived, match_bits: int | None, default: float = SENSITIVITY_TARGET) -> float:
     """The plan's survival target (a fraction): the ``--qdm-min-survived`` bound for the
     focus width (``intB`` or ``*``; the strictest if several), else ``default``."""
     if match_bits is None:

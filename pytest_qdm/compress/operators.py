@@ -10,6 +10,7 @@ import torch
 if TYPE_CHECKING:
     pass
 
+from pytest_qdm.compress.names import BIT_WIDTHS, valid_bits
 from pytest_qdm.compress.targets import Target
 
 
@@ -49,8 +50,8 @@ def prune_smallest(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 def check_bits(bits: int) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an integer in 2..8, got {bits!r}")
+    if not valid_bits(bits):
+        raise ValueError(f"bits must be an integer in {BIT_WIDTHS}, got {bits!r}")
 
 
 RTN_AXES = ("channel", "reference")

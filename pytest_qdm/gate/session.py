@@ -14,6 +14,7 @@ from datetime import datetime
 from functools import cached_property, partial
 from pathlib import Path
 
+from pytest_qdm.compress.names import BIT_WIDTHS, valid_bits
 from pytest_qdm.gate.baseline import (
     library_versions,
     state_sha256,
@@ -270,8 +271,8 @@ def marker_config(options: QdmOptions, overrides: dict):
 def marker_bits(bits) -> tuple[int, ...]:
     """``bits=6`` or ``bits=[8, 6]`` of a ``qdm`` marker as a tuple (empty: not given)."""
     values = () if bits is None else (bits,) if isinstance(bits, int) else tuple(bits)
-    if any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8 for b in values):
-        raise ValueError(f"@pytest.mark.qdm: bits must be integers in 2..8, got {bits!r}")
+    if not all(valid_bits(b) for b in values):
+        raise ValueError(f"@pytest.mark.qdm: bits must be integers in {BIT_WIDTHS}, got {bits!r}")
     return values
 
 

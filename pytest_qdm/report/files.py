@@ -18,6 +18,7 @@ from pytest_qdm.report.retrain import (
     retrain_caption,
     three_way_table,
 )
+from pytest_qdm.schema.protocol import MASKS_DAMAGE
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.protocol import ProtocolReport
@@ -55,7 +56,7 @@ def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool,
             out += [legend, ""] if legend else []
     out += ["### Findings", ""]
     for finding in report.findings:
-        bold = finding.kind == fmt.MASKS_DAMAGE
+        bold = finding.kind == MASKS_DAMAGE
         out.append(f"> **{finding.message}**" if bold else f"- {finding.message}")
         out.append("")
     if not report.findings:

@@ -56,7 +56,7 @@ from pytest_qdm.schema.analyses import (
 )
 from pytest_qdm.schema.audit import AuditResult
 from pytest_qdm.schema.behaviour import BehaviourResult
-from pytest_qdm.schema.protocol import DomainRow, Finding, SweepRow
+from pytest_qdm.schema.protocol import MASKS_DAMAGE, DomainRow, Finding, SweepRow
 from pytest_qdm.settings import AuditConfig, ProtocolConfig
 from pytest_qdm.stream.distributed import concatenated, local_share
 from pytest_qdm.stream.domains import RowDomains
@@ -439,7 +439,7 @@ def findings_phase(report_rows: list[SweepRow], cfg: ProtocolConfig) -> list[Fin
             verb = "improved" if change < 0 else "rose only"
             findings.append(
                 Finding(
-                    kind="perplexity_masks_damage",
+                    kind=MASKS_DAMAGE,
                     condition=row.condition,
                     message=(
                         f"{row.condition}: perplexity {verb} {change:+.2%} while only "

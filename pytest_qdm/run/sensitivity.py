@@ -20,7 +20,7 @@ from pytest_qdm.compress.mixed import BlockRTN, MixedRTN
 from pytest_qdm.compress.swap import applied
 from pytest_qdm.run.audit import as_token_tensor, audit
 from pytest_qdm.schema.analyses import BlockSensitivity, SensitivityPlan, SensitivityResult
-from pytest_qdm.settings import AuditConfig
+from pytest_qdm.settings import SENSITIVITY_TARGET, AuditConfig
 from pytest_qdm.stream.hooks import resolve_hook
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def block_sensitivity(
     ppl_tokens: torch.Tensor | None = None,
     bos: bool = False,
     known_ppl: Mapping[str, float | None] | None = None,
-    target: float = 0.9,
+    target: float = SENSITIVITY_TARGET,
     max_raised: int | None = None,
 ) -> SensitivityResult:
     """Per-block sensitivity at ``bits`` and a verified mixed-precision plan.
