@@ -1,21 +1,17 @@
 """Which blocks to keep at higher precision (docs/definitions.md, "Block sensitivity"): the
 checks, the prediction and the greedy plan; :mod:`pytest_qdm.run.sensitivity` runs them.
 
-1. Each transformer block up to the read-out is quantized alone at the focus width
-   (:class:`~pytest_qdm.compress.mixed.BlockRTN`, the rest at reference precision); all of
-   them are audited in ONE pass. Blocks after the read-out cannot change the features at
+1. Each block up to the read-out is quantized alone at the focus width (``BlockRTN``); all
+   of them are audited in ONE pass. Blocks after the read-out cannot change the features at
    the hook: they get a perplexity only and are marked ``above_readout``.
 2. A greedy plan starts from every block at the focus width and raises blocks to INT8 in
    order of their solo damage (lowest solo survival first) until the predicted survival
    reaches the target or ``max_raised`` blocks are raised. The prediction is per feature:
    damage 1 - r of the whole model at the focus width, split over the blocks in proportion
    to each block's solo damage (exact at both ends: every block quantized, none).
-3. The plan is then audited as one :class:`~pytest_qdm.compress.mixed.MixedRTN`
-   condition: the survival and perplexity reported are measured, not predicted. Where the
-   measured survival falls short of the target (the prediction ignores how blocks'
-   errors interact), the next block is raised and the plan audited again, until the
-   target is met or the budget is spent (``n_audits`` counts these passes).
-"""
+3. The plan is audited as one ``MixedRTN`` condition: survival and perplexity are measured,
+   not predicted. Where it falls short of the target, the next block is raised and the plan
+   audited again, until the target is met or the budget is spent (``n_audits``)."""
 
 from __future__ import annotations
 

@@ -82,6 +82,21 @@ def _solo_order(rows: list[BlockSensitivity]) -> list[int]:
     return [r.block for r in sorted(feature_rows, key=key)]
 
 
+def _verified(audited_plan, order, raised, predicted, budget, target_pct, predict):
+    """Audit the plan (``raised`` blocks at INT8); while it falls short of ``target_pct``
+    (the prediction ignores how blocks' errors interact), raise the next block in ``order``
+    and audit again, up to ``budget`` blocks: (plan, its audit, prediction, audits run)."""
+    n_audits = 0
+    while True:
+        plan, planned = audited_plan(raised)
+        n_audits += bool(raised)
+        survived = planned.summary.survived_pct
+        if (survived is not None and survived >= target_pct) or len(raised) >= budget:
+            return plan, planned, predicted, n_audits
+        raised.append(order[len(raised)])
+        predicted = predict(raised)
+
+
 def block_sensitivity(
     model,
     sae,
@@ -113,9 +128,7 @@ def block_sensitivity(
     below = feature_blocks(model, hook)
     singles = {b: BlockRTN(bits, (b,)) for b in range(model.cfg.n_layers)}
     focus_condition = RTN(bits)
-    in_pass: list[Condition] = [singles[b] for b in below]
-    if focus is None:
-        in_pass.append(focus_condition)
+    in_pass: list[Condition] = [singles[b] for b in below] + [focus_condition] * (focus is None)
     result = audit(model, sae, tokens, in_pass, quiet)
     focus = focus or result.conditions[focus_condition.name]
     ppl = _Perplexities(model, ppl_tokens, bos, config.batch_size, known_ppl)
@@ -127,21 +140,20 @@ def block_sensitivity(
         order, focus.correlation, block_r, 100 * target, threshold, max_raised
     )
     budget = len(order) if max_raised is None else min(max_raised, len(order))
-    n_audits = 0
-    while True:
-        if raised:  # verify: the plan audited as one condition
-            plan = MixedRTN(dict.fromkeys(raised, RAISED_BITS), default_bits=bits)
-            planned = audit(model, sae, tokens, [plan], quiet).conditions[plan.name]
-            n_audits += 1
-        else:  # every block at the focus width: the focus condition itself, already audited
-            plan, planned = focus_condition, focus
-        survived = planned.summary.survived_pct
-        if (survived is not None and survived >= 100 * target) or len(raised) >= budget:
-            break
-        # the prediction was optimistic: raise the next block and measure again
-        raised.append(order[len(raised)])
-        quantized = set(block_r) - set(raised)
-        predicted = predicted_survived_pct(focus.correlation, block_r, quantized, threshold)
+
+    def audited_plan(raised: list[int]):
+        if not raised:  # every block at the focus width: the focus condition, already audited
+            return focus_condition, focus
+        plan = MixedRTN(dict.fromkeys(raised, RAISED_BITS), default_bits=bits)
+        return plan, audit(model, sae, tokens, [plan], quiet).conditions[plan.name]
+
+    def predict(up: list[int]) -> float | None:
+        return predicted_survived_pct(focus.correlation, block_r, set(block_r) - set(up), threshold)
+
+    plan, planned, predicted, n_audits = _verified(
+        audited_plan, order, raised, predicted, budget, 100 * target, predict
+    )
+    survived = planned.summary.survived_pct
     return SensitivityResult(
         focus_condition=focus_condition.name,
         focus_bits=bits,
