@@ -48,9 +48,9 @@ def over_limits() -> set[str]:
         if doc and len(doc.splitlines()) > DOCSTRING_LINES:
             found.add(f"{name}: docstring")
         for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                if node.end_lineno - node.lineno + 1 > FUNCTION_LINES:
-                    found.add(f"{name}: {node.name}")
+            function = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            if function and node.end_lineno - node.lineno + 1 > FUNCTION_LINES:
+                found.add(f"{name}: {node.name}")
     return found
 
 
