@@ -46,9 +46,13 @@ def conditions():
     return [qdm.RTN(bits) for bits in BITS]
 
 
-def timed_engine(workload, batch_size: int, device: str | None = None):
-    """qdm.audit of the sweep with the profile timers on: (result, seconds, breakdown)."""
-    config = qdm.AuditConfig(batch_size=batch_size, progress=False, device=device)
+BARE = {"token_lenses": False, "drilldown_features": 0}  # the pass without lenses/drill-down
+
+
+def timed_engine(workload, batch_size: int, device: str | None = None, **options):
+    """qdm.audit of the sweep with the profile timers on: (result, seconds, breakdown).
+    ``options``: AuditConfig fields (default: the default audit, lenses and drill-down on)."""
+    config = qdm.AuditConfig(batch_size=batch_size, progress=False, device=device, **options)
     with engine_timers() as timers:
         _sync()
         start = time.perf_counter()
@@ -175,6 +179,9 @@ def bench_p(args) -> dict:
     result, figures["engine_s"], figures["engine_profile_s"] = timed_engine(
         workload, args.batch_size
     )
+    if not args.skip_bare:
+        console.print(f"engine, token lenses and drill-down off, on {n_tokens} tokens ...")
+        _, figures["engine_bare_s"], _ = timed_engine(workload, args.batch_size, **BARE)
     if not args.skip_straightforward:
         figures["max_abs_dr"] = max_abs_dr(result, correlations)
         active = firing > qdm.AuditConfig().active_threshold
@@ -245,6 +252,9 @@ def derive(figures: dict, name: str, workload, args, threads) -> dict:
         "SAE encode (full width)", 0
     )
     f["roofline_fraction_forward_encode"] = work / compute_s / f["matmul_flops_per_s"]
+    if "engine_bare_s" in f:
+        f["lenses_drilldown_cost"] = f["engine_s"] / f["engine_bare_s"]
+        f["bare_roofline_fraction"] = work / f["engine_bare_s"] / f["matmul_flops_per_s"]
     if "engine_untuned_s" in f:
         f["engine_untuned_tokens_per_s"] = n / f["engine_untuned_s"]
         f["allocator_tuning_speedup"] = f["engine_untuned_s"] / f["engine_s"]
@@ -289,6 +299,14 @@ def show(figures: dict) -> None:
         ("measured dense matmul GFLOP/s", f"{figures['matmul_flops_per_s'] / 1e9:.1f}"),
         ("engine GFLOP/s (whole audit)", f"{figures['engine_flops_per_s'] / 1e9:.1f}"),
         ("roofline fraction (whole audit)", f"{figures['roofline_fraction']:.1%}"),
+        (
+            "roofline fraction, lenses + drill-down off",
+            _fmt(figures.get("bare_roofline_fraction"), ".1%"),
+        ),
+        (
+            "lenses + drill-down cost (default / bare)",
+            _fmt(figures.get("lenses_drilldown_cost"), ".2f", "x"),
+        ),
         (
             "roofline fraction (forward + encode)",
             f"{figures['roofline_fraction_forward_encode']:.1%}",
@@ -363,6 +381,7 @@ def parse(argv=None):
         help="P token budgets for the peak-RSS children (default 20480 81920; none: skip)",
     )
     p.add_argument("--skip-straightforward", action="store_true")
+    p.add_argument("--skip-bare", action="store_true", help="no run without lenses/drill-down")
     p.add_argument(
         "--skip-allocator-ab",
         action="store_true",

@@ -315,11 +315,12 @@ class QdmOptions(BaseModel):
         "audited as condition candidate:<folder name> (repeatable)",
         json_schema_extra=cli("candidate", "list", "PATH", shown="none"),
     )
-    candidate_path: Literal["dequantize", "forward"] | None = Field(
+    candidate_path: Literal["dequantize", "forward", "served"] | None = Field(
         None,
         description="how every --qdm-candidate is audited: dequantize (the format's library "
-        "dequantizes its weights into the reference) or forward (its deployed quantized "
-        "forward, read through a TransformerLens TransformerBridge)",
+        "dequantizes its weights into the reference), forward (its deployed quantized "
+        "forward, read through a TransformerLens TransformerBridge) or served (a .gguf run by "
+        "llama.cpp on the CPU, read through its eval callback; extra [llamacpp])",
         json_schema_extra=cli(
             "candidate-path",
             metavar="PATH",

@@ -119,7 +119,7 @@ class _GateItem(pytest.Item):
 
     def repr_failure(self, excinfo, style=None):
         from pytest_qdm.gate.baseline import BaselineRefused
-        from pytest_qdm.load.checkpoints import MissingFormatLibrary
+        from pytest_qdm.load.formats import MissingFormatLibrary
         from pytest_qdm.load.hub import HubUnavailableError
 
         model = _options(self.config).model

@@ -54,9 +54,20 @@ def is_block_linear(hf_name: str) -> bool:
     return ".layers." in hf_name and hf_name.endswith("_proj.weight")
 
 
+FILE_TYPES = {
+    "F32": "ALL_F32",
+    "Q8_0": "MOSTLY_Q8_0",
+    "Q5_0": "MOSTLY_Q5_0",
+    "Q4_0": "MOSTLY_Q4_0",
+    "Q4_1": "MOSTLY_Q4_1",
+}
+
+
 def write_llama_gguf(folder: str | Path, out_file: str | Path, qtype) -> dict[str, str]:
     """Write the Llama checkpoint in ``folder`` to ``out_file`` with block linears in
-    ``qtype`` (a ``gguf.GGMLQuantizationType``); returns HF name -> GGUF tensor name."""
+    ``qtype`` (a ``gguf.GGMLQuantizationType``: F32 or a key of FILE_TYPES); a tied
+    unembedding (no lm_head in the folder) stays tied (llama.cpp reuses token_embd).
+    Returns HF name -> GGUF tensor name."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -77,8 +88,7 @@ def write_llama_gguf(folder: str | Path, out_file: str | Path, qtype) -> dict[st
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_rope_dimension_count(config["hidden_size"] // config["num_attention_heads"])
     writer.add_vocab_size(config["vocab_size"])
-    file_type = {"Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
-    writer.add_file_type(file_type[qtype.name])
+    writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[qtype.name]))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_gpt2_tokenizer(writer, folder)
 
@@ -86,7 +96,7 @@ def write_llama_gguf(folder: str | Path, out_file: str | Path, qtype) -> dict[st
     for hf_name, weight in load_file(folder / "model.safetensors").items():
         gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         data = gguf_layout(hf_name, weight.astype(np.float32), config)
-        if is_block_linear(hf_name):
+        if is_block_linear(hf_name) and qtype != gguf.GGMLQuantizationType.F32:
             writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(gguf_name, data)
@@ -119,5 +129,6 @@ def add_gpt2_tokenizer(writer, folder: Path) -> None:
     writer.add_token_merges(merges)
     writer.add_bos_token_id(special[settings["bos_token"]])
     writer.add_eos_token_id(special[settings["eos_token"]])
-    writer.add_pad_token_id(special[settings["pad_token"]])
+    if settings.get("pad_token") in special:
+        writer.add_pad_token_id(special[settings["pad_token"]])
     writer.add_add_bos_token(bool(settings.get("add_bos_token")))

@@ -19,11 +19,8 @@ from conftest import needs
 import pytest_qdm as qdm
 from pytest_qdm.compress.schemes import NF4
 from pytest_qdm.compress.targets import target_weights
-from pytest_qdm.load.checkpoints import (
-    MissingFormatLibrary,
-    candidate_name,
-    inspect_checkpoint,
-)
+from pytest_qdm.load.checkpoints import candidate_name, inspect_checkpoint
+from pytest_qdm.load.formats import MissingFormatLibrary
 from pytest_qdm.zoo import weights_dir
 
 pytest_plugins = ["pytester"]

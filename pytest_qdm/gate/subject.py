@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pytest_qdm.load.models import load_model
+from pytest_qdm.load.models import load_model, resolve_device, resolve_dtype
 from pytest_qdm.load.presets import get_preset, preset_names
 from pytest_qdm.load.saes import load_sae
 from pytest_qdm.load.subject import load_preset
@@ -35,14 +35,17 @@ def load_subject(options: QdmOptions) -> Subject:
     spec = options.model
     preset = get_preset(spec) if spec in preset_names() else None
     second = None
-    if preset is not None:
-        loaded = load_preset(
-            preset, device=options.device, dtype=options.dtype, **options.placement
-        )
+    placement = {**options.placement, "cache_dir": options.cache_dir}
+    if preset is not None and not options.sae:
+        loaded = load_preset(preset, device=options.device, dtype=options.dtype, **placement)
         model, sae, sae_name = loaded.model, loaded.sae, f"{preset.sae_release}/{preset.sae_id}"
         second = next((s for h, s in loaded.saes.items() if h != preset.hook_name), None)
-    else:
-        model = load_model(spec, device=options.device, dtype=options.dtype, **options.placement)
+    else:  # a preset's model with the user's SAE: the preset's SAEs are not loaded
+        device = resolve_device(options.device)
+        dtype = resolve_dtype(options.dtype, device, preset) if preset else options.dtype
+        model = load_model(
+            preset.model if preset else spec, device=device, dtype=dtype, **placement
+        )
     if options.sae:
         sae, sae_name, second = load_sae(options.sae, device=options.device), options.sae, None
     elif preset is None:
@@ -66,7 +69,7 @@ def load_subject(options: QdmOptions) -> Subject:
             dtype=model.cfg.dtype,
             path=options.candidate_path,
             tokenizer=model.tokenizer,  # the forward path's, where the folder has none
-            **{**options.placement, "backend": "bridge" if is_bridge(model) else None},
+            **{**placement, "backend": "bridge" if is_bridge(model) else None},
         )
         for path in options.candidates
     ]

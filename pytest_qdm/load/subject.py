@@ -74,9 +74,26 @@ def load_preset(
         if second_sae and preset.second_sae_id is not None:
             specs[preset.second_hook_name] = preset.second_sae_id
         saes = {
-            hook: load_sae((preset.sae_release, sae_id), device=device, offline=offline)
+            hook: load_sae(bundled_sae_dir(preset, sae_id), device=device)
+            if preset.sae_release == "builtin"
+            else load_sae((preset.sae_release, sae_id), device=device, offline=offline)
             for hook, sae_id in specs.items()
         }
     if not second_sae:
         saes = {preset.hook_name: saes[preset.hook_name]}
     return LoadedPreset(preset=preset, model=model, sae=saes[preset.hook_name], saes=saes)
+
+
+def bundled_sae_dir(preset: Preset, sae_id: str):
+    """The folder of a bundled SAE (``sae_release="builtin"``, ``sae_id`` relative to
+    pytest_qdm/zoo); FileNotFoundError (one line) when this install lacks it."""
+
+    from pytest_qdm.zoo import tiny
+
+    folder = tiny.weights_dir().parent / sae_id  # the pytest_qdm/zoo folder
+    if not (folder / "cfg.json").is_file():
+        raise FileNotFoundError(
+            f"preset {preset.name!r}: its bundled SAE {sae_id!r} is missing from this install "
+            f"({folder}); pass an SAE folder with --qdm-sae DIR (load_sae('DIR'))"
+        )
+    return folder

@@ -212,10 +212,11 @@ def candidate_line(name: str, checkpoint) -> str:
     """'candidate:x: bitsandbytes llm-int8 threshold 6, forward path (...)'."""
     how = {
         "forward": "its deployed quantized forward",
+        "served": "llama.cpp's own CPU forward",
         "dequantize": "dequantized weights in the reference",
     }.get(checkpoint.path, checkpoint.path)
     line = f"{name}: {checkpoint.quant_method} {checkpoint.scheme}, {checkpoint.path} path ({how})"
-    if checkpoint.activations_quantized and checkpoint.path != "forward":
+    if checkpoint.activations_quantized and checkpoint.path not in ("forward", "served"):
         line += "; its deployed kernel also quantizes activations, not measured here"
     return line
 

@@ -175,7 +175,8 @@ def measure(inputs: Inputs, into: Perplexities, name: str, model=None) -> None:
     """Perplexities (and SAE transfer quality) of ``model`` (default: the reference) as it
     currently is."""
     cfg, model = inputs.cfg, inputs.model if model is None else model
-    sums = TransferSums(model, inputs.sae, inputs.hook) if cfg.sae_transfer else None
+    served = getattr(model, "served", False)  # llama.cpp: its activations cannot be replaced
+    sums = TransferSums(model, inputs.sae, inputs.hook) if cfg.sae_transfer and not served else None
     behaviour = None
     if into.logits is not None:  # the reference records its logits, conditions compare
         behaviour = BehaviourSums(into.logits, record=name == Reference().name)

@@ -24,7 +24,8 @@ class CheckpointSpec(_Frozen):
     quant_method: str  # bitsandbytes, torchao, compressed-tensors, gguf, none (dense)
     scheme: str
     # "dequantize": the format's library dequantized the weights, swapped into the reference;
-    # "forward": the deployed quantized forward, read through a TransformerBridge
+    # "forward": the deployed quantized forward, read through a TransformerBridge;
+    # "served": a .gguf run by llama.cpp, read through its eval callback
     path: str
     activations_quantized: bool  # the deployed kernel also quantizes activations
 

@@ -126,21 +126,36 @@ def _ranks(sorted_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Lookup:
-    """Values of a block's sparse entries at any (row, feature); 0 where there is none."""
+    """Values of a batch's sparse entries in windows of consecutive rows; 0 where there is none."""
 
-    def __init__(self, entries: Entries, d_sae: int):
-        # Entries are row-major (torch.nonzero's order), so these keys are ascending.
-        self.keys, self.d_sae = entries.rows * d_sae + entries.cols, d_sae
-        self.values = entries.values.float()
+    def __init__(self, entries: Entries, n_rows: int):
+        # Feature-major order (rows ascending within a feature): a window's entries are
+        # consecutive, so one binary search per window finds them all.
+        order = entries.cols.argsort(stable=True)
+        self.n_rows = n_rows
+        self.keys = entries.cols[order] * n_rows + entries.rows[order]
+        self.values = entries.values[order].float()
 
     def at(self, rows: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """[m, window] activations of ``features`` [m] at ``rows`` [m, window] (PAD: 0)."""
-        if self.keys.numel() == 0:
-            return torch.zeros(rows.shape, device=rows.device)
-        query = rows * self.d_sae + features[:, None]
-        index = torch.searchsorted(self.keys, query).clamp_(max=len(self.keys) - 1)
-        hit = (self.keys[index] == query) & (rows != PAD)
-        return torch.where(hit, self.values[index], 0.0)
+        """[m, window] activations of ``features`` [m] at ``rows`` [m, window] (PAD: 0):
+        each window's rows run consecutively from column 0, peak at ``WINDOW_BEFORE``."""
+        out = torch.zeros(rows.shape, device=rows.device)
+        if self.keys.numel() == 0 or rows.shape[0] == 0:
+            return out
+        width, last = rows.shape[1], len(self.keys) - 1
+        first = rows[:, WINDOW_BEFORE] - WINDOW_BEFORE  # the row of column 0 (may be < 0)
+        base = features * self.n_rows + first
+        start = torch.searchsorted(self.keys, base - first.clamp(max=0))
+        end = base + (first + width - 1).clamp(max=self.n_rows - 1) - first
+        for step in range(width):  # a feature has at most ``width`` entries in the window
+            index = start + step
+            inside = index.clamp(max=last)
+            key = self.keys[inside]
+            hit = (key <= end) & (index <= last)
+            column = (key - base).clamp_(0, width - 1).unsqueeze(1)
+            values = torch.where(hit, self.values[inside], 0.0)
+            out.scatter_add_(1, column, values.unsqueeze(1))
+        return torch.where(rows != PAD, out, 0.0)
 
 
 def _top_entries(entries: Entries, k: int, threshold: torch.Tensor):
@@ -231,7 +246,7 @@ class BatchDrilldown:
         self.state, self.context = state, tokens.shape[1]
         self.flat_tokens = tokens.reshape(-1)
         self.d_sae = state.reference.values.shape[0]
-        self.x = _Lookup(x, self.d_sae)
+        self.x = _Lookup(x, self.flat_tokens.numel())
         k = state.reference.values.shape[1]
         features, rows, values = _top_entries(x, k, state.reference.threshold)
         self.rows = self._window_rows(rows)
@@ -239,7 +254,7 @@ class BatchDrilldown:
 
     def add_condition(self, name: str, y: Entries) -> None:
         """Add condition ``name``'s batch entries ``y`` (row-major, batch rows)."""
-        y_lookup = _Lookup(y, self.d_sae)
+        y_lookup = _Lookup(y, self.flat_tokens.numel())
         self.reference.windows[name] = y_lookup.at(self.rows, self.reference.features)
         own = self.state.compressed[name]
         features, rows, values = _top_entries(y, own.values.shape[1], own.threshold)

@@ -23,10 +23,11 @@ Performance, and what is exact (measurements: benchmarks/README.md):
   where the user set MALLOC_* or GLIBC_TUNABLES, or with ``TUNE_CPU_ALLOCATOR = False``.
 - The full SAE width is always encoded (emergent features need it).
 - Token lenses (``config.token_lenses``, see stream/lenses.py) reuse the same encode blocks and
-  sparse entries: per block one top-k of x and of y and a few row sums, and one
-  A^T B product per batch.
+  sparse entries: per block the top-k of x and of y (on CPU from the entries: about L0
+  values per row instead of d_sae) and a few row sums, and one A^T B product per batch.
 - The drill-down (``config.drilldown``, see stream/drilldown.py) reads the same sparse
-  entries: each feature's top contexts on both sides, for every condition but the null.
+  entries: each feature's top contexts on both sides, for every condition but the null;
+  one binary search per context window over the feature-major entries.
 - With labelled domains (stream/domains.py) a batch never mixes domains, and its sums are
   added to its domain's as well as to the totals: per-domain survival from the same pass.
 - No host synchronisation per feature or per small op: loss and lens sums stay device

@@ -47,7 +47,7 @@ class TokenReference:
     d_sae: int
     total: torch.Tensor  # [tokens] sum_i x_ti
     total_sq: torch.Tensor  # [tokens] sum_i x_ti^2
-    eligible: torch.Tensor  # [eligible tokens] the rows with at least k active features
+    eligible: torch.Tensor | None  # [eligible tokens] rows with >= k active features (None: all)
     top: torch.Tensor  # [eligible tokens, k] feature ids
 
     @classmethod
@@ -57,13 +57,39 @@ class TokenReference:
         # row ids, found once per block here, so that a condition's side indexes y without
         # a host synchronisation (a boolean mask would need one per condition)
         eligible = (active >= k).nonzero().squeeze(1)
+        if len(eligible) == n:  # the usual case: no copy of the block's rows
+            eligible = None
         return cls(
             x.shape[1],
             _row_sum(n, entries.rows, entries.values),
             _row_sum(n, entries.rows, entries.values.square()),
             eligible,
-            x[eligible].topk(k, dim=1).indices,
+            _rows(top_k(x, entries, k)[1], eligible),
         )
+
+
+def _rows(features: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return features if rows is None else features[rows]
+
+
+def top_k(features: torch.Tensor, entries: Entries, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``features``, the k largest values and their feature ids, as ``topk``
+    gives them up to the choice among exact ties. On CPU from the nonzero ``entries``
+    (about L0 per row instead of d_sae; rows with fewer than k are padded with value 0 and
+    id -1, where topk would pick zeros); elsewhere topk of the dense block."""
+    if features.device.type != "cpu":
+        top = features.topk(k, dim=1)
+        return top.values, top.indices
+    n, rows = features.shape[0], entries.rows
+    counts = torch.bincount(rows, minlength=n)
+    width = max(k, int(counts.max()) if len(rows) else 0)
+    flat = rows * width + torch.arange(len(rows)) - (counts.cumsum(0) - counts)[rows]
+    values = torch.zeros(n * width, dtype=features.dtype).index_put_(
+        (flat,), entries.values.to(features.dtype)
+    )
+    ids = torch.full((n * width,), -1).index_put_((flat,), entries.cols)
+    top = values.view(n, width).topk(k, dim=1)
+    return top.values, ids.view(n, width).gather(1, top.indices)
 
 
 def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -106,9 +132,9 @@ class AgreementSums:
         self.corr_sum += _masked_sum(cov / (var_x * var_y).sqrt(), valid)
         self.corr_count += valid.sum()
         if ref.top.shape[0]:
-            top_y = y[ref.eligible].topk(k, dim=1)
-            fired = (top_y.values > 0).unsqueeze(1)
-            shared = (ref.top.unsqueeze(2) == top_y.indices.unsqueeze(1)) & fired
+            values, ids = (_rows(t, ref.eligible) for t in top_k(y, pair.y, k))
+            fired = (values > 0).unsqueeze(1)
+            shared = (ref.top.unsqueeze(2) == ids.unsqueeze(1)) & fired
             self.topk_sum += shared.any(2).sum().to(F64) / k
             self.topk_count += ref.top.shape[0]
 

@@ -50,17 +50,20 @@ class Entries:
 
     @classmethod
     def of(cls, features: torch.Tensor) -> Entries:
+        # one flat scan and a flat gather: faster than 2-D nonzero and advanced indexing
+        width = _as_2d(features).shape[1]
+        flat = features.reshape(-1)
         if features.device.type != "cpu":  # one host synchronisation (nonzero's count)
-            rows, cols = _as_2d(features).nonzero(as_tuple=True)
-            return cls(rows, cols, features[rows, cols].to(F64))
-        bits = _as_2d(features).view(_SAME_WIDTH_INT.get(features.dtype, features.dtype))
-        rows, cols = bits.nonzero(as_tuple=True)
-        values = features[rows, cols].to(F64)
+            index = flat.nonzero().squeeze(1)
+            return cls(index // width, index % width, flat[index].to(F64))
+        bits = flat.view(_SAME_WIDTH_INT.get(features.dtype, features.dtype))
+        index = bits.nonzero().squeeze(1)
+        values = flat[index].to(F64)
         negative_zero = values == 0
         if negative_zero.any():
             keep = ~negative_zero
-            rows, cols, values = rows[keep], cols[keep], values[keep]
-        return cls(rows, cols, values)
+            index, values = index[keep], values[keep]
+        return cls(index // width, index % width, values)
 
     @classmethod
     def cat(cls, blocks: list[Entries], heights: list[int]) -> Entries:
@@ -85,7 +88,8 @@ class Entries:
 
     def at(self, features: torch.Tensor) -> torch.Tensor:
         """float64 values of ``features`` (same shape as this block) at these entries."""
-        return features[self.rows, self.cols].to(F64)
+        flat = self.rows * features.shape[1] + self.cols
+        return features.reshape(-1)[flat].to(F64)
 
 
 @dataclass(frozen=True)
