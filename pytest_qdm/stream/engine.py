@@ -12,7 +12,7 @@ Performance, and what is exact (measurements: benchmarks/README.md):
   (CPU) and only the reference's nonzero entries are kept across conditions, never a dense
   [batch tokens x d_sae] matrix. Rows are encoded independently, so this is exact up to the
   matrix-multiply kernel: on CPU (MKL) blocks of >= 64 rows give bit-identical activations
-  to one call (pinned by tests/test_engine_perf_equivalence.py); other backends may pick
+  to one call (pinned by tests/stream/test_engine.py); other backends may pick
   another kernel per block size and agree to float32 rounding, as with another batch size.
 - Statistics use each side's nonzeros (stream/stats.py): x's once per batch, y's per condition,
   sum xy at x's nonzeros. The float64 sums add the same nonzero terms in the same order as
