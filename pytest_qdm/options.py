@@ -29,7 +29,13 @@ from pytest_qdm.settings import (
     LENSES,
     SAE_PRUNE_METHODS,
     AuditConfig,
+    ProtocolConfig,
 )
+
+# --qdm-quick's budget (measured in docs/index.md's "Fast demo" to still show the finding)
+QUICK_TOKENS = 8_192
+QUICK_PPL_TOKENS = 2_048
+PPL_TOKENS_CAP = ProtocolConfig.model_fields["ppl_tokens"].default
 
 Kind = Literal["str", "int", "float", "flag", "not-flag", "list", "ints", "floats", "names"]
 _AUDIT = AuditConfig.model_fields
@@ -158,6 +164,20 @@ class QdmOptions(BaseModel):
         ge=1,
         description="token budget of the audit",
         json_schema_extra=cli("tokens", "int", "N", shown="the preset's budget"),
+    )
+    ppl_tokens: int | None = Field(
+        None,
+        ge=2,
+        description="token budget of the perplexity measurements and the pruning search",
+        json_schema_extra=cli(
+            "ppl-tokens", "int", "N", shown=f"the audit's budget, at most {PPL_TOKENS_CAP:,}"
+        ),
+    )
+    quick: bool = Field(
+        False,
+        description=f"a fast demo: the full protocol on {QUICK_TOKENS:,} audit tokens and "
+        f"{QUICK_PPL_TOKENS:,} perplexity tokens (--qdm-tokens and --qdm-ppl-tokens still win)",
+        json_schema_extra=cli("quick", "flag"),
     )
     context_length: int | None = Field(
         None,
@@ -428,6 +448,12 @@ class QdmOptions(BaseModel):
         description="where --qdm-two-phase caches the reference read-out (removed after the pass)",
         json_schema_extra=cli("two-phase-dir", metavar="DIR", shown="<--qdm-cache-dir>/two-phase"),
     )
+    verbose: bool = Field(
+        False,
+        description="show third-party libraries' warnings, log lines and progress bars "
+        "(held back by default: pytest_qdm/quiet.py)",
+        json_schema_extra=cli("verbose", "flag"),
+    )
     progress: bool = True  # from pytest's verbosity (-q -q turns it off)
 
     @model_validator(mode="after")
@@ -493,6 +519,21 @@ class QdmOptions(BaseModel):
         """The labelled domains' names (none for one unlabelled source)."""
         source = self.token_source
         return tuple(source) if isinstance(source, dict) else ()
+
+    @property
+    def audit_tokens(self) -> int | None:
+        """The audit's token budget: --qdm-tokens, --qdm-quick's, else None (the preset's)."""
+        return self.tokens or (QUICK_TOKENS if self.quick else None)
+
+    @property
+    def perplexity_tokens(self) -> int:
+        """The perplexity budget: --qdm-ppl-tokens, else --qdm-quick's, else the audit's
+        budget up to :data:`PPL_TOKENS_CAP` (every preset's budget is above it)."""
+        if self.ppl_tokens:
+            return self.ppl_tokens
+        if self.quick and not self.tokens:
+            return QUICK_PPL_TOKENS
+        return min(PPL_TOKENS_CAP, self.tokens or PPL_TOKENS_CAP)
 
     @property
     def split(self) -> bool:
@@ -619,8 +660,11 @@ def one_line(error: ValidationError, flags: dict[str, str] | None = None) -> str
         return message
     name = f"--qdm-{flags[field]}" if flags and field in flags else str(field)
     given = first.get("input")
-    shown = "" if isinstance(given, (dict, BaseModel)) else f" (got {given!r})"
-    return f"{name}: {message}{shown}"
+    items = given if isinstance(given, (tuple, list)) else (given,)
+    if isinstance(given, (dict, BaseModel)) or all(str(i) in message for i in items):
+        return f"{name}: {message}"  # the message quotes what was given
+    shown = ",".join(map(str, items)) if isinstance(given, (tuple, list)) else given
+    return f"{name}: {message} (got {shown!r})"  # the user's text, not a tuple
 
 
 def validated_overrides(

@@ -221,17 +221,50 @@ def pytest_collection_modifyitems(
                 check_marker(options, marker.kwargs)
             except ValueError as error:
                 raise pytest.UsageError(f"pytest-qdm: {item.nodeid}: {error}") from None
+    unrelated = []
     if config.args_source != pytest.Config.ArgsSource.ARGS:  # no paths given: the gate alone
         unrelated = [item for item in items if not _uses_qdm(item)]
         if unrelated:
             config.hook.pytest_deselected(items=unrelated)
             items[:] = [item for item in items if _uses_qdm(item)]
     gate = QdmGate.from_parent(session, name="qdm-gate", nodeid="qdm-gate")
-    added = list(gate.collect())
+    checks = list(gate.collect())
     if options.claims:
         claims = QdmClaims.from_parent(session, name="qdm-claims", nodeid="qdm-claims")
-        added += list(claims.collect())
-    items[:0] = added
+        checks += list(claims.collect())
+    items[:0] = checks
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and config.get_verbosity() >= 0:
+        # pytest's own count would read "0 selected": say what runs, and why the rest not
+        why = f"; {len(unrelated)} other tests deselected (name paths to run them)"
+        reporter.write_line(
+            f"qdm gate: {len(checks)} item{'s' if len(checks) > 1 else ''} "
+            f"({', '.join(c.name for c in checks)})"
+            f"{why if unrelated else ''}"
+        )
+
+
+def _held_back(item: pytest.Item):
+    """Third-party noise held back while a gate item or a qdm test runs (pytest_qdm/quiet.py)."""
+    options = _options(item.config)
+    if not options.model or not (isinstance(item, _GateItem) or _uses_qdm(item)):
+        return contextlib.nullcontext()
+    from pytest_qdm.quiet import third_party_quiet
+
+    return third_party_quiet(options.verbose)
+
+
+# inside pytest's own warning capture, so its summary does not list what is held back
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    with _held_back(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    with _held_back(item):
+        return (yield)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:

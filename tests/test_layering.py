@@ -12,7 +12,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pytest_qdm"
 # Bottom first. A module belongs to the longest entry that prefixes it; modules of one layer may
 # import each other (without a circle).
 LAYERS: list[tuple[str, ...]] = [
-    ("settings", "progress", "tensorfile", "jsonfile", "schema", "zoo.tiny", "zoo.smollm2"),
+    (
+        "settings",
+        "progress",
+        "quiet",
+        "tensorfile",
+        "jsonfile",
+        "schema",
+        "zoo.tiny",
+        "zoo.smollm2",
+    ),
     ("cachefiles",),
     ("load",),
     ("zoo",),
@@ -23,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("claims",),
     ("report",),
     ("gate.thresholds", "gate.confidence"),
-    ("options",),
+    ("options", "options_doc"),
     ("gate", "assertions"),
     ("plugin", ""),
 ]
@@ -75,9 +84,8 @@ def layer_of(module: str) -> int:
     best, level = -1, -1
     for index, entries in enumerate(LAYERS):
         for entry in entries:
-            if (module == entry or module.startswith(entry + ".") or entry == "") and len(
-                entry
-            ) > best:
+            inside = module == entry or (entry != "" and module.startswith(entry + "."))
+            if inside and len(entry) > best:
                 best, level = len(entry), index
     return level
 

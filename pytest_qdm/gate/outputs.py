@@ -70,11 +70,9 @@ def summary_notes(options: QdmOptions, provenance: dict) -> list[str]:
             f"{provenance.get('fingerprint')}); --qdm-no-cache recomputes"
         )
     if not options.gates and not options.baseline:
-        lines.append(
-            "nothing was gated: this run measured but set no bound. Add e.g. "
-            "--qdm-min-survived int6:0.6, --qdm-max-damaged int4:0.4, "
-            "--qdm-max-ppl-change int6:0.05 or --qdm-baseline FILE to fail on feature damage."
-        )
+        from pytest_qdm.report._format import NOTHING_GATED
+
+        lines.append(NOTHING_GATED)
     return lines
 
 
@@ -98,6 +96,9 @@ def summary_text(options: QdmOptions, outcome: dict, width: int, markup: bool) -
         color_system="auto" if markup else None,
     )
     render_report(report, console, verdicts=[tuple(v) for v in outcome["verdicts"]])
-    out = Path(options.report_dir).resolve()
-    lines = [*summary_notes(options, outcome["provenance"]), f"reports: {out}"]
+    index = (Path(options.report_dir) / "index.html").resolve()
+    lines = [
+        *summary_notes(options, outcome["provenance"]),
+        f"report: {index} (JSON, Markdown, plots beside it)",
+    ]
     return buffer.getvalue() + "".join(line + "\n" for line in lines)

@@ -65,6 +65,7 @@ class GateSession:
     def protocol_config(self) -> ProtocolConfig:
         options = self.options
         return ProtocolConfig(
+            ppl_tokens=options.perplexity_tokens,
             sae_transfer="transfer" in options.lenses,
             sae_prune_fractions=options.sae_prune,
             sae_prune_method=options.sae_prune_method,

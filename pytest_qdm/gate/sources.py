@@ -36,6 +36,7 @@ _PRESENTATION = {
     "cache_dir",
     "plots",
     "progress",
+    "verbose",
     "candidate_path",  # in each candidate's part, as the path it resolves to
     "two_phase",  # same numbers either way (stream/two_phase.py)
     "two_phase_dir",

@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from pytest_qdm.load.hub import looks_like_path
+from pytest_qdm.load.hub import looks_like_path, model_advice, offline_reason
 from pytest_qdm.options import QdmOptions
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -59,7 +59,7 @@ def gguf_model_file(options: QdmOptions) -> Path | None:
 
 def check_specs(options: QdmOptions) -> None:
     """Raise ValueError with one clear line when the model or SAE option cannot work."""
-    from pytest_qdm.load.presets import preset_names
+    from pytest_qdm.load.presets import did_you_mean, preset_names
 
     model = options.model
     try:
@@ -76,11 +76,12 @@ def check_specs(options: QdmOptions) -> None:
                 raise ValueError(f"--qdm-model {model!r}: no such checkpoint folder or .gguf file")
         elif not _HUB_ID.match(model):
             raise ValueError(
-                f"--qdm-model {model!r} is not a preset ({', '.join(preset_names())}), "
-                "a local checkpoint folder or a Hub id like org/name"
+                f"--qdm-model {model!r} is not a preset, a local checkpoint folder or a Hub id "
+                f"like org/name{did_you_mean(model)}"
             )
         if not options.sae:
             raise ValueError(f"--qdm-model {model!r} is not a preset: name its SAE with --qdm-sae")
+    _check_hub_model(options)
     if options.sae and looks_like_path(options.sae, slashes_mean_path=False):
         folder = Path(options.sae).expanduser()
         if not (folder / "cfg.json").is_file():
@@ -107,3 +108,28 @@ def bundled_sae(preset_name: str) -> None:
     preset = get_preset(preset_name)
     if preset.sae_release == "builtin" and preset.model != "tiny":
         bundled_sae_dir(preset, preset.sae_id)
+
+
+def hub_model_name(options: QdmOptions) -> str | None:
+    """The Hub id the model loads from (a Hub preset's or a Hub id), or None (local)."""
+    from pytest_qdm.load.presets import get_preset, preset_names
+
+    name = get_preset(options.model).model if options.model in preset_names() else options.model
+    return None if name == "tiny" or looks_like_path(name) else name
+
+
+def _check_hub_model(options: QdmOptions) -> None:
+    """A Hub model that is not in the local cache cannot load while the Hub is unreachable:
+    refused now rather than minutes later (its SAE is checked when it loads)."""
+    name = hub_model_name(options)
+    if name is None or (reason := offline_reason()) is None:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # cached: loads offline
+    shown = f"{options.model!r}" + (f" ({name})" if name != options.model else "")
+    raise ValueError(
+        f"--qdm-model {shown} is on the Hugging Face Hub, which is offline here ({reason}), "
+        f"and not in the local cache. Use a local folder instead: {model_advice(name)}"
+    )

@@ -57,7 +57,7 @@ def load_subject(options: QdmOptions) -> Subject:
         options.token_source or "builtin",
         model.tokenizer,
         context_length=min(context, model.cfg.n_ctx),
-        max_tokens=options.tokens or (preset.token_budget if preset else 50_000),
+        max_tokens=options.audit_tokens or (preset.token_budget if preset else 50_000),
         prepend_bos=prepend_bos_from_sae(sae, default=preset.prepend_bos if preset else False),
     )
     from pytest_qdm.compress.conditions import Candidate, is_bridge  # torch: lazily

@@ -136,6 +136,15 @@ def quiet_deprecations():
         yield
 
 
+def model_advice(name: str) -> str:
+    """How to audit Hub model ``name`` from a local folder instead."""
+    return (
+        f"`hf download {name} --local-dir DIR` where the Hub is reachable, "
+        "then --qdm-model DIR --qdm-sae SAE_DIR --qdm-dataset FILE on the command line, or "
+        "load_model('DIR') in Python (any Hugging Face checkpoint folder works)"
+    )
+
+
 def looks_like_path(spec: Any, *, slashes_mean_path: bool = True) -> bool:
     """Whether ``spec`` names a local path rather than a Hub name (the module doc's rule;
     ``slashes_mean_path=False`` for SAE ids, which may contain slashes)."""

@@ -30,7 +30,7 @@ from pytest_qdm.load.checkpoints import (
     dequantized_model,
     inspect_checkpoint,
 )
-from pytest_qdm.load.hub import from_hub, local_dir, quiet_deprecations
+from pytest_qdm.load.hub import from_hub, local_dir, model_advice, quiet_deprecations
 from pytest_qdm.load.multimodal import (
     TEXT_DECODERS,
     explained_load_failure,
@@ -149,12 +149,7 @@ def load_model_from_hub(
     bridged = backend == "bridge" or device_map is not None or max_memory is not None
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device, preset_for_model(name))
-    instead = (
-        f"`hf download {name} --local-dir DIR` where the Hub is reachable, "
-        "then --qdm-model DIR --qdm-sae SAE_DIR --qdm-dataset FILE on the command line, or "
-        "load_model('DIR') in Python (any Hugging Face checkpoint folder works)"
-    )
-    with from_hub(f"model {name!r}", instead, offline), quiet_deprecations():
+    with from_hub(f"model {name!r}", model_advice(name), offline), quiet_deprecations():
         from transformer_lens import HookedTransformer
         from transformer_lens.loading_from_pretrained import make_model_alias_map
 

@@ -11,6 +11,7 @@ read on the first lookup) and :func:`register_preset` (e.g. in a project's conft
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -268,12 +269,20 @@ def preset_names() -> list[str]:
     return list(_registry)
 
 
+def did_you_mean(name: str) -> str:
+    """ "; did you mean 'tiny'?" for the closest preset name, else the list of them."""
+    close = difflib.get_close_matches(name, preset_names(), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}? (presets: {', '.join(preset_names())})"
+    return f"; known presets: {', '.join(preset_names())}"
+
+
 def get_preset(name: str) -> Preset:
     """The preset called ``name``; ValueError listing the known names otherwise."""
     _load_entry_points()
     entry = _registry.get(name)
     if entry is None:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(_registry)}")
+        raise ValueError(f"unknown preset {name!r}{did_you_mean(name)}")
     if not isinstance(entry, Preset):
         entry = _registry[name] = entry()
     return entry

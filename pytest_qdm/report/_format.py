@@ -175,6 +175,14 @@ def sae_pruning_table(report: ProtocolReport) -> TitledTable | None:
     return f"SAE pruning without retraining ({sweep.method})", headers, rows
 
 
+# a run without a gate bound or baseline: said in the terminal summary and the HTML page
+NOTHING_GATED = (
+    "nothing was gated: this run measured but set no bound. Add e.g. "
+    "--qdm-min-survived int6:0.6, --qdm-max-damaged int4:0.4, "
+    "--qdm-max-ppl-change int6:0.05 or --qdm-baseline FILE to fail on feature damage."
+)
+
+
 def headline(report: ProtocolReport) -> list[str]:
     """Read-out site, active features and tokens; thresholds and reference perplexity; the
     format and path of each shipped candidate."""
@@ -223,7 +231,10 @@ def candidate_line(name: str, checkpoint) -> str:
 
 def _reference_ppl(report: ProtocolReport) -> str:
     ppl = report.reference_perplexity
-    parts = [f"{k} {num(v.perplexity, ',.2f')}" for k, v in ppl.items()]
+    parts = [
+        f"{k} {num(v.perplexity, ',.2f')} ({v.n_scored_tokens:,} tokens scored)"
+        for k, v in ppl.items()
+    ]
     return ", ".join(parts) or MISSING
 
 
@@ -235,7 +246,8 @@ def pruning_line(report: ProtocolReport) -> str | None:
     against = f"RTN INT{report.match_bits}" if report.match_bits is not None else "the target"
     return (
         f"sparsity {p.sparsity:.4g} matched to {against}: target PPL {p.target:,.2f}, "
-        f"achieved {p.achieved:,.2f} ({p.rel_error:+.2%}); {len(p.steps)} steps, "
+        f"achieved {p.achieved:,.2f} ({p.rel_error:+.2%}); {len(p.steps)} steps"
+        f"{f' on {p.tokens_used:,} tokens' if p.tokens_used else ''}, "
         f"{'converged' if p.converged else f'NOT converged ({p.status})'}, "
         f"{'monotone' if p.monotone else 'NOT monotone'}"
     )

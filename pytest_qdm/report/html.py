@@ -38,7 +38,8 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em;
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; } h3 { font-size: 1.05em; }
 table { border-collapse: collapse; margin: .5em 0; }
 th, td { padding: .2em .6em; border-bottom: 1px solid #ddd; text-align: right; }
-th { white-space: pre-line; background: #f4f4f4; }
+th { white-space: pre; background: #f4f4f4; }
+td { white-space: nowrap; }
 td:first-child, th:first-child { text-align: left; }
 .pass { color: #17702b; font-weight: bold; } .fail { color: #b00020; font-weight: bold; }
 .finding { border-left: 4px solid #b00020; padding: .3em .8em; background: #fff4f4; }
@@ -152,7 +153,7 @@ def _findings(report: ProtocolReport) -> str:
 
 def _verdicts(verdicts: Sequence[Verdict]) -> str:
     if not verdicts:
-        return ""
+        return f"<h2>Gate verdicts</h2><p>{escape(fmt.NOTHING_GATED)}</p>"
     rows = [[name, fmt.verdict_word(passed), message] for name, passed, message in verdicts]
     classes = [[None, "pass" if passed else "fail", None] for _, passed, _ in verdicts]
     return "<h2>Gate verdicts</h2>" + _table(("gate", "result", "detail"), rows, classes)

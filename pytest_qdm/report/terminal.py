@@ -67,7 +67,19 @@ def _sweep_table(report: ProtocolReport, compact: bool) -> Table:
         if row.condition in masked:
             cells[0].stylize("bold red")
         table.add_row(*cells)
+    _keep_cells_whole(table)
     return table
+
+
+def _keep_cells_whole(table: Table) -> None:
+    """Numbers and intervals are never split across lines ("100.0–100." / "0"): each number
+    column is at least as wide as its widest cell, and a long condition name folds instead;
+    headers still wrap."""
+    name, *numbers = table.columns
+    name.no_wrap, name.min_width = False, len("reference")
+    for column in numbers:
+        widths = [len(c.plain if isinstance(c, Text) else str(c)) for c in column.cells]
+        column.min_width = max(widths, default=None)
 
 
 def _titled_table(table: fmt.TitledTable | None, caption: str | None = None) -> Table | None:

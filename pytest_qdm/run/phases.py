@@ -195,6 +195,22 @@ def measure(inputs: Inputs, into: Perplexities, name: str, model=None) -> None:
         into.behaviour[name] = behaviour.result(cfg.confidence, seed=cfg.seed)
 
 
+def progress_plan(inputs: Inputs, second_sae, perplexity: bool = True) -> dict[str, float]:
+    """Each progress phase's expected cost: tokens forwarded times its cost per token
+    (``progress.PHASE_COST``); the pruning search is counted at half its longest bisection."""
+    from pytest_qdm.progress import PHASE_COST
+
+    audit_tokens, n_rtn = inputs.tokens.numel(), len(inputs.rtn)
+    pruned = inputs.match_bits is not None
+    n_ppl = 1 + n_rtn + len(inputs.extra) + (search_steps(inputs) // 2 if pruned else 0)
+    forwarded = {
+        "QDM perplexity": n_ppl * inputs.ppl_tokens.numel() if perplexity else 0,
+        "QDM protocol": (1 + n_rtn + len(inputs.extra) + pruned) * audit_tokens,
+        "QDM audit": (1 + n_rtn) * audit_tokens if second_sae is not None else 0,
+    }
+    return {phase: n * PHASE_COST[phase] for phase, n in forwarded.items()}
+
+
 def search_steps(inputs: Inputs) -> int:
     """Progress steps of the pruning match: both bracket ends, the midpoints, the final run."""
     return 0 if inputs.match_bits is None else inputs.cfg.prune_search_steps + 3

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 
 from pytest_qdm.compress.conditions import Condition, MagnitudePrune, Reference
-from pytest_qdm.progress import progress_bar
+from pytest_qdm.progress import progress_bar, run_progress
 from pytest_qdm.run import phases
 from pytest_qdm.run.resume import Checkpoints
 from pytest_qdm.run.retrain_phase import retrain_phase, retrain_target
@@ -64,6 +64,14 @@ def run_protocol(
     retrain_target(inputs)  # refused now, not after the long phases
     store = Checkpoints(checkpoints)
     done = store.load("perplexity")
+    plan = phases.progress_plan(inputs, second_sae, perplexity=done is None)
+    with run_progress("QDM gate", plan, config.progress):
+        return _run_phases(inputs, fit, second_sae, store, done, started)
+
+
+def _run_phases(inputs, fit, second_sae, store, done, started) -> ProtocolReport:
+    """The phases after the input checks (inside the run's one progress display)."""
+    config, cfg, match_bits = inputs.config, inputs.cfg, inputs.match_bits
     if done is None:
         n_measured = 1 + len(inputs.rtn) + len(inputs.extra) + phases.search_steps(inputs)
         with progress_bar("QDM perplexity", n_measured, config.progress) as tick:
