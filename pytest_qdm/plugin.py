@@ -44,9 +44,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 INI_PATHS = ("report-dir", "cache-dir", "baseline", "claims")
 
 
-def build_options(config: pytest.Config):
+def options_from_config(config: pytest.Config):
     """One frozen QdmOptions from the command line (first) and the ini file, checked."""
-    from pytest_qdm.options import build_options, dest, option_fields
+    from pytest_qdm.options import dest, option_fields
+    from pytest_qdm.options_parse import build_options
 
     def raw(flag: str):
         value = config.getoption(dest(flag))
@@ -77,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "qdm(bits=(6,), tokens=N, survival_threshold=R, ...): per-test settings for the qdm_audit fixture",
     )
     try:
-        config.stash[OPTIONS_KEY] = build_options(config)
+        config.stash[OPTIONS_KEY] = options_from_config(config)
     except ValueError as error:
         raise pytest.UsageError(f"pytest-qdm: {error}") from None
 

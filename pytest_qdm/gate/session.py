@@ -27,7 +27,8 @@ from pytest_qdm.gate.cache import (
 )
 from pytest_qdm.gate.sources import sources_key
 from pytest_qdm.gate.subject import Subject, load_subject
-from pytest_qdm.options import QdmOptions, validated_overrides
+from pytest_qdm.options import QdmOptions
+from pytest_qdm.options_parse import validated_overrides
 from pytest_qdm.schema.audit import AuditResult
 from pytest_qdm.schema.gate import Fingerprint
 from pytest_qdm.schema.protocol import ProtocolReport

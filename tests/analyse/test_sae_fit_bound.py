@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_qdm.options import build_options
+from pytest_qdm.options_parse import build_options
 
 pytest_plugins = ["pytester"]
 

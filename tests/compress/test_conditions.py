@@ -279,7 +279,7 @@ def test_reference_code_axes_share_one_scale_across_heads(gemma_like_model):
 
 def test_reference_code_axes_option_adds_labelled_conditions():
     from pytest_qdm.compress.schemes import scheme_condition
-    from pytest_qdm.options import build_options
+    from pytest_qdm.options_parse import build_options
 
     options = build_options(
         {"model": "tiny", "bits": "8,4", "match-bits": 4, "rtn-axes": "reference"}

@@ -85,7 +85,7 @@ def test_bad_gate_options_fail_at_configure(pytester, args, message):
 
 def test_confidence_sets_the_level_of_the_intervals():
     from pytest_qdm.gate.session import GateSession
-    from pytest_qdm.options import build_options
+    from pytest_qdm.options_parse import build_options
 
     options = build_options({"model": "tiny", "confidence": "0.8"})
     assert GateSession(options).protocol_config.confidence == 0.8

@@ -10,7 +10,8 @@ import pytest
 
 from pytest_qdm.gate.preflight import preflight
 from pytest_qdm.gate.session import check_marker
-from pytest_qdm.options import QdmOptions, build_options, help_text, option_fields
+from pytest_qdm.options import QdmOptions, help_text, option_fields
+from pytest_qdm.options_parse import build_options
 from pytest_qdm.settings import AuditConfig
 
 

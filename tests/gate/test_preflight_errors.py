@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from pytest_qdm.gate.preflight import preflight
-from pytest_qdm.options import QdmOptions, build_options
+from pytest_qdm.options import QdmOptions
+from pytest_qdm.options_parse import build_options
 
 pytest_plugins = ["pytester"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_qdm.gate.preflight import preflight
-from pytest_qdm.options import build_options
+from pytest_qdm.options_parse import build_options
 
 
 def test_retrain_options_parse_and_default_to_the_match_width():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from pytest_qdm.gate.sources import sources_key
-from pytest_qdm.options import build_options
+from pytest_qdm.options_parse import build_options
 from pytest_qdm.zoo import weights_dir
 
 

@@ -93,7 +93,7 @@ def test_marker_bits_take_an_int_or_a_list():
 
 
 def test_an_out_of_range_bound_names_its_option():
-    from pytest_qdm.options import build_options
+    from pytest_qdm.options_parse import build_options
 
     with pytest.raises(
         ValueError, match=r"^--qdm-min-survived: 'int6:1.5': the bound is a fraction"

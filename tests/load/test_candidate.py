@@ -258,7 +258,7 @@ def test_forced_path_from_the_command_line_is_in_the_json(pytester, shipped, mon
 
 def test_paths_that_cannot_run_are_refused_in_one_line(tmp_path, reference, dense):
     from pytest_qdm.gate.preflight import preflight
-    from pytest_qdm.options import build_options
+    from pytest_qdm.options_parse import build_options
 
     for method in ("gguf", "hqq"):
         info = CheckpointInfo(tmp_path, method, "Q8_0", method == "gguf", gguf_file="m.gguf")

@@ -240,7 +240,7 @@ def test_candidate_names_and_gate_expressions():
 
 def test_bad_candidates_are_refused_with_one_line(tmp_path, reference, monkeypatch):
     from pytest_qdm.gate.preflight import preflight
-    from pytest_qdm.options import build_options
+    from pytest_qdm.options_parse import build_options
 
     def refused(*candidates: str, **raw) -> str:
         options = build_options({"model": "tiny", "candidate": list(candidates), **raw})

@@ -13,7 +13,7 @@ pytest_plugins = ["pytester"]
 
 
 def test_max_memory_is_parsed_and_a_bad_one_refused_in_one_line():
-    from pytest_qdm.options import build_options
+    from pytest_qdm.options_parse import build_options
 
     options = build_options({"device-map": "auto", "max-memory": "0=20GiB, 1=20GiB,cpu=64GiB"})
     assert options.placement == {
@@ -29,7 +29,7 @@ def test_max_memory_is_parsed_and_a_bad_one_refused_in_one_line():
 
 def test_a_quantized_candidate_is_refused_before_any_model_loads(tmp_path):
     from pytest_qdm.gate.preflight import preflight
-    from pytest_qdm.options import build_options
+    from pytest_qdm.options_parse import build_options
 
     folder = tmp_path / "llama-nf4"
     folder.mkdir()
@@ -47,7 +47,7 @@ def test_the_split_reference_and_a_dense_candidate_run_through_the_bridge():
     import pytest_qdm as qdm
     from pytest_qdm.compress.targets import is_bridge
     from pytest_qdm.gate.subject import load_subject
-    from pytest_qdm.options import build_options
+    from pytest_qdm.options_parse import build_options
     from pytest_qdm.zoo import weights_dir
 
     raw = {"device-map": "auto", "max-memory": "cpu=8GiB", "candidate": [str(weights_dir())]}
@@ -65,7 +65,7 @@ def test_the_split_reference_and_a_dense_candidate_run_through_the_bridge():
 def test_the_backend_option_runs_the_gate_model_through_the_bridge():
     from pytest_qdm.compress.targets import is_bridge
     from pytest_qdm.gate.subject import load_subject
-    from pytest_qdm.options import build_options
+    from pytest_qdm.options_parse import build_options
 
     options = build_options({"backend": "bridge", "tokens": "256"}, model="tiny", device="cpu")
     assert options.placement == {"backend": "bridge"}

@@ -16,7 +16,7 @@ from pytest_qdm.analyse.sensitivity import predicted_survived_pct
 from pytest_qdm.compress.conditions import RTN
 from pytest_qdm.compress.mixed import BlockRTN, MixedRTN
 from pytest_qdm.compress.targets import target_weights
-from pytest_qdm.options import build_options
+from pytest_qdm.options_parse import build_options
 from pytest_qdm.run.sensitivity import block_sensitivity
 from pytest_qdm.settings import ProtocolConfig
 from tests.helpers.factories import random_tokens

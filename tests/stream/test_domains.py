@@ -165,7 +165,8 @@ def test_the_gate_syntax_names_a_domain():
 
 def test_dataset_options_refuse_what_cannot_be_audited(tmp_path):
     from pytest_qdm.gate.preflight import preflight
-    from pytest_qdm.options import QdmOptions, build_options
+    from pytest_qdm.options import QdmOptions
+    from pytest_qdm.options_parse import build_options
 
     options = build_options({"dataset": ["prose=builtin", "code=builtin:code"]}, model="tiny")
     assert options.token_source == {"prose": "builtin", "code": "builtin:code"}

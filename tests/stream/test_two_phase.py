@@ -14,7 +14,7 @@ import pytest_qdm as qdm
 import pytest_qdm.stream.engine as engine
 from pytest_qdm.analyse.stability import merge_all
 from pytest_qdm.compress.conditions import RTN
-from pytest_qdm.options import build_options
+from pytest_qdm.options_parse import build_options
 from pytest_qdm.run.audit import finalize, prepare_conditions, token_summary
 from pytest_qdm.stream import passes, two_phase
 from pytest_qdm.stream.drilldown import Labels
