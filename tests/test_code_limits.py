@@ -20,7 +20,6 @@ KNOWN: set[str] = {
     "pytest_qdm/analyse/predictor.py: fit_survival_predictor",
     "pytest_qdm/analyse/sae_fit.py: check_sae_fit",
     "pytest_qdm/load/checkpoints.py: docstring",
-    "pytest_qdm/load/models.py: docstring",
     "pytest_qdm/load/models.py: module",
     "pytest_qdm/load/tokens.py: docstring",
     "pytest_qdm/options.py: module",

@@ -1,20 +1,11 @@
-"""Loading models, SAEs and presets, from the Hugging Face Hub or a local folder.
+"""Language models as HookedTransformers or TransformerBridges: the bundled one, a local
+checkpoint folder or ``.gguf`` file, a Hub name (:func:`load_model`), and a compressed
+checkpoint as a candidate (:func:`load_candidate`). SAEs load in :mod:`~pytest_qdm.load.saes`,
+presets in :mod:`~pytest_qdm.load.subject`; the network and the local-or-Hub rule are
+:mod:`~pytest_qdm.load.hub`'s (offline: one line at once, the local cache still works).
 
-The only module that touches the network, and only in ``*from_hub`` functions (plus the
-dispatchers ``load_model`` / ``load_sae`` / ``load_preset`` that call them). Weights are
-never processed: no layer-norm folding, no centring, no value-bias folding (docs/definitions.md,
-"Weight processing"), so compression rounds the checkpoint's own numbers.
-
-Local-or-Hub rule for a string ``spec``: an existing directory is local; a string that
-looks like a path (absolute, starts with ``.`` or ``~``, or has more than one ``/``) but
-does not exist raises FileNotFoundError; anything else is a Hub name. Hub ids have one
-``/`` (``org/name``), so ``load_sae`` resolves ``"release/sae_id"`` by the longest known
-sae_lens release that prefixes the string (Gemma Scope ids contain slashes); prefer the
-tuple form ``(release, sae_id)``.
-
-Offline: with ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``), ``offline=True``, or a
-failed 2-second reachability check of the Hub, loading runs in huggingface_hub's offline
-mode (the local cache still works) and a miss raises :class:`HubUnavailableError` at once.
+Weights are never processed: no layer-norm folding, no centring, no value-bias folding
+(docs/definitions.md, "Weight processing"), so compression rounds the checkpoint's own numbers.
 """
 
 from __future__ import annotations

@@ -75,14 +75,14 @@ class Inputs:
     extra: list[Condition]
     match_bits: int | None
     focus: str  # the RTN condition the predictor, overlap and SAE pruning are about
-    config: AuditConfig
-    cfg: ProtocolConfig
+    audit_config: AuditConfig
+    protocol_config: ProtocolConfig
     domains: RowDomains | None = None  # the rows' labelled domains
 
     @property
     def _ppl_rows(self) -> torch.Tensor:
         """The perplexity rows: the first ones, or the first of each domain in equal parts."""
-        n = max(1, -(-self.cfg.ppl_tokens // self.tokens.shape[1]))
+        n = max(1, -(-self.protocol_config.ppl_tokens // self.tokens.shape[1]))
         if self.domains is None:
             return torch.arange(min(n, self.tokens.shape[0]))
         per = max(1, -(-n // len(self.domains.names)))
@@ -170,7 +170,7 @@ def check_inputs(
 def measure(inputs: Inputs, into: Perplexities, name: str, model=None) -> None:
     """Perplexities (and SAE transfer quality) of ``model`` (default: the reference) as it
     currently is."""
-    cfg, model = inputs.cfg, inputs.model if model is None else model
+    cfg, model = inputs.protocol_config, inputs.model if model is None else model
     served = getattr(model, "served", False)  # llama.cpp: its activations cannot be replaced
     sums = TransferSums(model, inputs.sae, inputs.hook) if cfg.sae_transfer and not served else None
     behaviour = None
@@ -181,7 +181,7 @@ def measure(inputs: Inputs, into: Perplexities, name: str, model=None) -> None:
         inputs.ppl_tokens,
         inputs.bos,
         cfg,
-        inputs.config.batch_size,
+        inputs.audit_config.batch_size,
         joined(sums, behaviour),
         inputs.ppl_domains,
     )
@@ -209,7 +209,7 @@ def progress_plan(inputs: Inputs, second_sae, perplexity: bool = True) -> dict[s
 
 def search_steps(inputs: Inputs) -> int:
     """Progress steps of the pruning match: both bracket ends, the midpoints, the final run."""
-    return 0 if inputs.match_bits is None else inputs.cfg.prune_search_steps + 3
+    return 0 if inputs.match_bits is None else inputs.protocol_config.prune_search_steps + 3
 
 
 def perplexity_phase(inputs: Inputs, tick) -> Perplexities:
@@ -229,12 +229,15 @@ def pruning_phase(inputs: Inputs, measured: Perplexities, tick) -> PruningMatch 
     """Magnitude pruning at the perplexity of RTN at ``match_bits`` (bisection), measured."""
     if inputs.match_bits is None:
         return None
-    model, cfg, ppl_tokens = inputs.model, inputs.cfg, inputs.ppl_tokens
+    model, cfg, ppl_tokens = inputs.model, inputs.protocol_config, inputs.ppl_tokens
 
     def ppl_at(sparsity: float) -> float:
         with applied(model, MagnitudePrune(sparsity).compressed_weights(model)):
             result = chunked_perplexity(
-                model, ppl_tokens, bos_in_tokens=inputs.bos, batch_size=inputs.config.batch_size
+                model,
+                ppl_tokens,
+                bos_in_tokens=inputs.bos,
+                batch_size=inputs.audit_config.batch_size,
             )
         tick()
         return result.perplexity
@@ -264,13 +267,17 @@ def feature_phase(
     """ONE sharded pass over the audit tokens for every condition; shards merge exactly.
     With ``store``, finished shards are saved as they complete and reused by a rerun."""
     store = store or Checkpoints(None)
-    model, config = inputs.model, inputs.config
+    model, config = inputs.model, inputs.audit_config
     # two-phase: each shard prepares one condition's weights at a time (run/audit.py)
     prepared = prepare_conditions(
         model, conditions, inputs.hook, compute_loss=False, lazy=config.two_phase
     )
     # under torch.distributed each rank runs a contiguous share of the shards
-    rows = local_share(_shards(inputs.tokens.shape[0], inputs.cfg.n_shards, inputs.cfg.seed))
+    rows = local_share(
+        _shards(
+            inputs.tokens.shape[0], inputs.protocol_config.n_shards, inputs.protocol_config.seed
+        )
+    )
     shard_tokens = [inputs.tokens[r] for r in rows]
     domains = [inputs.domains and inputs.domains.take(r) for r in rows]
     steps = sum(
@@ -299,7 +306,7 @@ def second_layer_phase(inputs: Inputs, second_sae) -> AuditResult | None:
     if second_sae is None:
         return None
     off = {"hook_name": None, "token_lenses": False, "drilldown_features": 0}
-    config = inputs.config.model_copy(update=off)
+    config = inputs.audit_config.model_copy(update=off)
     return audit(inputs.model, second_sae, inputs.tokens, inputs.rtn, config)
 
 
@@ -307,7 +314,7 @@ def stability_phase(
     inputs: Inputs, features: FeaturePass, conditions: list[Condition], second: AuditResult | None
 ) -> StabilityReport:
     """Null, budget, subsets, threshold grid and bootstrap, all from the shard states."""
-    cfg, config, shards = inputs.cfg, inputs.config, features.shards
+    cfg, config, shards = inputs.protocol_config, inputs.audit_config, features.shards
     bootstrap = (
         bootstrap_survival(shards, config, cfg.n_bootstrap, cfg.seed, cfg.confidence)
         if cfg.n_bootstrap
@@ -328,7 +335,7 @@ def predictor_phase(inputs: Inputs, result: AuditResult) -> PredictorResult:
     ref = result.reference
     active = ref.active
     survived = (
-        result.conditions[inputs.focus].correlation[active] > inputs.config.survival_threshold
+        result.conditions[inputs.focus].correlation[active] > inputs.audit_config.survival_threshold
     )
     return fit_survival_predictor(
         ref.firing_rate[active], ref.mean_activation[active], ref.max_activation[active], survived
@@ -339,7 +346,7 @@ def overlap_phase(inputs: Inputs, result: AuditResult, pruned: str | None) -> Ov
     """Do RTN at focus and the matched pruning damage the same features?"""
     if pruned is None:
         return None
-    ref, config = result.reference, inputs.config
+    ref, config = result.reference, inputs.audit_config
     return compare_damage(
         result.conditions[inputs.focus].correlation,
         result.conditions[pruned].correlation,
@@ -353,7 +360,7 @@ def overlap_phase(inputs: Inputs, result: AuditResult, pruned: str | None) -> Ov
 
 def sae_pruning_phase(inputs: Inputs, result: AuditResult) -> SaePruningSweep | None:
     """SAE pruning without retraining, on the reference and the focus condition."""
-    cfg = inputs.cfg
+    cfg = inputs.protocol_config
     if not cfg.sae_prune_fractions:
         return None
     return sae_pruning_sweep(
@@ -365,8 +372,8 @@ def sae_pruning_phase(inputs: Inputs, result: AuditResult) -> SaePruningSweep | 
         conditions=[c for c in inputs.rtn if c.name == inputs.focus],
         method=cfg.sae_prune_method,
         hook=inputs.hook,
-        batch_size=inputs.config.batch_size,
-        progress=inputs.config.progress,
+        batch_size=inputs.audit_config.batch_size,
+        progress=inputs.audit_config.progress,
     )
 
 
@@ -374,12 +381,12 @@ def sensitivity_phase(
     inputs: Inputs, result: AuditResult, measured: Perplexities
 ) -> SensitivityResult | None:
     """One block at a time at the focus width (one pass), then the verified greedy plan."""
-    cfg = inputs.cfg
+    cfg = inputs.protocol_config
     if not cfg.sensitivity:
         return None
     return block_sensitivity(
         *(inputs.model, inputs.sae, inputs.tokens, inputs.match_bits),
-        config=inputs.config,
+        config=inputs.audit_config,
         focus=result.conditions[inputs.focus],
         ppl_tokens=inputs.ppl_tokens,
         bos=inputs.bos,

@@ -72,7 +72,7 @@ def run_protocol(
 
 def _run_phases(inputs, fit, second_sae, store, done, started) -> ProtocolReport:
     """The phases after the input checks (inside the run's one progress display)."""
-    config, cfg, match_bits = inputs.config, inputs.cfg, inputs.match_bits
+    config, cfg, match_bits = inputs.audit_config, inputs.protocol_config, inputs.match_bits
     if done is None:
         n_measured = 1 + len(inputs.rtn) + len(inputs.extra) + phases.search_steps(inputs)
         with progress_bar("QDM perplexity", n_measured, config.progress) as tick:

@@ -31,7 +31,7 @@ from pytest_qdm.stream.hooks import resolve_hook
 def retrain_target(inputs) -> Condition | None:
     """The condition to retrain on, after every check that needs no forward pass (None:
     no retraining); ValueError in one line otherwise."""
-    cfg = inputs.cfg
+    cfg = inputs.protocol_config
     if not cfg.retrain_tokens:
         return None
     from pytest_qdm.analyse.retrain import training_classes
@@ -49,7 +49,7 @@ def retrain_phase(inputs, result: AuditResult) -> RetrainResult | None:
     condition = retrain_target(inputs)
     if condition is None:
         return None
-    cfg, config = inputs.cfg, inputs.config
+    cfg, config = inputs.protocol_config, inputs.audit_config
     return retrain_sae(
         *(inputs.model, inputs.sae, inputs.tokens, condition),
         budget=cfg.retrain_tokens,
