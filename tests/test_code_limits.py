@@ -12,7 +12,6 @@ MODULE_LINES, FUNCTION_LINES, DOCSTRING_LINES = 400, 80, 15
 
 KNOWN: set[str] = {
     "pytest_qdm/analyse/matched_pruning.py: match_sparsity",
-    "pytest_qdm/analyse/overlap.py: compare_damage",
     "pytest_qdm/analyse/perplexity.py: chunked_perplexity",
     "pytest_qdm/analyse/perplexity.py: docstring",
     "pytest_qdm/analyse/perplexity.py: sliding_window_perplexity",
