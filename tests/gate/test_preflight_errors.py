@@ -54,12 +54,12 @@ def test_hub_preset_refused_at_configure_time_when_offline(pytester, monkeypatch
 
 
 def test_hub_id_refused_when_offline(monkeypatch):
-    from pytest_qdm.load.specs import check_specs
+    from pytest_qdm.gate.specs import check_specs
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match=r"^--qdm-model 'qdm-test/no-such-model' is on the Hug"):
         check_specs(QdmOptions(model="qdm-test/no-such-model", sae="r/s"))
-    monkeypatch.setattr("pytest_qdm.load.specs.offline_reason", lambda: None)  # Hub reachable
+    monkeypatch.setattr("pytest_qdm.gate.specs.offline_reason", lambda: None)  # Hub reachable
     check_specs(QdmOptions(model="qdm-test/no-such-model", sae="r/s"))
 
 
@@ -69,7 +69,7 @@ def test_a_cached_hub_model_is_not_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = (
         "import os, pathlib\n"
-        "from pytest_qdm.load.specs import check_specs\n"
+        "from pytest_qdm.gate.specs import check_specs\n"
         "from pytest_qdm.options import QdmOptions\n"
         "root = pathlib.Path(os.environ['HF_HUB_CACHE']) / 'models--org--name'\n"
         "(root / 'refs').mkdir(parents=True); (root / 'refs' / 'main').write_text('abc')\n"

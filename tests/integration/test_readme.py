@@ -17,7 +17,7 @@ def test_the_options_reference_names_every_option_and_no_other():
     page = (ROOT / "docs" / "options.md").read_text(encoding="utf-8")
     assert MARKER in page  # filled at build time by tools/mkdocs_hooks.py
     table = render(page)
-    documented = set(re.findall(r"`(--qdm-[a-z-]+)", table[table.index("| option |") :]))
+    documented = set(re.findall(r"`(--qdm-[a-z0-9-]+)", table[table.index("| option |") :]))
     flags = {f"--qdm-{meta['flag']}" for _, meta, _ in option_fields()}
     assert documented == flags
     assert "| `--qdm-quick` | `qdm_quick` | off | a fast demo" in options_table()
