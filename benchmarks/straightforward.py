@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pytest_qdm.compress.conditions import applied
+from pytest_qdm.compress.swap import applied
 
 
 def _features(model, sae, batch: torch.Tensor, hook: str) -> torch.Tensor:

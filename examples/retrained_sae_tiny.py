@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from pytest_qdm.analyse.retrain import retrain_sae
 from pytest_qdm.compress.conditions import RTN, Reference
 from pytest_qdm.load.tokens import load_tokens
+from pytest_qdm.run.retrain_phase import retrain_sae
 from pytest_qdm.settings import AuditConfig
 from pytest_qdm.zoo import load_tiny_model, load_tiny_sae
 

@@ -7,10 +7,10 @@ the API below.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+#: Every public name and the module that defines it: the one list (``__all__`` is its keys).
 _EXPORTS = {
     "AuditConfig": "settings",
     "RTN": "compress.conditions",
@@ -38,7 +38,7 @@ _EXPORTS = {
     "load_preset": "load.subject",
     "prune_sae": "analyse.sae_pruning",
     "sae_pruning_sweep": "analyse.sae_pruning",
-    "retrain_sae": "analyse.retrain",
+    "retrain_sae": "run.retrain_phase",
     "RetrainResult": "schema.retrain",
     "TokenAgreement": "schema.audit",
     "check_claims": "claims.check",
@@ -46,69 +46,10 @@ _EXPORTS = {
     "ClaimsReport": "schema.claims",
 }
 
-__all__ = [
-    "AuditConfig",
-    "AuditResult",
-    "Candidate",
-    "ConditionResult",
-    "MagnitudePrune",
-    "NoiseFloor",
-    "noise_floor",
-    "tokens_for",
-    "NF4",
-    "FP8",
-    "AbsmaxINT8",
-    "OverlapResult",
-    "PredictorResult",
-    "ProtocolReport",
-    "RTN",
-    "Reference",
-    "RetrainResult",
-    "assert_feature_survival",
-    "assert_features_survive",
-    "assert_max_damaged",
-    "audit",
-    "compare_damage",
-    "fit_survival_predictor",
-    "load_preset",
-    "prune_sae",
-    "retrain_sae",
-    "run_protocol",
-    "sae_pruning_sweep",
-    "TokenAgreement",
-    "check_claims",
-    "load_claims",
-    "ClaimsReport",
-    "__version__",
-]
+__all__ = ["__version__"]
+__all__ += list(_EXPORTS)
 
 _SUBMODULES = ("assertions", "options", "settings", "progress", "zoo")
-
-if TYPE_CHECKING:
-    from pytest_qdm.analyse.overlap import compare_damage
-    from pytest_qdm.analyse.precision import tokens_for
-    from pytest_qdm.analyse.predictor import fit_survival_predictor
-    from pytest_qdm.analyse.retrain import retrain_sae
-    from pytest_qdm.analyse.sae_pruning import prune_sae, sae_pruning_sweep
-    from pytest_qdm.assertions import (
-        assert_feature_survival,
-        assert_features_survive,
-        assert_max_damaged,
-    )
-    from pytest_qdm.claims.check import check_claims
-    from pytest_qdm.claims.files import load_claims
-    from pytest_qdm.compress.conditions import RTN, Candidate, MagnitudePrune, Reference
-    from pytest_qdm.compress.noise_floor import NoiseFloor, noise_floor
-    from pytest_qdm.compress.schemes import FP8, NF4, AbsmaxINT8
-    from pytest_qdm.load.subject import load_preset
-    from pytest_qdm.run.audit import audit
-    from pytest_qdm.run.protocol import run_protocol
-    from pytest_qdm.schema.analyses import OverlapResult, PredictorResult
-    from pytest_qdm.schema.audit import AuditResult, ConditionResult, TokenAgreement
-    from pytest_qdm.schema.claims import ClaimsReport
-    from pytest_qdm.schema.protocol import ProtocolReport
-    from pytest_qdm.schema.retrain import RetrainResult
-    from pytest_qdm.settings import AuditConfig
 
 
 def __getattr__(name: str):

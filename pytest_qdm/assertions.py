@@ -13,7 +13,7 @@ import numpy as np
 from pytest_qdm.compress.conditions import RTN
 from pytest_qdm.gate.thresholds import as_fraction
 from pytest_qdm.schema.audit import AuditResult, ConditionResult
-from pytest_qdm.settings import AuditConfig
+from pytest_qdm.settings import SURVIVAL_THRESHOLD, AuditConfig
 
 DEFAULT_TOKENS = 20_000
 
@@ -125,7 +125,7 @@ def assert_max_damaged(
 def assert_features_survive(
     feature_ids: Iterable[int],
     bits: int = 6,
-    min_correlation: float = 0.9,
+    min_correlation: float = SURVIVAL_THRESHOLD,
     *,
     model=None,
     sae=None,

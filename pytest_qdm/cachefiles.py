@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from pytest_qdm.jsonfile import write_json
 from pytest_qdm.schema.protocol import SCHEMA_VERSION
 
 T = TypeVar("T")
@@ -54,8 +55,6 @@ def best_effort(path: str | os.PathLike, write: Callable[[], T]) -> T | None:
 def write_checked(path: str | os.PathLike, key: str, record: BaseModel) -> None:
     """``record`` as JSON under ``path`` (atomically), with the key it belongs to and the
     sha256 of its text, so :func:`read_checked` can tell a corrupt or foreign file."""
-    from pytest_qdm.report import write_json
-
     text = record.model_dump_json()
     entry = _Entry(key=key, sha256=hashlib.sha256(text.encode()).hexdigest(), record=text)
     write_json(entry, Path(path))

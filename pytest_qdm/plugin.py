@@ -44,9 +44,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 INI_PATHS = ("report-dir", "cache-dir", "baseline", "claims")
 
 
-def build_options(config: pytest.Config):
+def options_from_config(config: pytest.Config):
     """One frozen QdmOptions from the command line (first) and the ini file, checked."""
-    from pytest_qdm.options import build_options, dest, option_fields
+    from pytest_qdm.options import dest, option_fields
+    from pytest_qdm.options_parse import build_options
 
     def raw(flag: str):
         value = config.getoption(dest(flag))
@@ -77,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "qdm(bits=(6,), tokens=N, survival_threshold=R, ...): per-test settings for the qdm_audit fixture",
     )
     try:
-        config.stash[OPTIONS_KEY] = build_options(config)
+        config.stash[OPTIONS_KEY] = options_from_config(config)
     except ValueError as error:
         raise pytest.UsageError(f"pytest-qdm: {error}") from None
 
@@ -119,7 +120,7 @@ class _GateItem(pytest.Item):
 
     def repr_failure(self, excinfo, style=None):
         from pytest_qdm.gate.baseline import BaselineRefused
-        from pytest_qdm.load.checkpoints import MissingFormatLibrary
+        from pytest_qdm.load.formats import MissingFormatLibrary
         from pytest_qdm.load.hub import HubUnavailableError
 
         model = _options(self.config).model
@@ -140,13 +141,16 @@ class QdmAuditItem(_GateItem):
     properties, the run's metadata suite-level ones."""
 
     def runtest(self) -> None:
+        from pytest_qdm import __version__
         from pytest_qdm.report import junit_properties, suite_properties
 
         report, _ = self.judged()
         self.user_properties.extend(junit_properties(report))
         xml = self.config.stash.get(junitxml.xml_key, None)
         if xml is not None:
-            for name, value in suite_properties(report, _session(self.config)):
+            session = _session(self.config)
+            metadata = (report, session.fingerprint, session.cache_hit, __version__)
+            for name, value in suite_properties(*metadata):
                 xml.add_global_property(name, value)
 
 

@@ -16,6 +16,10 @@ LENSES = ("token", "transfer")
 SAE_PRUNE_METHODS = ("decoder_norm_x_mean", "wanda")
 DEFAULT_BITS = (8, 7, 6, 5, 4)
 DEFAULT_MATCH_BITS = 6
+#: r above this is *survived* (``AuditConfig.survival_threshold``).
+SURVIVAL_THRESHOLD = 0.9
+#: The survival fraction a mixed-precision plan aims for (``ProtocolConfig.sensitivity_target``).
+SENSITIVITY_TARGET = 0.9
 
 
 class AuditConfig(BaseModel):
@@ -49,7 +53,7 @@ class AuditConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     hook_name: str | None = None
-    survival_threshold: float = Field(0.9, gt=-1, le=1)
+    survival_threshold: float = Field(SURVIVAL_THRESHOLD, gt=-1, le=1)
     damage_threshold: float = Field(0.5, ge=-1, lt=1)
     active_threshold: float = Field(1e-3, ge=0, lt=1)
     batch_size: int = Field(8, ge=1)
@@ -140,7 +144,10 @@ class ProtocolConfig(BaseModel):
         "mixed-precision plan (docs/definitions.md, 'Block sensitivity')",
     )
     sensitivity_target: float = Field(
-        0.9, ge=0, le=1, description="survival the mixed-precision plan aims for (fraction)"
+        SENSITIVITY_TARGET,
+        ge=0,
+        le=1,
+        description="survival the mixed-precision plan aims for (fraction)",
     )
     sensitivity_max_raised: int | None = Field(
         None, ge=0, description="at most this many blocks raised to INT8 (None: no limit)"

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models built from a config and real sae_lens SAEs fitted to them.
+"""Shared fixtures: tiny models built from a config (tests/helpers/factories.py) and real
+sae_lens SAEs fitted to them; the bundled model, its SAE and tokens.
 
 Nothing here touches the network (HF_HUB_OFFLINE is set before any Hub library loads).
 """
@@ -10,105 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.factories import (
+    build_model,
+    fitted_sae,
+    gemma_like_config,
+    neox_config,
+    random_tokens,
+)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def neox_config(**overrides):
-    """A Pythia-shaped (GPT-NeoX) config: rotary, parallel attention + MLP, LayerNorm."""
-    from transformer_lens import HookedTransformerConfig
-
-    settings = dict(
-        n_layers=3,
-        d_model=64,
-        n_ctx=32,
-        d_head=16,
-        n_heads=4,
-        d_mlp=256,
-        d_vocab=97,
-        act_fn="gelu",
-        normalization_type="LN",
-        positional_embedding_type="rotary",
-        rotary_dim=8,
-        parallel_attn_mlp=True,
-        seed=0,
-    )
-    settings.update(overrides)
-    return HookedTransformerConfig(**settings)
-
-
-def gemma_like_config(**overrides):
-    """A Gemma-2-like config: grouped-query attention, gated MLP, RMSNorm."""
-    settings = dict(
-        n_key_value_heads=2,
-        gated_mlp=True,
-        normalization_type="RMS",
-        parallel_attn_mlp=False,
-        rotary_dim=16,
-    )
-    return neox_config(**{**settings, **overrides})
-
-
-def build_model(config):
-    import torch
-    from transformer_lens import HookedTransformer
-
-    torch.manual_seed(config.seed or 0)
-    model = HookedTransformer(config)
-    with torch.no_grad():  # TL's default init is tiny; widen it so compression bites
-        for param in model.parameters():
-            if param.ndim >= 2:
-                param.normal_(0, 0.5 / param.shape[-2] ** 0.5 if param.ndim == 2 else 0.1)
-    return model.eval()
-
-
-def random_tokens(model, n_sequences=16, seed=1):
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    shape = (n_sequences, model.cfg.n_ctx)
-    return torch.randint(0, model.cfg.d_vocab, shape, generator=generator)
-
-
-def fitted_sae(model, hook_name, d_sae=128, firing_rate=0.1, seed=0):
-    """A real sae_lens StandardSAE whose biases are set so each feature fires on about
-    ``firing_rate`` of the model's tokens at ``hook_name`` (so the audit has sparse,
-    non-trivial features)."""
-    import torch
-    from sae_lens import StandardSAE, StandardSAEConfig
-
-    config = StandardSAEConfig(d_in=model.cfg.d_model, d_sae=d_sae)
-    config.metadata.hook_name = hook_name
-    torch.manual_seed(seed)
-    sae = StandardSAE(config)
-    _, cache = model.run_with_cache(random_tokens(model, seed=99), names_filter=hook_name)
-    acts = cache[hook_name].reshape(-1, model.cfg.d_model)
-    with torch.no_grad():
-        sae.W_enc.normal_(0, 1 / model.cfg.d_model**0.5)
-        pre = (acts - sae.b_dec) @ sae.W_enc
-        sae.b_enc.copy_(-torch.quantile(pre, 1 - firing_rate, dim=0))
-    return sae.eval()
-
-
-def exact_sae(d_in: int, hook_name: str):
-    """An SAE that reconstructs exactly: features relu(x), relu(-x); decode adds them back.
-    Its squared error is the sum of the removed features' f_i^2, so pruning more of them
-    (the removed sets are nested) can only lower the explained variance."""
-    import torch
-    from sae_lens import StandardSAE, StandardSAEConfig
-
-    config = StandardSAEConfig(d_in=d_in, d_sae=2 * d_in)
-    config.metadata.hook_name = hook_name
-    sae = StandardSAE(config)
-    eye = torch.eye(d_in)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae.eval()
 
 
 @pytest.fixture(scope="session")
@@ -150,11 +64,6 @@ def pytest_configure(config):
 
 
 # ---------------------------------------------------------- the bundled model, shared
-
-
-def needs(module: str, extra: str):
-    """Import a format's library, or skip with the pip command that installs it."""
-    return pytest.importorskip(module, reason=f"pip install 'pytest-qdm[{extra}]'")
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,8 @@ from __future__ import annotations
 import logging
 import warnings
 
-from test_checkpoints import rtn_w4a16, shipped  # noqa: F401  (the fixture)
-
 from pytest_qdm.quiet import third_party_quiet
+from tests.load.test_checkpoints import rtn_w4a16, shipped  # noqa: F401  (the fixture)
 
 pytest_plugins = ["pytester"]
 

@@ -4,7 +4,7 @@ conditions, and the compressed conditions whose survival is within its reach."""
 from __future__ import annotations
 
 from pytest_qdm.compress.noise_floor import FLOOR_PREFIX
-from pytest_qdm.schema.protocol import Finding, SweepRow
+from pytest_qdm.schema.protocol import WITHIN_NOISE_FLOOR, Finding, SweepRow
 
 NOISE_FLOOR = "noise_floor"
 
@@ -42,7 +42,7 @@ def floor_findings(rows: list[SweepRow]) -> list[Finding]:
         ):
             findings.append(
                 Finding(
-                    kind="within_noise_floor",
+                    kind=WITHIN_NOISE_FLOOR,
                     condition=row.condition,
                     message=(
                         f"{row.condition}: survival {row.survived_pct:.1f}% is within reach of "

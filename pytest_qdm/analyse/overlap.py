@@ -10,6 +10,7 @@ import numpy as np
 
 from pytest_qdm.analyse.predictor import quantile_bins
 from pytest_qdm.schema.analyses import DecileNonSurvival, OverlapResult
+from pytest_qdm.settings import SURVIVAL_THRESHOLD
 
 
 def _sets(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int, int, float | None]:
@@ -17,23 +18,8 @@ def _sets(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int, int, float | Non
     return int(a.sum()), int(b.sum()), both, either, (both / either if either else None)
 
 
-def compare_damage(
-    correlation_a,
-    correlation_b,
-    active,
-    *,
-    firing_rate=None,
-    survival_threshold: float = 0.9,
-    damage_threshold: float = 0.5,
-    labels: tuple[str, str] = ("a", "b"),
-) -> OverlapResult:
-    """Compare the per-feature stability scores r of two methods over active features.
-
-    Not survived: r <= survival_threshold; damaged: r < damage_threshold. ``firing_rate``
-    (reference, per feature) adds non-survival by firing-rate decile, with np.quantile
-    edges over the active features. Inactive features are ignored (their r may be NaN);
-    a NaN r for an active feature raises ValueError.
-    """
+def _active_values(correlation_a, correlation_b, active, firing_rate, survival, damage):
+    """(r of a, r of b, the active mask, firing rates or None) over active features, checked."""
     a = np.asarray(correlation_a, dtype=np.float64)
     b = np.asarray(correlation_b, dtype=np.float64)
     mask = np.asarray(active)
@@ -44,10 +30,9 @@ def compare_damage(
         )
     if mask.dtype != bool:
         raise TypeError(f"active must be a boolean mask, got dtype {mask.dtype}")
-    if not damage_threshold <= survival_threshold:
+    if not damage <= survival:
         raise ValueError(
-            f"damage_threshold ({damage_threshold}) must not exceed "
-            f"survival_threshold ({survival_threshold})"
+            f"damage_threshold ({damage}) must not exceed survival_threshold ({survival})"
         )
     a, b = a[mask], b[mask]
     for name, values in (("correlation_a", a), ("correlation_b", b)):
@@ -64,40 +49,68 @@ def compare_damage(
         rate = rate[mask]
         if not np.isfinite(rate).all():
             raise ValueError("firing_rate has non-finite values among active features")
+    return a, b, mask, rate
 
+
+def _damage_correlations(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None]:
+    """Pearson and Spearman correlation of the damages 1 - r (None where undefined)."""
+    damage_a, damage_b = 1.0 - a, 1.0 - b
+    if len(a) < 2 or np.ptp(damage_a) == 0 or np.ptp(damage_b) == 0:
+        return None, None
+    from scipy.stats import pearsonr, spearmanr
+
+    spearman = float(spearmanr(damage_a, damage_b)[0])
+    return float(pearsonr(damage_a, damage_b)[0]), spearman if math.isfinite(spearman) else None
+
+
+def _deciles(rate: np.ndarray, lost_a: np.ndarray, lost_b: np.ndarray) -> list[DecileNonSurvival]:
+    """Non-survival of each side per firing-rate decile (np.quantile edges)."""
+    edges, index = quantile_bins(rate, 10)
+    deciles = []
+    for k in range(10):
+        in_bin = index == k
+        count = int(in_bin.sum())
+        na, nb = int(lost_a[in_bin].sum()), int(lost_b[in_bin].sum())
+        deciles.append(
+            DecileNonSurvival(
+                low=float(edges[k]),
+                high=float(edges[k + 1]),
+                count=count,
+                non_survived_a=na,
+                non_survived_b=nb,
+                rate_a=na / count if count else None,
+                rate_b=nb / count if count else None,
+            )
+        )
+    return deciles
+
+
+def compare_damage(
+    correlation_a,
+    correlation_b,
+    active,
+    *,
+    firing_rate=None,
+    survival_threshold: float = SURVIVAL_THRESHOLD,
+    damage_threshold: float = 0.5,
+    labels: tuple[str, str] = ("a", "b"),
+) -> OverlapResult:
+    """Compare the per-feature stability scores r of two methods over active features.
+
+    Not survived: r <= survival_threshold; damaged: r < damage_threshold. ``firing_rate``
+    (reference, per feature) adds non-survival by firing-rate decile, with np.quantile
+    edges over the active features. Inactive features are ignored (their r may be NaN);
+    a NaN r for an active feature raises ValueError.
+    """
+    a, b, mask, rate = _active_values(
+        correlation_a, correlation_b, active, firing_rate, survival_threshold, damage_threshold
+    )
     lost_a, lost_b = a <= survival_threshold, b <= survival_threshold
     dead_a, dead_b = a < damage_threshold, b < damage_threshold
     ns = _sets(lost_a, lost_b)
     dm = _sets(dead_a, dead_b)
-
-    pearson = spearman = None
-    damage_a, damage_b = 1.0 - a, 1.0 - b
-    if len(a) >= 2 and np.ptp(damage_a) > 0 and np.ptp(damage_b) > 0:
-        from scipy.stats import pearsonr, spearmanr
-
-        pearson = float(pearsonr(damage_a, damage_b)[0])
-        spearman_value = float(spearmanr(damage_a, damage_b)[0])
-        spearman = spearman_value if math.isfinite(spearman_value) else None
-
-    deciles = None
-    if rate is not None and len(rate):
-        edges, index = quantile_bins(rate, 10)
-        deciles = []
-        for k in range(10):
-            in_bin = index == k
-            count = int(in_bin.sum())
-            na, nb = int(lost_a[in_bin].sum()), int(lost_b[in_bin].sum())
-            deciles.append(
-                DecileNonSurvival(
-                    low=float(edges[k]),
-                    high=float(edges[k + 1]),
-                    count=count,
-                    non_survived_a=na,
-                    non_survived_b=nb,
-                    rate_a=na / count if count else None,
-                    rate_b=nb / count if count else None,
-                )
-            )
+    pearson, spearman = _damage_correlations(a, b)
+    deciles = _deciles(rate, lost_a, lost_b) if rate is not None and len(rate) else None
     return OverlapResult(
         label_a=labels[0],
         label_b=labels[1],

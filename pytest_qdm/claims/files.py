@@ -85,7 +85,7 @@ def sae_width(options) -> int | None:
 
     folder = local_dir(options.sae, slashes_mean_path=False) if options.sae else None
     if folder is None and options.model == "tiny":
-        from pytest_qdm.zoo import TINY_HOOK, sae_dir
+        from pytest_qdm.zoo.tiny import TINY_HOOK, sae_dir
 
         folder = sae_dir(TINY_HOOK)
     config = None if folder is None else Path(folder) / "cfg.json"

@@ -13,12 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pytest_qdm.compress.conditions import (
-    Condition,
-    _check_bits,
-    rtn_rows,
-    target_weights,
-)
+from pytest_qdm.compress.conditions import Condition
+from pytest_qdm.compress.operators import check_bits, rtn_rows
+from pytest_qdm.compress.targets import target_weights
 
 
 def _blocks_text(blocks: Iterable[int]) -> str:
@@ -43,9 +40,9 @@ class MixedRTN(Condition):
         for block, bits in pairs:
             if isinstance(block, bool) or not isinstance(block, int) or block < 0:
                 raise ValueError(f"block indices must be integers >= 0, got {block!r}")
-            _check_bits(bits)
+            check_bits(bits)
         if default_bits is not None:
-            _check_bits(default_bits)
+            check_bits(default_bits)
         if not pairs and default_bits is None:
             raise ValueError("MixedRTN quantizes nothing: give bits_by_block or default_bits")
         object.__setattr__(self, "bits_by_block", pairs)

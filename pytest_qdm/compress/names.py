@@ -14,6 +14,15 @@ SCHEME_NAME = re.compile(
     r"|rtn-int(?P<bits>\d+)-g(?P<group>\d+)|rtn-int(?P<refbits>\d+)-refcode)$"
 )
 
+#: The RTN widths an audit takes, everywhere (conditions, names, options, markers, gates).
+BIT_WIDTHS = "2..8"
+
+
+def valid_bits(bits) -> bool:
+    """Whether ``bits`` is an RTN width of :data:`BIT_WIDTHS` (an int, not a bool)."""
+    return isinstance(bits, int) and not isinstance(bits, bool) and 2 <= bits <= 8
+
+
 SCHEME_EXAMPLES = "nf4, nf4-dq, nf4-b128, fp8-e4m3, fp8-e5m2, absmax-int8, int4-g128, int6-refcode"
 
 
@@ -23,7 +32,7 @@ def scheme_name(text: str) -> str:
     name = condition_name(text.strip().lower())
     match = SCHEME_NAME.match(name)
     bits = match and (match["bits"] or match["refbits"])
-    bad_bits = bits and not 2 <= int(bits) <= 8
+    bad_bits = bits and not valid_bits(int(bits))
     if not match or bad_bits or any(v == "0" for v in match.groupdict().values() if v):
         raise ValueError(f"--qdm-schemes {text!r} is not a scheme; use {SCHEME_EXAMPLES}")
     return name

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from pytest_qdm.compress.conditions import Condition, is_bridge
+from pytest_qdm.compress.conditions import Condition
+from pytest_qdm.compress.targets import is_bridge
 from pytest_qdm.schema.audit import ConditionSpec
 
 CHANGES = ("bfloat16", "float16", "batch", "attention", "backend")
@@ -158,20 +159,3 @@ def _on_first_half(inner, n: int):
         return torch.cat([result, activation[n:]])
 
     return first_half
-
-
-def floors_for(options, model) -> list[NoiseFloor]:
-    """The ``--qdm-noise-floor`` conditions of a gate run: :func:`noise_floor`, with the
-    other backend loaded from the same checkpoint (not for a model split across devices,
-    which only the bridge runs)."""
-    if not options.noise_floor:
-        return []
-    other = None
-    if not options.split:
-        from pytest_qdm.load.models import load_model
-
-        backend = "hooked" if is_bridge(model) else "bridge"
-        other = load_model(
-            options.model, device=options.device, dtype=model.cfg.dtype, backend=backend
-        )
-    return noise_floor(model, other)

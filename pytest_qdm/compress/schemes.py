@@ -12,12 +12,9 @@ from typing import Literal
 
 import torch
 
-from pytest_qdm.compress.conditions import (
-    RTN,
-    Condition,
-    target_weights,
-)
+from pytest_qdm.compress.conditions import RTN, Condition
 from pytest_qdm.compress.names import SCHEME_NAME
+from pytest_qdm.compress.targets import target_weights
 
 # The NormalFloat-4 codebook of QLoRA (Dettmers et al., 2023), as bitsandbytes ships it.
 NF4_CODEBOOK = (
@@ -79,7 +76,7 @@ def double_quantized(absmax: torch.Tensor, block_size: int = 256) -> torch.Tenso
     their mean, the 8-bit dynamic code per block of 256 scaled by the block's absmax, plus
     the mean. Codes are chosen as bitsandbytes' reference (pure torch) kernel does; its
     native CPU kernel's approximate binary search can pick the neighbouring code in
-    near-ties (tests/test_checkpoints.py measures how often)."""
+    near-ties (tests/load/test_checkpoints.py measures how often)."""
     offset = absmax.mean()
     code = dynamic_map().to(absmax.device)
     bounds = (code[:-1] + code[1:]) / 2

@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pytest_qdm.gate.thresholds import BASELINE_METRICS, BaselineCheck
+from pytest_qdm.jsonfile import write_json
 from pytest_qdm.schema.gate import Baseline, Fingerprint
 from pytest_qdm.schema.protocol import ProtocolReport
 
@@ -41,8 +42,6 @@ def library_versions() -> dict[str, str]:
 
 
 def write_baseline(path: Path, fingerprint: Fingerprint, report: ProtocolReport) -> Path:
-    from pytest_qdm.report import write_json
-
     return write_json(Baseline(fingerprint=fingerprint, report=report), path)
 
 

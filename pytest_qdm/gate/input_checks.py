@@ -70,7 +70,7 @@ def _model_folder(spec: str | None) -> Path | None:
 
     name = get_preset(spec).model if spec in preset_names() else spec
     if name == "tiny":
-        from pytest_qdm.zoo import weights_dir
+        from pytest_qdm.zoo.tiny import weights_dir
 
         return weights_dir()
     return _folder(name)

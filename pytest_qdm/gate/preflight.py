@@ -1,7 +1,7 @@
 """Everything the gate can check before any model loads, each failure one line.
 
 Run at ``pytest_configure`` when ``--qdm-model`` is set: the model and SAE names
-(:mod:`pytest_qdm.load.specs`), the token source and budget, gate thresholds that name
+(:mod:`pytest_qdm.gate.specs`), the token source and budget, gate thresholds that name
 conditions the run does not audit, the device, and the report, cache and baseline paths.
 """
 
@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from pytest_qdm.analyse.retrain_checks import check_audited
 from pytest_qdm.compress.names import SCHEME_NAME
 from pytest_qdm.gate.input_checks import check_input_files
+from pytest_qdm.gate.specs import check_specs
 from pytest_qdm.load.corpus import source_problem
-from pytest_qdm.load.specs import check_specs
 from pytest_qdm.options import QdmOptions
 
 
@@ -59,7 +59,7 @@ def _check_placement(options: QdmOptions) -> None:
     from pytest_qdm.load.models import resolve_device, resolve_dtype
     from pytest_qdm.load.placement import plan_device_map
     from pytest_qdm.load.presets import get_preset, preset_for_model, preset_names
-    from pytest_qdm.zoo import weights_dir
+    from pytest_qdm.zoo.tiny import weights_dir
 
     preset = get_preset(options.model) if options.model in preset_names() else None
     name = preset.model if preset else options.model

@@ -14,6 +14,7 @@ from datetime import datetime
 from functools import cached_property, partial
 from pathlib import Path
 
+from pytest_qdm.compress.names import BIT_WIDTHS, valid_bits
 from pytest_qdm.gate.baseline import (
     library_versions,
     state_sha256,
@@ -25,8 +26,9 @@ from pytest_qdm.gate.cache import (
     remembered_fingerprint,
 )
 from pytest_qdm.gate.sources import sources_key
-from pytest_qdm.load.subject import Subject, load_subject
-from pytest_qdm.options import QdmOptions, validated_overrides
+from pytest_qdm.gate.subject import Subject, load_subject
+from pytest_qdm.options import QdmOptions
+from pytest_qdm.options_parse import validated_overrides
 from pytest_qdm.schema.audit import AuditResult
 from pytest_qdm.schema.gate import Fingerprint
 from pytest_qdm.schema.protocol import ProtocolReport
@@ -127,7 +129,7 @@ class GateSession:
 
             def judge_and_write() -> list:
                 verdicts = gate_verdicts(report, self.options.gates, self.options.gate_on)
-                verdicts += baseline_verdicts(self, report)
+                verdicts += baseline_verdicts(self.options, self.fingerprint, report)
                 write_outputs(report, verdicts, self.options, self.provenance())
                 return verdicts
 
@@ -199,8 +201,8 @@ class GateSession:
         return report
 
     def _run_protocol(self) -> ProtocolReport:
-        from pytest_qdm.compress.noise_floor import floors_for
         from pytest_qdm.compress.schemes import scheme_condition
+        from pytest_qdm.gate.subject import floors_for
         from pytest_qdm.run.protocol import run_protocol
 
         self._refuse_foreign_baseline()
@@ -271,8 +273,8 @@ def marker_config(options: QdmOptions, overrides: dict):
 def marker_bits(bits) -> tuple[int, ...]:
     """``bits=6`` or ``bits=[8, 6]`` of a ``qdm`` marker as a tuple (empty: not given)."""
     values = () if bits is None else (bits,) if isinstance(bits, int) else tuple(bits)
-    if any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8 for b in values):
-        raise ValueError(f"@pytest.mark.qdm: bits must be integers in 2..8, got {bits!r}")
+    if not all(valid_bits(b) for b in values):
+        raise ValueError(f"@pytest.mark.qdm: bits must be integers in {BIT_WIDTHS}, got {bits!r}")
     return values
 
 

@@ -65,7 +65,7 @@ def sources_key(options: QdmOptions) -> str | None:
 
 def _model_files(spec: str | None) -> str | None:
     if spec == "tiny":
-        from pytest_qdm.zoo import weights_dir
+        from pytest_qdm.zoo.tiny import weights_dir
 
         return _digest_files(sorted(weights_dir().rglob("*")))
     return _folder_files(spec)

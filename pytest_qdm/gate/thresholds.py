@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pytest_qdm.compress.names import condition_name
+from pytest_qdm.compress.names import BIT_WIDTHS, condition_name, valid_bits
 from pytest_qdm.load.tokens import LABEL_PATTERN
 from pytest_qdm.schema.metrics import BASELINE_METRICS
 
@@ -123,8 +123,8 @@ def as_fraction(name: str, value: object) -> float:
 
 def _check_bits_in_name(condition: str, text: str) -> None:
     bits = re.fullmatch(r"rtn-int(\d+)(-g\d+)?", condition)
-    if bits and not 2 <= int(bits[1]) <= 8:
-        raise ValueError(f"{text!r}: bits must be in 2..8")
+    if bits and not valid_bits(int(bits[1])):
+        raise ValueError(f"{text!r}: bits must be in {BIT_WIDTHS}")
 
 
 @dataclass(frozen=True)

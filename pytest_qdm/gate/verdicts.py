@@ -14,8 +14,8 @@ from pytest_qdm.schema.gate import Verdict
 from pytest_qdm.schema.protocol import ProtocolReport
 
 if TYPE_CHECKING:
-    from pytest_qdm.gate.session import GateSession
     from pytest_qdm.options import QdmOptions
+    from pytest_qdm.schema.gate import Fingerprint
 
 
 def named_checks(
@@ -75,14 +75,12 @@ def gate_verdicts(
 
 
 def baseline_verdicts(
-    session: GateSession, report: ProtocolReport, regen: bool = False
+    options: QdmOptions, fingerprint: Fingerprint, report: ProtocolReport, regen: bool = False
 ) -> list[Verdict]:
     """pytest-regressions flow: write when missing, refuse a foreign one, compare otherwise."""
-    options = session.options
     if not options.baseline:
         return []
     path = Path(options.baseline)
-    fingerprint = session.fingerprint
     if not path.exists() or regen:
         write_baseline(path, fingerprint, report)
         return [

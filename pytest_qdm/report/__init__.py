@@ -7,7 +7,8 @@ Importing this package loads rich and numpy only: matplotlib is imported inside
 
 from __future__ import annotations
 
-from pytest_qdm.report.files import append_github_step_summary, markdown_summary, write_json
+from pytest_qdm.jsonfile import write_json
+from pytest_qdm.report.files import append_github_step_summary, markdown_summary
 from pytest_qdm.report.html import html_report, write_html
 from pytest_qdm.report.plots import plot_report
 from pytest_qdm.report.properties import audit_properties, junit_properties, suite_properties

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
 MISSING = "—"
 NULL_LABEL = "null check"
-MASKS_DAMAGE = "perplexity_masks_damage"
 
 # Header line breaks keep the columns narrow in a terminal; markdown joins them with spaces.
 WIDE_HEADERS = (

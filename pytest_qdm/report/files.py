@@ -1,9 +1,9 @@
-"""Report files: the JSON result (atomic write) and a GitHub-flavoured markdown summary."""
+"""Report files: the JSON result (:func:`pytest_qdm.jsonfile.write_json`) and a GitHub-flavoured
+markdown summary."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,41 +18,10 @@ from pytest_qdm.report.retrain import (
     retrain_caption,
     three_way_table,
 )
+from pytest_qdm.schema.protocol import MASKS_DAMAGE
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
-
     from pytest_qdm.schema.protocol import ProtocolReport
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(report: BaseModel, path: Path) -> Path:
-    """Write a pydantic model (a report, a baseline) as compact JSON to ``path`` atomically.
-
-    The text goes to a temporary file in the same folder, is flushed to disk, then
-    replaces ``path`` with ``os.replace``: readers see the old file or the new one, never
-    a partial one. Parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = report.model_dump_json()
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, 0o666 & ~_umask())  # as other outputs, not mkstemp's 0600
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _cell(text: str) -> str:
@@ -87,7 +56,7 @@ def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool,
             out += [legend, ""] if legend else []
     out += ["### Findings", ""]
     for finding in report.findings:
-        bold = finding.kind == fmt.MASKS_DAMAGE
+        bold = finding.kind == MASKS_DAMAGE
         out.append(f"> **{finding.message}**" if bold else f"- {finding.message}")
         out.append("")
     if not report.findings:

@@ -1,45 +1,6 @@
 """Key metrics as flat (name, value) pairs for pytest's ``record_property`` (JUnit XML).
 
-Naming scheme (stable; dots separate levels, condition names are the report's own,
-e.g. ``reference``, ``rtn-int6``, ``prune-0.175``):
-
-- ``qdm.<condition>.<metric>``, one sweep row: ``survived_pct``, ``degraded_pct``,
-  ``damaged_pct`` (0-100 over active features), ``survived_ci_low``/``survived_ci_high``
-  (bootstrap CI, 0-100), ``mean_r``, ``median_r``, ``silenced_count``, ``emergent_count``,
-  ``ppl_chunked``, ``ppl_sliding``, ``ppl_chunked_change``, ``ppl_sliding_change``
-  (relative, PPL_C / PPL_FP - 1), ``sae_ev``, ``sae_loss_recovered`` (SAE transfer
-  quality on the perplexity tokens), ``sample_r``, ``topk_agreement``,
-  ``procrustes_error``, ``unaligned_error`` (token lenses), ``kl``, ``kl_reverse`` (nats),
-  ``top1_agreement``, ``topk_token_overlap`` (fractions), ``top_prob_change`` (behaviour
-  vs the reference, analyse/behaviour.py), ``budget_spread_pp``,
-  ``subsets_spread_pp`` (percentage points).
-- ``qdm.<condition>@<domain>.<metric>`` per labelled domain (``--qdm-dataset LABEL=SOURCE``):
-  ``n_active``, ``survived_pct``, ``degraded_pct``, ``damaged_pct``, ``mean_r``,
-  ``ppl_chunked``, ``ppl_chunked_change``. A bare audit (:func:`audit_properties`)
-  adds ``n_active`` and ``survived_count``/``degraded_count``/``damaged_count`` and has no
-  perplexity.
-- ``qdm.predictor.``: ``status`` (string), ``auc``, ``auc_std``, ``n_features``,
-  ``n_survived``.
-- ``qdm.pruning.``: ``sparsity``, ``target_ppl``, ``achieved_ppl``, ``rel_error``,
-  ``steps``, ``converged``, ``monotone``.
-- ``qdm.sae_prune.<fraction>.<condition>.``: ``sae_ev``, ``loss_recovered`` (the SAE
-  pruning sweep, when run).
-- ``qdm.sensitivity.block<i>.``: ``survived_pct``, ``mean_r`` (blocks up to the read-out),
-  ``ppl_chunked_change``; ``qdm.sensitivity.plan.``: ``survived_pct``, ``mean_r``,
-  ``ppl_chunked_change`` (measured), ``predicted_survived_pct``, ``n_raised``,
-  ``target_met`` (block sensitivity, when run).
-- ``qdm.retrain.``: ``condition``, ``trained_tokens``, ``matching``;
-  ``qdm.retrain.<transfer|retrained|pruned>.``: ``sae_ev``, ``mean_l0``,
-  ``spliced_loss_change``, ``loss_recovered``, ``dead_latents``, ``n_features``;
-  ``qdm.retrain.<survived|degraded|damaged>.moved`` / ``.lost`` (the retrained-SAE
-  baseline, when run).
-- ``qdm.overlap.``: ``jaccard_not_survived``, ``jaccard_damaged``, ``pearson_damage``,
-  ``spearman_damage``.
-- ``qdm.null.``: ``passed``, ``max_abs_deviation``; ``qdm.sae_fit.``: ``ok``,
-  ``explained_variance``; ``qdm.second_layer.<condition>.survived_pct``.
-- ``qdm.n_active``, ``qdm.n_tokens``, ``qdm.findings`` (count), ``qdm.elapsed_seconds``.
-
-Booleans are written as 1/0. Values that are None (or not finite) are left out.
+The naming scheme (stable) is in docs/report.md, "JUnit properties".
 """
 
 from __future__ import annotations
@@ -53,6 +14,7 @@ from pytest_qdm.schema.metrics import ROW_PROPERTIES
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.audit import AuditResult
+    from pytest_qdm.schema.gate import Fingerprint
     from pytest_qdm.schema.protocol import ProtocolReport
 
 Property = tuple[str, str | float | int]
@@ -217,11 +179,10 @@ def junit_properties(report: ProtocolReport) -> list[Property]:
     ]
 
 
-def suite_properties(report: ProtocolReport, session) -> list[Property]:
-    """The run's metadata, for the JUnit ``<testsuite>`` properties."""
-    from pytest_qdm import __version__
-
-    fingerprint = session.fingerprint
+def suite_properties(
+    report: ProtocolReport, fingerprint: Fingerprint, cached: bool, version: str
+) -> list[Property]:
+    """The run's metadata, for the JUnit ``<testsuite>`` properties (``version``: pytest-qdm's)."""
     pairs = [
         ("model", fingerprint.model),
         ("sae", fingerprint.sae),
@@ -229,8 +190,8 @@ def suite_properties(report: ProtocolReport, session) -> list[Property]:
         ("n_tokens", report.audit.tokens.n_tokens),
         ("tokens_sha256", fingerprint.tokens_sha256),
         ("fingerprint", fingerprint.key()),
-        ("cached", session.cache_hit),
-        ("version", __version__),
+        ("cached", cached),
+        ("version", version),
     ]
     return _emit("qdm", pairs)
 

@@ -26,6 +26,7 @@ from pytest_qdm.report.retrain import (
     retrain_caption,
     three_way_table,
 )
+from pytest_qdm.schema.protocol import MASKS_DAMAGE
 
 if TYPE_CHECKING:
     from pytest_qdm.schema.audit import AuditResult
@@ -60,7 +61,7 @@ def _sweep_table(report: ProtocolReport, compact: bool) -> Table:
         table.caption_justify = "left"
     else:
         table = _table("Sweep", fmt.WIDE_HEADERS, first_left=2)
-    masked = {f.condition for f in report.findings if f.kind == fmt.MASKS_DAMAGE}
+    masked = {f.condition for f in report.findings if f.kind == MASKS_DAMAGE}
     for row in report.sweep:
         cells = [Text(c) for c in fmt.sweep_cells(row, compact)]
         if row.condition in masked:
@@ -138,9 +139,9 @@ def _findings(report: ProtocolReport) -> Panel | Text:
     for i, finding in enumerate(report.findings):
         if i:
             body.append("\n")
-        style = "bold red" if finding.kind == fmt.MASKS_DAMAGE else ""
+        style = "bold red" if finding.kind == MASKS_DAMAGE else ""
         body.append(finding.message, style=style)
-    masked = any(f.kind == fmt.MASKS_DAMAGE for f in report.findings)
+    masked = any(f.kind == MASKS_DAMAGE for f in report.findings)
     title = "Findings: perplexity masks feature damage" if masked else "Findings"
     return Panel(body, title=title, title_align="left", border_style="red")
 

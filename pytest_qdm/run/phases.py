@@ -12,11 +12,8 @@ import torch
 from pytest_qdm.analyse.behaviour import (
     BehaviourSums,
     ReferenceLogits,
-    behaviour_fields,
-    behaviour_findings,
     joined,
 )
-from pytest_qdm.analyse.floor import floor_findings
 from pytest_qdm.analyse.matched_pruning import match_sparsity
 from pytest_qdm.analyse.overlap import compare_damage
 from pytest_qdm.analyse.perplexity import (
@@ -27,7 +24,7 @@ from pytest_qdm.analyse.perplexity import (
 from pytest_qdm.analyse.predictor import fit_survival_predictor
 from pytest_qdm.analyse.sae_fit import ADVICE, check_sae_fit
 from pytest_qdm.analyse.sae_pruning import check_prune_fractions, sae_pruning_sweep
-from pytest_qdm.analyse.sensitivity import block_sensitivity, check_focus
+from pytest_qdm.analyse.sensitivity import check_focus
 from pytest_qdm.analyse.stability import (
     bootstrap_survival,
     budget_sensitivity,
@@ -37,17 +34,12 @@ from pytest_qdm.analyse.stability import (
     threshold_grid,
 )
 from pytest_qdm.analyse.transfer import TransferSums
-from pytest_qdm.compress.conditions import (
-    RTN,
-    Candidate,
-    Condition,
-    MagnitudePrune,
-    Reference,
-    applied,
-)
+from pytest_qdm.compress.conditions import RTN, Candidate, Condition, MagnitudePrune, Reference
+from pytest_qdm.compress.swap import applied
 from pytest_qdm.progress import progress_bar
 from pytest_qdm.run.audit import as_token_tensor, audit, finalize, prepare_conditions, token_summary
 from pytest_qdm.run.resume import Checkpoints
+from pytest_qdm.run.sensitivity import block_sensitivity
 from pytest_qdm.schema.analyses import (
     OverlapResult,
     PerplexityResult,
@@ -61,7 +53,6 @@ from pytest_qdm.schema.analyses import (
 )
 from pytest_qdm.schema.audit import AuditResult
 from pytest_qdm.schema.behaviour import BehaviourResult
-from pytest_qdm.schema.protocol import DomainRow, Finding, SweepRow
 from pytest_qdm.settings import AuditConfig, ProtocolConfig
 from pytest_qdm.stream.distributed import concatenated, local_share
 from pytest_qdm.stream.domains import RowDomains
@@ -84,14 +75,14 @@ class Inputs:
     extra: list[Condition]
     match_bits: int | None
     focus: str  # the RTN condition the predictor, overlap and SAE pruning are about
-    config: AuditConfig
-    cfg: ProtocolConfig
+    audit_config: AuditConfig
+    protocol_config: ProtocolConfig
     domains: RowDomains | None = None  # the rows' labelled domains
 
     @property
     def _ppl_rows(self) -> torch.Tensor:
         """The perplexity rows: the first ones, or the first of each domain in equal parts."""
-        n = max(1, -(-self.cfg.ppl_tokens // self.tokens.shape[1]))
+        n = max(1, -(-self.protocol_config.ppl_tokens // self.tokens.shape[1]))
         if self.domains is None:
             return torch.arange(min(n, self.tokens.shape[0]))
         per = max(1, -(-n // len(self.domains.names)))
@@ -179,7 +170,7 @@ def check_inputs(
 def measure(inputs: Inputs, into: Perplexities, name: str, model=None) -> None:
     """Perplexities (and SAE transfer quality) of ``model`` (default: the reference) as it
     currently is."""
-    cfg, model = inputs.cfg, inputs.model if model is None else model
+    cfg, model = inputs.protocol_config, inputs.model if model is None else model
     served = getattr(model, "served", False)  # llama.cpp: its activations cannot be replaced
     sums = TransferSums(model, inputs.sae, inputs.hook) if cfg.sae_transfer and not served else None
     behaviour = None
@@ -190,7 +181,7 @@ def measure(inputs: Inputs, into: Perplexities, name: str, model=None) -> None:
         inputs.ppl_tokens,
         inputs.bos,
         cfg,
-        inputs.config.batch_size,
+        inputs.audit_config.batch_size,
         joined(sums, behaviour),
         inputs.ppl_domains,
     )
@@ -218,7 +209,7 @@ def progress_plan(inputs: Inputs, second_sae, perplexity: bool = True) -> dict[s
 
 def search_steps(inputs: Inputs) -> int:
     """Progress steps of the pruning match: both bracket ends, the midpoints, the final run."""
-    return 0 if inputs.match_bits is None else inputs.cfg.prune_search_steps + 3
+    return 0 if inputs.match_bits is None else inputs.protocol_config.prune_search_steps + 3
 
 
 def perplexity_phase(inputs: Inputs, tick) -> Perplexities:
@@ -238,12 +229,15 @@ def pruning_phase(inputs: Inputs, measured: Perplexities, tick) -> PruningMatch 
     """Magnitude pruning at the perplexity of RTN at ``match_bits`` (bisection), measured."""
     if inputs.match_bits is None:
         return None
-    model, cfg, ppl_tokens = inputs.model, inputs.cfg, inputs.ppl_tokens
+    model, cfg, ppl_tokens = inputs.model, inputs.protocol_config, inputs.ppl_tokens
 
     def ppl_at(sparsity: float) -> float:
         with applied(model, MagnitudePrune(sparsity).compressed_weights(model)):
             result = chunked_perplexity(
-                model, ppl_tokens, bos_in_tokens=inputs.bos, batch_size=inputs.config.batch_size
+                model,
+                ppl_tokens,
+                bos_in_tokens=inputs.bos,
+                batch_size=inputs.audit_config.batch_size,
             )
         tick()
         return result.perplexity
@@ -273,13 +267,17 @@ def feature_phase(
     """ONE sharded pass over the audit tokens for every condition; shards merge exactly.
     With ``store``, finished shards are saved as they complete and reused by a rerun."""
     store = store or Checkpoints(None)
-    model, config = inputs.model, inputs.config
+    model, config = inputs.model, inputs.audit_config
     # two-phase: each shard prepares one condition's weights at a time (run/audit.py)
     prepared = prepare_conditions(
         model, conditions, inputs.hook, compute_loss=False, lazy=config.two_phase
     )
     # under torch.distributed each rank runs a contiguous share of the shards
-    rows = local_share(_shards(inputs.tokens.shape[0], inputs.cfg.n_shards, inputs.cfg.seed))
+    rows = local_share(
+        _shards(
+            inputs.tokens.shape[0], inputs.protocol_config.n_shards, inputs.protocol_config.seed
+        )
+    )
     shard_tokens = [inputs.tokens[r] for r in rows]
     domains = [inputs.domains and inputs.domains.take(r) for r in rows]
     steps = sum(
@@ -308,7 +306,7 @@ def second_layer_phase(inputs: Inputs, second_sae) -> AuditResult | None:
     if second_sae is None:
         return None
     off = {"hook_name": None, "token_lenses": False, "drilldown_features": 0}
-    config = inputs.config.model_copy(update=off)
+    config = inputs.audit_config.model_copy(update=off)
     return audit(inputs.model, second_sae, inputs.tokens, inputs.rtn, config)
 
 
@@ -316,7 +314,7 @@ def stability_phase(
     inputs: Inputs, features: FeaturePass, conditions: list[Condition], second: AuditResult | None
 ) -> StabilityReport:
     """Null, budget, subsets, threshold grid and bootstrap, all from the shard states."""
-    cfg, config, shards = inputs.cfg, inputs.config, features.shards
+    cfg, config, shards = inputs.protocol_config, inputs.audit_config, features.shards
     bootstrap = (
         bootstrap_survival(shards, config, cfg.n_bootstrap, cfg.seed, cfg.confidence)
         if cfg.n_bootstrap
@@ -337,7 +335,7 @@ def predictor_phase(inputs: Inputs, result: AuditResult) -> PredictorResult:
     ref = result.reference
     active = ref.active
     survived = (
-        result.conditions[inputs.focus].correlation[active] > inputs.config.survival_threshold
+        result.conditions[inputs.focus].correlation[active] > inputs.audit_config.survival_threshold
     )
     return fit_survival_predictor(
         ref.firing_rate[active], ref.mean_activation[active], ref.max_activation[active], survived
@@ -348,7 +346,7 @@ def overlap_phase(inputs: Inputs, result: AuditResult, pruned: str | None) -> Ov
     """Do RTN at focus and the matched pruning damage the same features?"""
     if pruned is None:
         return None
-    ref, config = result.reference, inputs.config
+    ref, config = result.reference, inputs.audit_config
     return compare_damage(
         result.conditions[inputs.focus].correlation,
         result.conditions[pruned].correlation,
@@ -362,7 +360,7 @@ def overlap_phase(inputs: Inputs, result: AuditResult, pruned: str | None) -> Ov
 
 def sae_pruning_phase(inputs: Inputs, result: AuditResult) -> SaePruningSweep | None:
     """SAE pruning without retraining, on the reference and the focus condition."""
-    cfg = inputs.cfg
+    cfg = inputs.protocol_config
     if not cfg.sae_prune_fractions:
         return None
     return sae_pruning_sweep(
@@ -374,8 +372,8 @@ def sae_pruning_phase(inputs: Inputs, result: AuditResult) -> SaePruningSweep | 
         conditions=[c for c in inputs.rtn if c.name == inputs.focus],
         method=cfg.sae_prune_method,
         hook=inputs.hook,
-        batch_size=inputs.config.batch_size,
-        progress=inputs.config.progress,
+        batch_size=inputs.audit_config.batch_size,
+        progress=inputs.audit_config.progress,
     )
 
 
@@ -383,12 +381,12 @@ def sensitivity_phase(
     inputs: Inputs, result: AuditResult, measured: Perplexities
 ) -> SensitivityResult | None:
     """One block at a time at the focus width (one pass), then the verified greedy plan."""
-    cfg = inputs.cfg
+    cfg = inputs.protocol_config
     if not cfg.sensitivity:
         return None
     return block_sensitivity(
         *(inputs.model, inputs.sae, inputs.tokens, inputs.match_bits),
-        config=inputs.config,
+        config=inputs.audit_config,
         focus=result.conditions[inputs.focus],
         ppl_tokens=inputs.ppl_tokens,
         bos=inputs.bos,
@@ -396,23 +394,6 @@ def sensitivity_phase(
         target=cfg.sensitivity_target,
         max_raised=cfg.sensitivity_max_raised,
     )
-
-
-def sweep_rows(
-    conditions: list[Condition], result: AuditResult, measured: Perplexities, bootstrap
-) -> list[SweepRow]:
-    return [
-        _row(
-            c.name,
-            result.conditions[c.name],
-            measured.perplexity.get(c.name, {}),
-            measured.reference,
-            bootstrap.get(c.name),
-            measured.transfer.get(c.name),
-            measured.behaviour.get(c.name),
-        )
-        for c in conditions
-    ]
 
 
 def _perplexities(
@@ -448,77 +429,3 @@ def _shards(n_rows: int, n_shards: int, seed: int) -> list[torch.Tensor]:
     """Row indices of ``n_shards`` random disjoint shards, each in row order."""
     order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))
     return [idx.sort().values for idx in torch.tensor_split(order, min(n_shards, n_rows))]
-
-
-def findings_phase(report_rows: list[SweepRow], cfg: ProtocolConfig) -> list[Finding]:
-    """The study's central result, stated per condition: perplexity held, features did not."""
-    findings = []
-    for row in report_rows:
-        change, survived = row.ppl_chunked_change, row.survived_pct
-        if change is None or survived is None or row.kind in ("Reference", "NoiseFloor"):
-            continue
-        if change <= cfg.masks_ppl_tolerance and survived < 100 * cfg.masks_survival_bound:
-            verb = "improved" if change < 0 else "rose only"
-            findings.append(
-                Finding(
-                    kind="perplexity_masks_damage",
-                    condition=row.condition,
-                    message=(
-                        f"{row.condition}: perplexity {verb} {change:+.2%} while only "
-                        f"{survived:.1f}% of active SAE features survived "
-                        f"({row.degraded_pct:.1f}% degraded, {row.damaged_pct:.1f}% damaged): "
-                        "perplexity masks feature damage."
-                    ),
-                )
-            )
-    return findings + behaviour_findings(report_rows, cfg) + floor_findings(report_rows)
-
-
-def _row(name, cond, ppl, ref_ppl, ci, quality, behaviour=None) -> SweepRow:
-    s, agreement = cond.summary, cond.agreement
-    chunked, sliding = (ppl.get(k) for k in ("chunked", "sliding"))
-
-    def change(result, key):
-        return relative_change(result.perplexity, ref_ppl[key].perplexity) if result else None
-
-    return SweepRow(
-        condition=name,
-        kind=cond.spec.kind,
-        bits=cond.spec.bits,
-        sparsity=cond.spec.sparsity,
-        ppl_chunked=chunked.perplexity if chunked else None,
-        ppl_chunked_change=change(chunked, "chunked"),
-        ppl_sliding=sliding.perplexity if sliding else None,
-        ppl_sliding_change=change(sliding, "sliding"),
-        mean_correlation=s.mean_correlation,
-        median_correlation=s.median_correlation,
-        survived_pct=s.survived_pct,
-        degraded_pct=s.degraded_pct,
-        damaged_pct=s.damaged_pct,
-        silenced_count=s.silenced_count,
-        emergent_count=s.emergent_count,
-        sae_explained_variance=quality.explained_variance if quality else None,
-        sae_loss_recovered=quality.loss_recovered if quality else None,
-        sample_correlation=agreement.sample_correlation if agreement else None,
-        topk_agreement=agreement.topk_agreement if agreement else None,
-        procrustes_error=agreement.procrustes_aligned_error if agreement else None,
-        unaligned_error=agreement.unaligned_error if agreement else None,
-        survived_ci=(ci.low, ci.high) if ci else None,
-        **behaviour_fields(behaviour),
-        domains={
-            domain: _domain_row(summary, chunked, ref_ppl.get("chunked"), domain)
-            for domain, summary in cond.domains.items()
-        },
-    )
-
-
-def _domain_row(summary, chunked, ref_chunked, domain: str) -> DomainRow:
-    ppl = chunked.by_domain.get(domain) if chunked else None
-    ref = ref_chunked.by_domain.get(domain) if ref_chunked else None
-    change = None
-    if ppl and ref and ppl.perplexity and ref.perplexity:
-        change = relative_change(ppl.perplexity, ref.perplexity)
-    bands = summary.model_dump(include=set(DomainRow.model_fields))
-    return DomainRow(
-        **bands, ppl_chunked=ppl.perplexity if ppl else None, ppl_chunked_change=change
-    )

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pytest_qdm.compress.conditions import Condition, MagnitudePrune, Reference
 from pytest_qdm.progress import progress_bar, run_progress
 from pytest_qdm.run import phases
+from pytest_qdm.run import rows as rows_module
 from pytest_qdm.run.resume import Checkpoints
 from pytest_qdm.run.retrain_phase import retrain_phase, retrain_target
 from pytest_qdm.schema.protocol import ProtocolReport
@@ -71,7 +72,7 @@ def run_protocol(
 
 def _run_phases(inputs, fit, second_sae, store, done, started) -> ProtocolReport:
     """The phases after the input checks (inside the run's one progress display)."""
-    config, cfg, match_bits = inputs.config, inputs.cfg, inputs.match_bits
+    config, cfg, match_bits = inputs.audit_config, inputs.protocol_config, inputs.match_bits
     if done is None:
         n_measured = 1 + len(inputs.rtn) + len(inputs.extra) + phases.search_steps(inputs)
         with progress_bar("QDM perplexity", n_measured, config.progress) as tick:
@@ -94,7 +95,7 @@ def _run_phases(inputs, fit, second_sae, store, done, started) -> ProtocolReport
     overlap = phases.overlap_phase(inputs, result, pruned)
     sensitivity = phases.sensitivity_phase(inputs, result, measured)
     retrained = retrain_phase(inputs, result)
-    rows = phases.sweep_rows(conditions, result, measured, stability.bootstrap)
+    rows = rows_module.sweep_rows(conditions, result, measured, stability.bootstrap)
     store.clear()
     return ProtocolReport(
         config=cfg,
@@ -109,7 +110,7 @@ def _run_phases(inputs, fit, second_sae, store, done, started) -> ProtocolReport
         pruning=pruning,
         overlap=overlap,
         stability=stability,
-        findings=phases.findings_phase(rows, cfg),
+        findings=rows_module.findings_phase(rows, cfg),
         sae_fit=fit,
         elapsed_seconds=time.perf_counter() - started,
         sae_pruning=sae_pruning,

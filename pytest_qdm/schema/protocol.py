@@ -74,6 +74,11 @@ class SweepRow(BaseModel):
     domains: dict[str, DomainRow] = {}  # per labelled domain (--qdm-dataset LABEL=SOURCE)
 
 
+#: Finding kinds: perplexity barely moves while features are damaged; a change within the noise floor.
+MASKS_DAMAGE = "perplexity_masks_damage"
+WITHIN_NOISE_FLOOR = "within_noise_floor"
+
+
 class Finding(BaseModel):
     model_config = ConfigDict(frozen=True)
 

@@ -6,36 +6,7 @@ layer) and the SAE encode run once; then each condition's prepared weights are s
 hook: ``Condition.running``), the same batch goes through, and the paired statistics are
 updated. Memory is bounded by the batch size: no [tokens x d_sae] matrix is ever kept.
 
-Performance, and what is exact (measurements: benchmarks/README.md):
-
-- The SAE encodes each batch in row blocks of about ``ENCODE_BLOCK_ELEMENTS`` outputs
-  (CPU) and only the reference's nonzero entries are kept across conditions, never a dense
-  [batch tokens x d_sae] matrix. Rows are encoded independently, so this is exact up to the
-  matrix-multiply kernel: on CPU (MKL) blocks of >= 64 rows give bit-identical activations
-  to one call (pinned by tests/test_engine_perf_equivalence.py); other backends may pick
-  another kernel per block size and agree to float32 rounding, as with another batch size.
-- Statistics use each side's nonzeros (stream/stats.py): x's once per batch, y's per condition,
-  sum xy at x's nonzeros. The float64 sums add the same nonzero terms in the same order as
-  a pass over the union of nonzeros: bit-identical.
-- CPU with glibc: during the pass, large temporaries are served from malloc's heap and
-  reused, instead of fresh mmap'd pages that fault on first touch (page faults took about
-  a third of CPU time). Restored and trimmed afterwards; no effect on any number. Skipped
-  where the user set MALLOC_* or GLIBC_TUNABLES, or with ``TUNE_CPU_ALLOCATOR = False``.
-- The full SAE width is always encoded (emergent features need it).
-- Token lenses (``config.token_lenses``, see stream/lenses.py) reuse the same encode blocks and
-  sparse entries: per block the top-k of x and of y (on CPU from the entries: about L0
-  values per row instead of d_sae) and a few row sums, and one A^T B product per batch.
-- The drill-down (``config.drilldown``, see stream/drilldown.py) reads the same sparse
-  entries: each feature's top contexts on both sides, for every condition but the null;
-  one binary search per context window over the feature-major entries.
-- With labelled domains (stream/domains.py) a batch never mixes domains, and its sums are
-  added to its domain's as well as to the totals: per-domain survival from the same pass.
-- No host synchronisation per feature or per small op: loss and lens sums stay device
-  tensors until read; what remains is a few per batch (docs/distributed.md, "GPU
-  readiness").
-- Two phases instead (``config.two_phase``, stream/two_phase.py, chosen in stream/passes.py):
-  the reference's read-out is cached on disk first, then the conditions run one at a time
-  against it; the same numbers, bit for bit.
+Performance, and what is exact: docs/engine.md.
 """
 
 from __future__ import annotations

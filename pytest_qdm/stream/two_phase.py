@@ -6,32 +6,14 @@ under ``AuditConfig.two_phase_dir``, else the system's temporary folder; every p
 torch.distributed run makes its own and caches only its own rows). Phase 2 loops over the
 conditions, and for each over the batches: it prepares that ONE condition's compressed
 weights, block by block when the mapping of weights can (run/audit.py's ``OnDemand``), and
-swaps them in for all its batches (:func:`~pytest_qdm.compress.conditions.applied` with
+swaps them in for all its batches (:func:`~pytest_qdm.compress.swap.applied` with
 ``park``); on an accelerator each reference tensor it replaces waits on the host meanwhile,
 so the device holds about one model's weights (never the reference and a compressed copy
 together) and one compressed copy exists at a time. Each batch's cached reference is read back and the condition's forward
 runs against it. The folder is removed when the pass ends, whether it succeeded or not,
 unless ``two_phase_keep``.
 
-What a batch's file holds is the smaller of:
-
-- the read-out residual [tokens, width] in the model's dtype (``residual``), which phase 2
-  encodes again with the same SAE: bit-identical codes; or
-- the reference SAE codes as sparse entries (``row_counts`` int32 per token, ``cols``
-  int32 and ``values`` float32 per nonzero: the float32 codes exactly).
-
-With the token lenses on, the residual is always cached: their Procrustes error needs the
-reference read-out itself, and the codes follow from it.
-
-Numbers are identical to the one-phase pass, bit for bit: every batch's reference side is
-the same (same codes, same float64 sums), and each condition's statistics, losses and
-token agreement are merged over the batches in the same order; the reference statistics
-and loss are merged in phase 1 in batch order. The drill-down's reference buffer is
-filled once per condition (its choice of contexts depends on the reference alone, so every
-copy keeps the same contexts) and each copy lends the buffer its condition's windows.
-
-Host work overlaps device work: phase 1 writes each file on a background thread while the
-next batch runs, and phase 2 reads the next batch's file while the current one runs.
+What a batch's file holds, and why the numbers are the same bit for bit: docs/engine.md.
 """
 
 from __future__ import annotations
@@ -45,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from pytest_qdm.compress.conditions import Condition, applied
+from pytest_qdm.compress.conditions import Condition
+from pytest_qdm.compress.swap import applied
 from pytest_qdm.settings import AuditConfig
 from pytest_qdm.stream.domains import RowDomains, domain_batches
 from pytest_qdm.stream.drilldown import REFERENCE, TOKENS, DrilldownState, TopContexts

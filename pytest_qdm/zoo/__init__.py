@@ -1,28 +1,29 @@
-"""The bundled tiny model ("qdm-tiny"), its tokenizer and its SAEs: an audit with nothing to download.
+"""Bundled models and SAEs, ready to audit: nothing to download.
 
-qdm-tiny is a small Llama-style language model (RMSNorm, rotary attention, SwiGLU MLP,
-untied embeddings), saved as a Hugging Face ``LlamaForCausalLM`` checkpoint and trained
-from scratch by this project on text every Python install has (CPython's documentation
-and its standard-library source code), with a byte-level BPE tokenizer and two sae_lens
-TopK SAEs on residual-stream hooks. It loads like any local checkpoint
-(:func:`pytest_qdm.load.models.load_model_from_disk`), so every real quantizer can
-quantize it too. Everything is read from ``weights_dir()``; nothing touches the network.
-``python training/train_tiny.py`` in the repository reproduces the weights;
-``MODEL_CARD.md`` beside this file has the measured quality.
-
-Heavy libraries (torch, transformer_lens, sae_lens, transformers) are imported inside the
-loaders, so importing this package is cheap.
+The files, hook names and SAEs of qdm-tiny are in :mod:`pytest_qdm.zoo.tiny` (which sits
+below ``load/``); this package adds :func:`load_tiny_model`, which goes through the ordinary
+loader (:func:`pytest_qdm.load.models.load_model`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_qdm.zoo.tiny import (
+    TINY_CONTEXT_LENGTH,
+    TINY_HOOK,
+    TINY_HOOKS,
+    TINY_MODEL_NAME,
+    TINY_SECOND_HOOK,
+    load_tiny_sae,
+    load_tiny_saes,
+    load_tiny_tokenizer,
+    sae_dir,
+    weights_dir,
+)
+
 if TYPE_CHECKING:
-    from sae_lens import SAE
     from transformer_lens import HookedTransformer
-    from transformers import PreTrainedTokenizerFast
 
 __all__ = [
     "TINY_CONTEXT_LENGTH",
@@ -38,75 +39,10 @@ __all__ = [
     "weights_dir",
 ]
 
-TINY_MODEL_NAME = "qdm-tiny-v2"
-#: The default read-out site: the residual stream after block 4 of 6 (late, so five
-#: quantized blocks sit upstream of the SAE).
-TINY_HOOK = "blocks.4.hook_resid_post"
-#: A second read-out site, for the layer-sensitivity check.
-TINY_SECOND_HOOK = "blocks.1.hook_resid_post"
-TINY_HOOKS = (TINY_HOOK, TINY_SECOND_HOOK)
-#: The model's n_ctx; the SAEs were trained on rows of this length with a BOS at column 0.
-TINY_CONTEXT_LENGTH = 128
-
-MODEL_WEIGHTS_FILE = "model.safetensors"
-MODEL_CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-TRAINING_REPORT_FILE = "training_report.json"
-
-
-def weights_dir() -> Path:
-    """The folder that holds the shipped weights (package data)."""
-    return Path(__file__).resolve().parent / "weights"
-
-
-def sae_dir(hook_name: str) -> Path:
-    """The sae_lens disk folder of the shipped SAE on ``hook_name``."""
-    return weights_dir() / f"sae_{hook_name}"
-
-
-def _require(path: Path) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(
-            f"bundled qdm-tiny file missing: {path} (a broken install? "
-            "`python training/train_tiny.py` in the repository regenerates the weights)"
-        )
-    return path
-
-
-def load_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """The byte-level BPE tokenizer (``<|endoftext|>`` id 0 is BOS/EOS, ``<|padding|>`` id 1)."""
-    from transformers import PreTrainedTokenizerFast
-
-    folder = weights_dir()
-    _require(folder / TOKENIZER_FILE)
-    _require(folder / TOKENIZER_CONFIG_FILE)
-    return PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
-
 
 def load_tiny_model(device: str = "cpu") -> HookedTransformer:
     """qdm-tiny as a ``HookedTransformer``, exactly as the checkpoint has it, in eval mode
     (no layer-norm folding or centring: compression operates on the stored numbers)."""
-    from pytest_qdm.load.models import load_model_from_disk
+    from pytest_qdm.load.models import load_model
 
-    _require(weights_dir() / MODEL_CONFIG_FILE)
-    _require(weights_dir() / MODEL_WEIGHTS_FILE)
-    model = load_model_from_disk(weights_dir(), device=device)
-    model.cfg.model_name = TINY_MODEL_NAME
-    return model
-
-
-def load_tiny_sae(hook_name: str = TINY_HOOK, device: str = "cpu") -> SAE:
-    """One shipped SAE (sae_lens ``TopKSAE``), by hook name."""
-    if hook_name not in TINY_HOOKS:
-        raise ValueError(
-            f"no bundled qdm-tiny SAE for hook {hook_name!r}; expected one of {TINY_HOOKS}"
-        )
-    from sae_lens import SAE
-
-    return SAE.load_from_disk(_require(sae_dir(hook_name)), device=str(device))
-
-
-def load_tiny_saes(device: str = "cpu") -> dict[str, SAE]:
-    """Every shipped SAE, keyed by hook name (``TINY_HOOK`` first)."""
-    return {hook: load_tiny_sae(hook, device) for hook in TINY_HOOKS}
+    return load_model("tiny", device=device)

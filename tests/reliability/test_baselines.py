@@ -8,7 +8,7 @@ import pytest
 from pytest_qdm.gate.baseline import BaselineRefused, read_baseline, write_baseline
 from pytest_qdm.gate.preflight import preflight
 from pytest_qdm.gate.session import GateSession
-from pytest_qdm.options import build_options
+from pytest_qdm.options_parse import build_options
 from pytest_qdm.schema.gate import Fingerprint
 
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from pytest_qdm.gate.preflight import preflight
-from pytest_qdm.options import build_options
+from pytest_qdm.options_parse import build_options
 from pytest_qdm.zoo import weights_dir
 
 pytest_plugins = ["pytester"]

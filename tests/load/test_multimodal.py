@@ -1,0 +1,191 @@
+"""Multimodal checkpoints (Gemma-3 4B-27B ship as Gemma3ForConditionalGeneration) audited
+through their text decoder (pytest_qdm/load/multimodal.py), on a tiny config-built model
+with a vision tower."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+
+import pytest_qdm as qdm
+from pytest_qdm.compress.schemes import NF4
+from pytest_qdm.compress.targets import target_weights
+from pytest_qdm.load.models import load_checkpoint, load_model_from_disk
+from tests.helpers.factories import save_checkpoint
+
+pytest_plugins = ["pytester"]
+
+TEXT = dict(
+    vocab_size=128,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    intermediate_size=128,
+    max_position_embeddings=64,
+    sliding_window=8,
+    layer_types=["sliding_attention", "full_attention"],
+    query_pre_attn_scalar=16,
+    rope_parameters={  # as Gemma-3 4B-27B: linear scaling on the global layers
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    },
+)
+VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+)
+SPECIAL = dict(mm_tokens_per_image=4, boi_token_index=125, eoi_token_index=126)
+
+
+@pytest.fixture(scope="module")
+def multimodal(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("multimodal") / "tiny-gemma3-mm"
+    settings = dict(text_config=TEXT, vision_config=VISION, image_token_index=127, **SPECIAL)
+    save_checkpoint("Gemma3ForConditionalGeneration", "Gemma3Config", settings, folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def no_installs(monkeypatch):
+    """TransformerLens' multimodal TransformerBridge pip-installs torchvision when it
+    cannot load an image processor (it replaced this machine's torch once): loading here
+    must never run pip. Attempts are recorded and blocked, not raised, because
+    TransformerLens swallows the install's exceptions; other commands run as usual."""
+    installs = []
+
+    def guarded(real):
+        def call(args, *rest, **kwargs):
+            if "pip" in [str(a) for a in (args if isinstance(args, list | tuple) else [args])]:
+                installs.append(args)
+                raise OSError("pip is blocked in this test")
+            return real(args, *rest, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(subprocess, "check_call", guarded(subprocess.check_call))
+    monkeypatch.setattr(subprocess, "run", guarded(subprocess.run))
+    yield
+    assert installs == [], f"pip was run: {installs}"
+
+
+def text_logits(folder, tokens):
+    """The multimodal model's own logits on text alone, as transformers computes them."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, local_files_only=True, attn_implementation="eager"
+    ).eval()
+    assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    with torch.inference_mode():
+        return model(tokens).logits
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_the_text_decoder_is_the_model_on_text(multimodal, backend):
+    tokens = torch.randint(4, 120, (2, 12), generator=torch.Generator().manual_seed(0))
+    model = load_model_from_disk(multimodal, device="cpu", backend=backend)
+    with torch.inference_mode():
+        ours = model(tokens)
+    expected = text_logits(multimodal, tokens)
+    if backend == "hooked":  # TransformerLens' Gemma-3 conversion: float32 rounding
+        assert model.cfg.original_architecture == "Gemma3ForCausalLM"
+        torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-5)
+    else:  # the decoder's own modules, shared: the same numbers
+        assert type(model.original_model).__name__ == "Gemma3ForCausalLM"
+        assert torch.equal(ours, expected)
+    assert not [n for n, _ in model.named_parameters() if "vision" in n or "multi_modal" in n]
+    assert len(target_weights(model)) == 7 * TEXT["num_hidden_layers"]
+
+
+def test_a_bnb_nf4_multimodal_candidate_is_the_simulated_nf4(multimodal, tmp_path):
+    pytest.importorskip("bitsandbytes", reason="the [bnb] extra is not installed")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.float32,
+        llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],
+    )
+    quantized = AutoModelForCausalLM.from_pretrained(
+        multimodal, quantization_config=config, dtype=torch.float32, device_map="cpu"
+    )
+    folder = tmp_path / "tiny-gemma3-mm-nf4"
+    quantized.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(multimodal).save_pretrained(folder)
+
+    reference = load_model_from_disk(multimodal, device="cpu")
+    candidate = qdm.Candidate.from_pretrained(str(folder), device="cpu")
+    assert candidate.checkpoint.quant_method == "bitsandbytes"
+    shipped = dict(candidate.model.named_parameters())
+    for name, weight in NF4(64).compressed_weights(reference).items():
+        assert torch.equal(shipped[name].data, weight), name
+
+    with pytest.raises(ValueError, match="multimodal Gemma3ForConditionalGeneration.*forward"):
+        load_checkpoint(folder, device="cpu", path="forward")
+    with pytest.raises(ValueError, match="device_map / max_memory are not supported for it"):
+        load_model_from_disk(multimodal, device_map={"": "cpu"})
+
+
+def test_a_compressed_tensors_multimodal_checkpoint_that_transformers_cannot_load_is_one_line(
+    multimodal, tmp_path
+):
+    """llm-compressor's usual recipe (vision tower left unquantized) writes a checkpoint that
+    transformers 5.17 fails to build; the candidate loader says so in one line. If this
+    starts loading, transformers has fixed it: drop multimodal.explained_load_failure."""
+    pytest.importorskip("llmcompressor", reason="the [llmcompressor] extra is not installed")
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    weights = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group"}
+    groups = {"int4": {"targets": ["Linear"], "weights": {**weights, "group_size": 32}}}
+    ignore = ["lm_head", "re:.*vision_tower.*", "re:.*multi_modal_projector.*"]
+    model = AutoModelForCausalLM.from_pretrained(multimodal, dtype=torch.float32)
+    oneshot(model=model, recipe=QuantizationModifier(config_groups=groups, ignore=ignore))
+    folder = tmp_path / "tiny-gemma3-mm-w4g32"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(multimodal).save_pretrained(folder)
+    with pytest.raises(ValueError, match=r"could not load this compressed-tensors Gemma3For"):
+        qdm.Candidate.from_pretrained(str(folder), device="cpu")
+
+
+def test_the_gate_audits_a_multimodal_folder_with_your_own_sae(multimodal, pytester, monkeypatch):
+    """`pytest --qdm-model FOLDER --qdm-sae SAE_DIR --qdm-dataset FILE`, the README's path
+    for your own checkpoint, on the multimodal model: the gate passes and reports it."""
+    import json
+
+    from tests.helpers.factories import exact_sae
+
+    hook = "blocks.1.hook_resid_post"  # an SAE that reconstructs exactly, so the fit check passes
+    exact_sae(TEXT["hidden_size"], hook).save_model(pytester.path / "sae")
+    text = "".join(chr(32 + (i * 7919) % 90) for i in range(20_000))  # ASCII: the char vocab
+    (pytester.path / "corpus.txt").write_text(text)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pytester.makeini("[pytest]\n")
+    result = pytester.runpytest_subprocess(
+        *("--qdm-model", str(multimodal), "--qdm-sae", "sae", "--qdm-dataset", "corpus.txt"),
+        *(
+            "--qdm-tokens",
+            "2048",
+            "--qdm-bits",
+            "8,6,4",
+            "--qdm-no-cache",
+            "-p",
+            "no:cacheprovider",
+        ),
+        *("--qdm-min-survived", "int8:0.5"),
+    )
+    result.assert_outcomes(passed=2)
+    report = json.loads((pytester.path / "qdm-report" / "qdm-report.json").read_text())
+    assert report["audit"]["hook_name"] == hook
+    assert report["audit"]["reference"]["n_tokens"] == 2048
+    assert report["audit"]["conditions"]["rtn-int8"]["summary"]["n_active"] > 10
