@@ -162,29 +162,14 @@ def stage_train(work: Path, args, log):
 def stage_eval(work: Path, args, log) -> dict:
     import torch
     from sae_lens import SAE
+    from sae_train import sae_quality
     from safetensors.torch import load_file
 
     sae = SAE.load_from_disk(str(work / "sae"), device="cpu")
     acts = torch.cat(
         [load_file(p)["acts"] for p in sorted((work / "acts-heldout").glob("*.safetensors"))]
     ).float()
-    mean = acts.mean(0)
-    resid = total = l0 = 0.0
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    with torch.no_grad():
-        for s in range(0, acts.shape[0], 4096):
-            x = acts[s : s + 4096]
-            f = sae.encode(x)
-            resid += float(((x - sae.decode(f)) ** 2).sum())
-            total += float(((x - mean) ** 2).sum())
-            l0 += float((f > 0).sum())
-            fired |= (f > 0).any(0)
-    q = {
-        "explained_variance": 1.0 - resid / total,
-        "mean_l0": l0 / acts.shape[0],
-        "dead_fraction": float((~fired).float().mean()),
-        "heldout_tokens": int(acts.shape[0]),
-    }
+    q = sae_quality(sae, acts, batch_size=4096)  # the bundled model's held-out measure
     (work / "quality.json").write_text(json.dumps(q, indent=1))
     log(f"eval: {q}")
     return q
