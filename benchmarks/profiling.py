@@ -77,6 +77,16 @@ class Timers:
         return timed
 
 
+def _swapper(engine):
+    """The module whose ``applied`` swaps a condition's weights in: the engine itself in
+    older versions, the conditions module (``Condition.running``) since the compress split."""
+    if hasattr(engine, "applied"):
+        return engine
+    import pytest_qdm.compress.conditions as conditions
+
+    return conditions
+
+
 @contextmanager
 def engine_timers(engine=None, stats=None):
     """Yield a :class:`Timers` that accumulates while the engine runs inside the block."""
@@ -86,11 +96,12 @@ def engine_timers(engine=None, stats=None):
     timers = Timers()
     parts = _parts(engine, stats)
     saved = [(owner, name, vars(owner)[name]) for owner, name, _ in parts]
-    saved.append((engine, "applied", engine.applied))
+    swapper = _swapper(engine)
+    saved.append((swapper, "applied", swapper.applied))
     try:
         for owner, name, category in parts:
             setattr(owner, name, timers.wrap(getattr(owner, name), category))
-        engine.applied = timers.wrap_context(engine.applied)
+        swapper.applied = timers.wrap_context(swapper.applied)
         yield timers
     finally:
         for owner, name, original in saved:
