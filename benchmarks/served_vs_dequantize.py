@@ -23,7 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # tests.helpers.gguf_writer
 
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -42,7 +42,7 @@ WRITTEN = ("Q8_0", "Q5_0", "Q4_0")
 def written_files(reference_folder: Path, out: Path, qtypes=WRITTEN) -> dict[str, Path]:
     """GGUFs of the reference folder (default Q8_0 / Q5_0 / Q4_0), written once."""
     import gguf
-    from gguf_writer import write_llama_gguf
+    from tests.helpers.gguf_writer import write_llama_gguf
 
     files = {}
     for qtype in qtypes:
