@@ -6,7 +6,7 @@ Stages (each skips what is already on disk under ``--work``, so a killed run res
 1. ``weights``: the package's GGUF loader (:func:`pytest_qdm.load.gguf.dequantized_folder`)
    dequantizes the Q4_1 file through transformers once, a safetensors folder keyed by sha256.
 2. ``acts``: residual stream after block ``--layer`` (TransformerLens
-   ``blocks.L.hook_resid_post`` = Hugging Face ``hidden_states[L + 1]``) on the built-in
+   ``blocks.L.hook_resid_post``: the output of decoder layer L, read by a forward hook) on the built-in
    corpus' *train* split (prose and stdlib code, alternating sequences), float16 shards.
 3. ``train``: sae_lens ``SAETrainer`` over shuffled shards; ``--checkpoints`` trainer states
    (weights, Adam, schedulers) under ``ckpt/``; a restart loads the newest one.
@@ -55,6 +55,27 @@ def token_rows(tokenizer, split: str, seq_len: int, max_rows: int):
     return torch.stack([rows[0][:n], rows[1][:n]], 1).reshape(2 * n, seq_len)
 
 
+def residual_after(model, ids, layer: int):
+    """The residual stream after decoder layer ``layer`` (TransformerLens
+    ``blocks.{layer}.hook_resid_post``), [rows, ctx, d_model].
+
+    Read from the layer's own output by a forward hook: ``hidden_states[-1]`` of a Hugging
+    Face forward is the *final-norm* output (transformers ties it to ``last_hidden_state``),
+    so ``hidden_states[layer + 1]`` of a model cut after ``layer`` is normalised."""
+    import torch
+
+    seen = []
+    handle = model.model.layers[layer].register_forward_hook(
+        lambda module, args, out: seen.append(out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        with torch.no_grad():
+            model.model(ids)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
 def stage_acts(work: Path, layer: int, seq_len: int, n_tokens: int, split: str, log) -> Path:
     import torch
     from safetensors.torch import save_file
@@ -78,8 +99,7 @@ def stage_acts(work: Path, layer: int, seq_len: int, n_tokens: int, split: str, 
             model.model.layers = model.model.layers[: layer + 1]
             model.eval()
         batch = rows[s * rows_per_shard : (s + 1) * rows_per_shard]
-        with torch.no_grad():
-            hs = model.model(batch, output_hidden_states=True).hidden_states[layer + 1]
+        hs = residual_after(model, batch, layer)
         tmp = path.with_suffix(".tmp")
         save_file({"acts": hs.reshape(-1, hs.shape[-1]).half().contiguous()}, tmp)
         tmp.rename(path)  # a killed run leaves no half-written shard
