@@ -1,21 +1,15 @@
 """Token-level perplexity, exp(mean cross-entropy), under two explicit protocols.
 
-Perplexity (PPL) is token-weighted: the negative log-likelihoods (NLL) of every scored
-position are summed in float64 and divided by their count. BOS (beginning-of-sequence)
-handling is explicit and recorded in the result (docs/definitions.md, "Perplexity").
+Perplexity is token-weighted: the negative log-likelihoods of every scored position are
+summed in float64 and divided by their count; BOS handling is explicit and recorded.
 
-- Chunked: non-overlapping blocks [n, ctx]; each block is one forward pass and position j
-  is predicted from positions < j of the same block.
-- Sliding window: a 1-D token stream, windows of ``window`` tokens advanced by ``stride``;
+- Chunked: non-overlapping blocks [n, ctx], one forward each; position j is predicted from
+  positions < j of the same block.
+- Sliding window: windows of ``window`` tokens advanced by ``stride`` over a 1-D stream;
   each window scores only the positions it newly introduces.
 
-A compressed condition is evaluated on the same tokens with its weights swapped in, e.g.
-``with applied(model, condition.compressed_weights(model)): chunked_perplexity(...)``, which
-is what :func:`perplexity_under` does.
-
-Under an initialised torch.distributed process group both are collective (call them on
-every rank): each rank scores a share of the batches and the sums are added in rank order
-(docs/distributed.md).
+A condition is scored with its weights swapped in (:func:`perplexity_under`). Under
+torch.distributed both are collective (docs/definitions.md, "Perplexity").
 """
 
 from __future__ import annotations

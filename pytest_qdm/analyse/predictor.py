@@ -1,21 +1,11 @@
 """Fragility predictor: can reference statistics alone tell which features survive?
 
-A logistic regression on four inputs computed from the reference (FP) statistics of each
-feature (docs/definitions.md, "Reference statistics", "Fragility predictor"):
-
-- rarity = -log(max(p, 1e-8)), p the reference firing rate;
-- log mean = log(max(mean, 1e-8)), mean the activation averaged over ALL tokens (zeros
-  included); the floor only matters for features that (almost) never fire;
-- log max = log(max(max, 1e-8));
-- log concentration = log(max(max / mean, 1)) on the floored values.
-
-The inputs are collinear by construction: activations are non-negative, so max >= mean and
-log concentration = log max - log mean exactly. The variance inflation factors (VIF) in the
-result show it; the standardized coefficients are therefore not individually
-interpretable, only the cross-validated AUC (area under the ROC curve) is.
-
-Standardization is fitted inside each cross-validation fold (a scikit-learn Pipeline). The
-reference study fitted its scaler on all data before cross-validating, a (small) leak.
+A logistic regression on four inputs from each feature's reference statistics: rarity,
+log mean, log max and log concentration (docs/definitions.md, "Reference statistics and
+fragility predictor", has the formulas and floors). The inputs are collinear by
+construction (log concentration = log max - log mean), so only the cross-validated AUC is
+interpretable, not the coefficients; the variance inflation factors in the result show it.
+Standardization is fitted inside each fold (a scikit-learn Pipeline).
 """
 
 from __future__ import annotations

@@ -1,22 +1,17 @@
 """The full QDM protocol as a pipeline of named phases (:mod:`pytest_qdm.run.phases`).
 
 1. check inputs and the SAE's fit at its hook (refused below the bound);
-2. perplexity of the reference and every condition on a fixed token set (SAE transfer rides
-   on the same forwards);
-3. the matched-perplexity pruning search on that same set;
-4. ONE sharded feature pass over the audit tokens for the reference null, every condition
+2. perplexity of the reference and every condition on a fixed token set (SAE transfer
+   rides on the same forwards), then the matched-perplexity pruning search on it;
+3. ONE sharded feature pass over the audit tokens for the reference null, every condition
    and the matched pruning;
-5. stability (null, budget, subsets, grid, bootstrap) from the shard states, and the
-   second-layer audit;
-6. the fragility predictor, the overlap with pruning and the SAE-pruning sweep at the focus
-   condition, and block sensitivity (``ProtocolConfig.sensitivity``: one pass of one
-   condition per block up to the read-out, then one pass verifying the greedy plan);
-7. the retrained-SAE baseline (``ProtocolConfig.retrain_tokens``: an SAE trained on one
-   condition's activations, the three-way table, lost or moved features);
-8. findings (perplexity masking feature damage) from the sweep rows.
+4. stability from the shard states, and the second-layer audit;
+5. the fragility predictor, overlap with pruning, the SAE-pruning sweep at the focus
+   condition, block sensitivity and the retrained-SAE baseline when configured;
+6. findings (perplexity masking feature damage) from the sweep rows.
 
-Phases 2-3 and each shard of phase 4 are kept on disk as they finish when ``checkpoints``
-names a folder, so a killed run resumes (:mod:`pytest_qdm.run.resume`).
+Phase 2 and each shard of phase 3 are kept on disk when ``checkpoints`` names a folder, so
+a killed run resumes (:mod:`pytest_qdm.run.resume`).
 """
 
 from __future__ import annotations

@@ -1,19 +1,14 @@
 """Two-phase passes, for models whose reference and a compressed copy do not fit together.
 
-Phase 1 runs only the reference, to the read-out hook, over the pass's tokens and writes
-each batch's read-out to a safetensors file in a fresh cache folder (``qdm-reference-*``
-under ``AuditConfig.two_phase_dir``, else the system's temporary folder; every process of a
-torch.distributed run makes its own and caches only its own rows). Phase 2 loops over the
-conditions, and for each over the batches: it prepares that ONE condition's compressed
-weights, block by block when the mapping of weights can (run/audit.py's ``OnDemand``), and
-swaps them in for all its batches (:func:`~pytest_qdm.compress.swap.applied` with
-``park``); on an accelerator each reference tensor it replaces waits on the host meanwhile,
-so the device holds about one model's weights (never the reference and a compressed copy
-together) and one compressed copy exists at a time. Each batch's cached reference is read back and the condition's forward
-runs against it. The folder is removed when the pass ends, whether it succeeded or not,
-unless ``two_phase_keep``.
+Phase 1 runs only the reference to the read-out hook and writes each batch's read-out to a
+safetensors file in a fresh ``qdm-reference-*`` folder (``AuditConfig.two_phase_dir``, else
+the system's temporary folder; one per process). Phase 2 loops over the conditions and, for
+each, swaps in that one condition's compressed weights (built block by block where it can,
+the replaced reference tensors parked on the host) and runs every batch against its cached
+reference. The folder is removed at the end unless ``two_phase_keep``.
 
-What a batch's file holds, and why the numbers are the same bit for bit: docs/engine.md.
+What a batch's file holds, memory, and why the numbers are the same bit for bit:
+docs/engine.md.
 """
 
 from __future__ import annotations
