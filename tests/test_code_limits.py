@@ -11,11 +11,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pytest_qdm"
 MODULE_LINES, FUNCTION_LINES, DOCSTRING_LINES = 400, 80, 15
 
 KNOWN: set[str] = {
-    "pytest_qdm/analyse/matched_pruning.py: match_sparsity",
-    "pytest_qdm/analyse/perplexity.py: chunked_perplexity",
-    "pytest_qdm/analyse/perplexity.py: sliding_window_perplexity",
-    "pytest_qdm/analyse/predictor.py: fit_survival_predictor",
-    "pytest_qdm/analyse/sae_fit.py: check_sae_fit",
     "pytest_qdm/load/models.py: module",
     "pytest_qdm/options.py: module",
     "pytest_qdm/report/_format.py: module",
