@@ -208,7 +208,7 @@ def test_audit_drills_into_the_lowest_r_features():
 
 
 def test_labels_link_neuronpedia_and_keep_ids_without_a_tokenizer():
-    from pytest_qdm.report._format import token_texts
+    from pytest_qdm.report._drilldown import token_texts
     from pytest_qdm.stream.drilldown import Labels
 
     state = passes().whole.drilldown
@@ -227,7 +227,7 @@ def test_terminal_lists_the_most_damaged_features_within_80_columns():
     from rich.console import Console
 
     from pytest_qdm.report import render_report
-    from pytest_qdm.report._format import DRILLDOWN_SHOWN
+    from pytest_qdm.report._drilldown import DRILLDOWN_SHOWN
 
     report = tiny_report()
     console = Console(file=io.StringIO(), width=80, color_system=None)
@@ -242,7 +242,7 @@ def test_terminal_lists_the_most_damaged_features_within_80_columns():
 
 @pytest.mark.parametrize("width", [20, 40, 70])
 def test_context_line_keeps_the_peak_marked_within_width(width):
-    from pytest_qdm.report._format import context_line
+    from pytest_qdm.report._drilldown import context_line
     from pytest_qdm.schema.drilldown import Context
 
     tokens = ["a" * 30, " before", "\n", " peak", " after", "z" * 30]
