@@ -21,6 +21,7 @@ from pytest_qdm.analyse.retrain_checks import check_budget
 from pytest_qdm.analyse.sensitivity import check_focus, plan_target
 from pytest_qdm.compress.names import BIT_WIDTHS, condition_name, valid_bits
 from pytest_qdm.gate.thresholds import GateCheck
+from pytest_qdm.load.placement import Placement
 from pytest_qdm.options_families import (
     PPL_TOKENS_CAP,
     QUICK_PPL_TOKENS,
@@ -158,15 +159,19 @@ class QdmOptions(AnalysisOptions, GateOptions, SubjectOptions):
     @property
     def split(self) -> bool:
         """Whether the model is split across devices (--qdm-device-map / --qdm-max-memory)."""
-        return self.device_map is not None or self.max_memory is not None
+        return self.placement.split
 
     @property
-    def placement(self) -> dict[str, Any]:
-        """``backend``, ``device_map`` and ``max_memory`` as the model loaders take them
-        (only those given)."""
-        placed = {"device_map": self.device_map, "max_memory": self.max_memory}
-        placed["backend"] = self.backend
-        return {k: v for k, v in placed.items() if v is not None}
+    def placement(self) -> Placement:
+        """Where the model loads (--qdm-device, --qdm-dtype, --qdm-backend,
+        --qdm-device-map, --qdm-max-memory), as the model loaders take it."""
+        return Placement(
+            device=self.device,
+            dtype=self.dtype,
+            backend=self.backend,
+            device_map=self.device_map,
+            max_memory=self.max_memory,
+        )
 
     @property
     def gates(self) -> tuple[GateCheck, ...]:
