@@ -24,6 +24,8 @@ from pytest_qdm.compress.conditions import Condition, MagnitudePrune, Reference
 from pytest_qdm.progress import progress_bar, run_progress
 from pytest_qdm.run import phases
 from pytest_qdm.run import rows as rows_module
+from pytest_qdm.run.inputs import check_inputs, progress_plan, search_steps
+from pytest_qdm.run.perplexity_phase import perplexity_phase, pruning_phase
 from pytest_qdm.run.resume import Checkpoints
 from pytest_qdm.run.retrain_phase import retrain_phase, retrain_target
 from pytest_qdm.schema.protocol import ProtocolReport
@@ -54,13 +56,13 @@ def run_protocol(
     """
     started = time.perf_counter()
     config, cfg = config or AuditConfig(), protocol or ProtocolConfig()
-    inputs, fit = phases.check_inputs(
+    inputs, fit = check_inputs(
         model, sae, tokens, bits, match_bits, config, cfg, second_sae, extra_conditions
     )
     retrain_target(inputs)  # refused now, not after the long phases
     store = Checkpoints(checkpoints)
     done = store.load("perplexity")
-    plan = phases.progress_plan(inputs, second_sae, perplexity=done is None)
+    plan = progress_plan(inputs, second_sae, perplexity=done is None)
     with run_progress("QDM gate", plan, config.progress):
         return _run_phases(inputs, fit, second_sae, store, done, started)
 
@@ -69,10 +71,10 @@ def _run_phases(inputs, fit, second_sae, store, done, started) -> ProtocolReport
     """The phases after the input checks (inside the run's one progress display)."""
     config, cfg, match_bits = inputs.audit_config, inputs.protocol_config, inputs.match_bits
     if done is None:
-        n_measured = 1 + len(inputs.rtn) + len(inputs.extra) + phases.search_steps(inputs)
+        n_measured = 1 + len(inputs.rtn) + len(inputs.extra) + search_steps(inputs)
         with progress_bar("QDM perplexity", n_measured, config.progress) as tick:
-            measured = phases.perplexity_phase(inputs, tick)
-            pruning = phases.pruning_phase(inputs, measured, tick)
+            measured = perplexity_phase(inputs, tick)
+            pruning = pruning_phase(inputs, measured, tick)
         measured.release()
         store.save("perplexity", (measured, pruning))
     else:

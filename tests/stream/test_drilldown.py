@@ -56,6 +56,7 @@ def passes():
     from pytest_qdm.settings import AuditConfig
     from pytest_qdm.stream.engine import encode
     from pytest_qdm.stream.hooks import run_to_hook
+    from pytest_qdm.stream.inputs import PassSpec
     from pytest_qdm.stream.passes import run_pass, run_shards
 
     model, sae, token_set = tiny_subject()
@@ -66,7 +67,7 @@ def passes():
     prepared = prepare_conditions(model, conditions, hook, compute_loss=False)
 
     def run(rows):
-        return run_pass(model, sae, rows, conditions, prepared, hook, config)
+        return run_pass(PassSpec(model, sae, conditions, prepared, hook, config), rows)
 
     dense = {"reference": [], "rtn-int4": []}
     with torch.inference_mode():
@@ -82,7 +83,7 @@ def passes():
         whole=run(tokens),
         first=run(halves[0]),
         second=run(halves[1]),
-        shards=run_shards(model, sae, halves, conditions, prepared, hook, config),
+        shards=run_shards(PassSpec(model, sae, conditions, prepared, hook, config), halves),
         x=dense["reference"],
         y=dense["rtn-int4"],
     )
