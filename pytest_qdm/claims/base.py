@@ -153,6 +153,31 @@ def verdict(
     return passed, reason, end
 
 
+def judged(
+    claim: Claim,
+    condition: str,
+    reference: float,
+    reference_ci: tuple[float, float] | None,
+    outcome: tuple[bool, str, Literal["estimate", "lower", "upper"]],
+    **fields,
+) -> ClaimResult:
+    """The result of a claim judged on ``condition``: ``outcome`` is :func:`verdict`'s
+    (passed, one-line reason, interval end used); ``fields``: effect, ratio, gated, bound,
+    ci, detail."""
+    passed, message, end = outcome
+    return ClaimResult(
+        claim=claim.id,
+        kind=claim.kind,
+        condition=condition,
+        reference_effect=reference,
+        reference_ci=reference_ci,
+        gate_end=end,
+        status="holds" if passed else "fails",
+        message=message,
+        **fields,
+    )
+
+
 def no_reference_effect(
     claim: Claim, condition: str, reference: float, reference_ci, null: float, what: str, **fields
 ) -> ClaimResult:
