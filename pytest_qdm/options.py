@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
 
+from pytest_qdm.analyse.matched_pruning import check_match_bits
 from pytest_qdm.analyse.retrain_checks import check_budget
 from pytest_qdm.analyse.sensitivity import check_focus, plan_target
 from pytest_qdm.compress.names import BIT_WIDTHS, condition_name, valid_bits
@@ -83,10 +84,7 @@ class QdmOptions(AnalysisOptions, GateOptions, SubjectOptions):
             raise ValueError(
                 f"--qdm-bits must list bit widths in {BIT_WIDTHS}, got {list(self.bits)}"
             )
-        if self.match_bits is not None and self.match_bits not in self.bits:
-            raise ValueError(
-                f"--qdm-match-bits {self.match_bits} is not among --qdm-bits {list(self.bits)}"
-            )
+        check_match_bits(self.match_bits, self.bits)
         check_focus(self.match_bits, self.sensitivity)
         if self.retrain_sae:
             try:

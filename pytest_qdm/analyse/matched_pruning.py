@@ -17,6 +17,16 @@ from collections.abc import Callable
 from pytest_qdm.schema.analyses import PruningMatch, PruningStep
 
 
+def check_match_bits(match_bits: int | None, bits) -> None:
+    """Refuse a matched width that is not audited (one line): pruning is matched to the
+    perplexity of RTN at ``match_bits``, which the sweep must measure."""
+    if match_bits is not None and match_bits not in bits:
+        raise ValueError(
+            f"match_bits={match_bits} must be one of the audited bits {list(bits)} "
+            "(--qdm-match-bits must be among --qdm-bits)"
+        )
+
+
 def match_sparsity(
     perplexity_at: Callable[[float], float],
     target: float,

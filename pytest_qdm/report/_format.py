@@ -266,11 +266,6 @@ def overlap_line(report: ProtocolReport) -> str | None:
     )
 
 
-def focus_condition(report: ProtocolReport) -> str | None:
-    """The RTN condition the predictor and the pruning comparison are about."""
-    return report.predictor_condition
-
-
 def max_vif(report: ProtocolReport) -> str:
     """The largest variance inflation factor ('inf' when an input is perfectly collinear)."""
     values = list(report.predictor.vif.values())

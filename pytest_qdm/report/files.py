@@ -65,7 +65,7 @@ def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool,
     details = [
         ("Matched pruning", fmt.pruning_line(report)),
         ("Overlap", fmt.overlap_line(report)),
-        (f"Predictor (survival under {fmt.focus_condition(report)})", fmt.predictor_line(report)),
+        (f"Predictor (survival under {report.predictor_condition})", fmt.predictor_line(report)),
         ("Predictor caveat", fmt.predictor_caveat(report)),
         *((label[:1].upper() + label[1:], text) for label, text in fmt.stability_lines(report)),
     ]

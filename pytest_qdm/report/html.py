@@ -205,7 +205,7 @@ def html_report(
     details = [
         ("Matched pruning", fmt.pruning_line(report)),
         ("Overlap", fmt.overlap_line(report)),
-        (f"Predictor (survival under {fmt.focus_condition(report)})", fmt.predictor_line(report)),
+        (f"Predictor (survival under {report.predictor_condition})", fmt.predictor_line(report)),
         *fmt.stability_lines(report),
     ]
     items = "".join(

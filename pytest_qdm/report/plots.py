@@ -110,7 +110,7 @@ def _plot_correlation_hist(report: ProtocolReport, plt) -> Figure:
 def _plot_survival_by_peak_quartile(report: ProtocolReport, plt) -> Figure:
     from pytest_qdm.analyse.predictor import quantile_bins
 
-    audit, focus = report.audit, fmt.focus_condition(report)
+    audit, focus = report.audit, report.predictor_condition
     active = audit.reference.active
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if focus is not None and active.any():

@@ -120,7 +120,7 @@ def _pruning(report: ProtocolReport) -> Table | None:
 
 def _predictor(report: ProtocolReport) -> Table:
     caveat = Text(fmt.predictor_caveat(report), style="yellow")
-    title = f"Fragility predictor (survival under {fmt.focus_condition(report)})"
+    title = f"Fragility predictor (survival under {report.predictor_condition})"
     return _key_values(title, [("status", fmt.predictor_line(report)), ("caveat", caveat)])
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pytest_qdm.analyse.matched_pruning import check_match_bits
 from pytest_qdm.analyse.sae_fit import ADVICE, check_sae_fit
 from pytest_qdm.analyse.sae_pruning import check_prune_fractions
 from pytest_qdm.analyse.sensitivity import check_focus
@@ -72,8 +73,7 @@ def check_inputs(
     domains = RowDomains.of_tokens(tokens)
     tokens = as_token_tensor(tokens)
     rtn = [RTN(b) for b in bits]
-    if match_bits is not None and match_bits not in bits:
-        raise ValueError(f"match_bits={match_bits} must be one of the audited bits {list(bits)}")
+    check_match_bits(match_bits, bits)
     check_focus(match_bits, cfg.sensitivity)
     validate_conditions([Reference(), *rtn, *extra])
     hook = resolve_hook(model, sae, config)
