@@ -153,6 +153,21 @@ def verdict(
     return passed, reason, end
 
 
+def claim_result(
+    claim: Claim, condition: str, reference: float, reference_ci, **fields
+) -> ClaimResult:
+    """``claim``'s result on ``condition`` with its reference effect and interval; ``fields``:
+    the rest of :class:`~pytest_qdm.schema.claims.ClaimResult` (status, message, effect, ...)."""
+    return ClaimResult(
+        claim=claim.id,
+        kind=claim.kind,
+        condition=condition,
+        reference_effect=reference,
+        reference_ci=reference_ci,
+        **fields,
+    )
+
+
 def judged(
     claim: Claim,
     condition: str,
@@ -165,17 +180,11 @@ def judged(
     (passed, one-line reason, interval end used); ``fields``: effect, ratio, gated, bound,
     ci, detail."""
     passed, message, end = outcome
-    return ClaimResult(
-        claim=claim.id,
-        kind=claim.kind,
-        condition=condition,
-        reference_effect=reference,
-        reference_ci=reference_ci,
-        gate_end=end,
-        status="holds" if passed else "fails",
-        message=message,
+    status = "holds" if passed else "fails"
+    return claim_result(
+        claim, condition, reference, reference_ci, gate_end=end, status=status, message=message,
         **fields,
-    )
+    )  # fmt: skip
 
 
 def no_reference_effect(
@@ -184,18 +193,13 @@ def no_reference_effect(
     """The result of a claim whose reference effect is not clearly above ``null``: the
     interval includes it, so there is nothing for compression to keep."""
     shown = "n/a" if reference_ci is None else f"[{reference_ci[0]:.4g}, {reference_ci[1]:.4g}]"
-    return ClaimResult(
-        claim=claim.id,
-        kind=claim.kind,
-        condition=condition,
-        reference_effect=reference,
-        reference_ci=reference_ci,
-        status="no reference effect",
-        message=(
-            f"{claim.id}: no reference effect ({what} {reference:.4g}, 95% interval {shown} "
-            f"does not exclude {null:g}); the claim does not hold on the reference model"
-        ),
-        **fields,
+    message = (
+        f"{claim.id}: no reference effect ({what} {reference:.4g}, 95% interval {shown} "
+        f"does not exclude {null:g}); the claim does not hold on the reference model"
+    )
+    status = "no reference effect"
+    return claim_result(
+        claim, condition, reference, reference_ci, status=status, message=message, **fields
     )
 
 
