@@ -9,7 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from pytest_qdm.options import Kind, QdmOptions, option_fields
+from pytest_qdm.options import QdmOptions, option_fields
+from pytest_qdm.options_values import Kind
 
 
 def _split(value: Any) -> list[str]:

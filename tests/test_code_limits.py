@@ -10,26 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "pytest_qdm"
 MODULE_LINES, FUNCTION_LINES, DOCSTRING_LINES = 400, 80, 15
 
-KNOWN: set[str] = {
-    "pytest_qdm/analyse/matched_pruning.py: match_sparsity",
-    "pytest_qdm/analyse/perplexity.py: chunked_perplexity",
-    "pytest_qdm/analyse/perplexity.py: docstring",
-    "pytest_qdm/analyse/perplexity.py: sliding_window_perplexity",
-    "pytest_qdm/analyse/predictor.py: docstring",
-    "pytest_qdm/analyse/predictor.py: fit_survival_predictor",
-    "pytest_qdm/analyse/sae_fit.py: check_sae_fit",
-    "pytest_qdm/load/checkpoints.py: docstring",
-    "pytest_qdm/load/models.py: module",
-    "pytest_qdm/load/tokens.py: docstring",
-    "pytest_qdm/options.py: module",
-    "pytest_qdm/report/_format.py: module",
-    "pytest_qdm/run/phases.py: module",
-    "pytest_qdm/run/protocol.py: docstring",
-    "pytest_qdm/run/resume.py: docstring",
-    "pytest_qdm/stream/engine.py: module",
-    "pytest_qdm/stream/lenses.py: docstring",
-    "pytest_qdm/stream/two_phase.py: docstring",
-}
+KNOWN: set[str] = set()
 
 
 def over_limits() -> set[str]:

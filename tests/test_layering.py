@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("claims",),
     ("report",),
     ("gate.thresholds", "gate.confidence"),
-    ("options", "options_parse", "options_doc"),
+    ("options", "options_values", "options_families", "options_parse", "options_doc"),
     ("gate", "assertions"),
     ("plugin", ""),
 ]

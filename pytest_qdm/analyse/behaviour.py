@@ -28,7 +28,6 @@ from pytest_qdm.schema.behaviour import BehaviourResult
 TOP_K = 10
 CHUNK = 256  # positions per float64 step
 IN_MEMORY_BYTES = 1 << 30
-BEHAVIOUR_MASKS = "behaviour_masks_damage"
 METRICS = ("kl", "kl_reverse", "top1_agreement", "topk_token_overlap", "top_prob_change")
 
 
@@ -204,7 +203,7 @@ def behaviour_findings(rows, cfg) -> list:
     """``behaviour_masks_damage`` for each row whose mean KL and top-1 agreement stay within
     ``cfg.masks_kl_bound`` / ``cfg.masks_top1_bound`` while survival is below
     ``cfg.masks_survival_bound`` (docs/definitions.md, "Behaviour masks damage")."""
-    from pytest_qdm.schema.protocol import Finding
+    from pytest_qdm.schema.protocol import BEHAVIOUR_MASKS, Finding
 
     findings = []
     for row in rows:

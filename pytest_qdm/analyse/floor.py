@@ -4,9 +4,7 @@ conditions, and the compressed conditions whose survival is within its reach."""
 from __future__ import annotations
 
 from pytest_qdm.compress.noise_floor import FLOOR_PREFIX
-from pytest_qdm.schema.protocol import WITHIN_NOISE_FLOOR, Finding, SweepRow
-
-NOISE_FLOOR = "noise_floor"
+from pytest_qdm.schema.protocol import NOISE_FLOOR, WITHIN_NOISE_FLOOR, Finding, SweepRow
 
 
 def floor_findings(rows: list[SweepRow]) -> list[Finding]:

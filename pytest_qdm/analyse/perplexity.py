@@ -1,21 +1,15 @@
 """Token-level perplexity, exp(mean cross-entropy), under two explicit protocols.
 
-Perplexity (PPL) is token-weighted: the negative log-likelihoods (NLL) of every scored
-position are summed in float64 and divided by their count. BOS (beginning-of-sequence)
-handling is explicit and recorded in the result (docs/definitions.md, "Perplexity").
+Perplexity is token-weighted: the negative log-likelihoods of every scored position are
+summed in float64 and divided by their count; BOS handling is explicit and recorded.
 
-- Chunked: non-overlapping blocks [n, ctx]; each block is one forward pass and position j
-  is predicted from positions < j of the same block.
-- Sliding window: a 1-D token stream, windows of ``window`` tokens advanced by ``stride``;
+- Chunked: non-overlapping blocks [n, ctx], one forward each; position j is predicted from
+  positions < j of the same block.
+- Sliding window: windows of ``window`` tokens advanced by ``stride`` over a 1-D stream;
   each window scores only the positions it newly introduces.
 
-A compressed condition is evaluated on the same tokens with its weights swapped in, e.g.
-``with applied(model, condition.compressed_weights(model)): chunked_perplexity(...)``, which
-is what :func:`perplexity_under` does.
-
-Under an initialised torch.distributed process group both are collective (call them on
-every rank): each rank scores a share of the batches and the sums are added in rank order
-(docs/distributed.md).
+A condition is scored with its weights swapped in (:func:`perplexity_under`). Under
+torch.distributed both are collective (docs/definitions.md, "Perplexity").
 """
 
 from __future__ import annotations
@@ -141,6 +135,57 @@ def _domain_result(total: float, count: int) -> DomainPerplexity:
     )
 
 
+def _checked_blocks(
+    model: HookedTransformer, tokens: torch.Tensor, bos_in_tokens: bool, batch_size: int
+) -> int | None:
+    """Checks the arguments of :func:`chunked_perplexity`; the BOS id of column 0, if any."""
+    if not isinstance(bos_in_tokens, bool):
+        raise TypeError(f"bos_in_tokens must be True or False, got {bos_in_tokens!r}")
+    _check_int("batch_size", batch_size, 1)
+    _check_tokens(model, tokens, 2, "tokens (chunked blocks [n, ctx])")
+    n_blocks, ctx = tokens.shape
+    if n_blocks < 1 or ctx < 2:
+        raise ValueError(f"tokens must have shape [n >= 1, ctx >= 2], got {tuple(tokens.shape)}")
+    _check_context(model, ctx, "the block length")
+    if not bos_in_tokens:
+        return None
+    first = tokens[:, 0]
+    if bool((first != first[0]).any()):
+        raise ValueError(
+            "bos_in_tokens=True but column 0 holds several different ids "
+            f"({sorted(set(first.tolist()))[:5]}...); expected one BOS id in every row"
+        )
+    return int(first[0])
+
+
+def _score_blocks(
+    model: HookedTransformer,
+    tokens: torch.Tensor,
+    batch_size: int,
+    observer: BatchObserver | None,
+    domains: RowDomains | None,
+) -> tuple[float, int, torch.Tensor, torch.Tensor]:
+    """This rank's share of the blocks: NLL sum and count, in total and per domain."""
+    import torch
+
+    from pytest_qdm.stream.distributed import local_share
+
+    names = domains.names if domains is not None else ()
+    total, count = 0.0, 0
+    by_domain = torch.zeros(len(names), dtype=torch.float64)
+    counted = torch.zeros(len(names), dtype=torch.long)
+    with torch.inference_mode():
+        for start in local_share(range(0, tokens.shape[0], batch_size)):
+            nll = _token_nll(model, tokens[start : start + batch_size], observer)
+            total += float(nll.double().sum())
+            count += nll.numel()
+            if domains is not None:
+                codes = domains.codes[start : start + nll.shape[0]]
+                by_domain.index_add_(0, codes, nll.double().sum(1))
+                counted.index_add_(0, codes, torch.full_like(codes, nll.shape[1]))
+    return total, count, by_domain, counted
+
+
 def chunked_perplexity(
     model: HookedTransformer,
     tokens: torch.Tensor,
@@ -162,45 +207,14 @@ def chunked_perplexity(
     every corpus token is scored. ``False``: column 0 is a corpus token, and the first
     token of each block is not scored (it has no context).
     """
-    import torch
+    from pytest_qdm.stream.distributed import summed
 
-    if not isinstance(bos_in_tokens, bool):
-        raise TypeError(f"bos_in_tokens must be True or False, got {bos_in_tokens!r}")
-    _check_int("batch_size", batch_size, 1)
-    _check_tokens(model, tokens, 2, "tokens (chunked blocks [n, ctx])")
+    bos_token_id = _checked_blocks(model, tokens, bos_in_tokens, batch_size)
     n_blocks, ctx = tokens.shape
-    if n_blocks < 1 or ctx < 2:
-        raise ValueError(f"tokens must have shape [n >= 1, ctx >= 2], got {tuple(tokens.shape)}")
-    _check_context(model, ctx, "the block length")
-    bos_token_id = None
-    if bos_in_tokens:
-        first = tokens[:, 0]
-        if bool((first != first[0]).any()):
-            raise ValueError(
-                "bos_in_tokens=True but column 0 holds several different ids "
-                f"({sorted(set(first.tolist()))[:5]}...); expected one BOS id in every row"
-            )
-        bos_token_id = int(first[0])
-    from pytest_qdm.stream.distributed import local_share, summed
-
     names = domains.names if domains is not None else ()
-
-    def score() -> tuple[float, int, torch.Tensor, torch.Tensor]:
-        total, count = 0.0, 0
-        by_domain = torch.zeros(len(names), dtype=torch.float64)
-        counted = torch.zeros(len(names), dtype=torch.long)
-        with torch.inference_mode():
-            for start in local_share(range(0, n_blocks, batch_size)):  # this rank's share
-                nll = _token_nll(model, tokens[start : start + batch_size], observer)
-                total += float(nll.double().sum())
-                count += nll.numel()
-                if domains is not None:
-                    codes = domains.codes[start : start + nll.shape[0]]
-                    by_domain.index_add_(0, codes, nll.double().sum(1))
-                    counted.index_add_(0, codes, torch.full_like(codes, nll.shape[1]))
-        return total, count, by_domain, counted
-
-    total, count, by_domain, counted = summed(score)
+    total, count, by_domain, counted = summed(
+        lambda: _score_blocks(model, tokens, batch_size, observer, domains)
+    )
     if observer is not None:
         observer.sum_over_ranks()
     if bos_in_tokens:
@@ -249,6 +263,63 @@ def _windows(n_ids: int, span: int, stride: int, offset: int) -> Iterator[tuple[
         yield start, end - start + offset
 
 
+def _checked_stream(
+    model: HookedTransformer,
+    ids: torch.Tensor,
+    window: int,
+    stride: int,
+    bos_token_id: int | None,
+    batch_size: int,
+) -> None:
+    """Checks the arguments of :func:`sliding_window_perplexity` (one line per mistake)."""
+    _check_int("window", window, 2)
+    _check_int("stride", stride, 1)
+    _check_int("batch_size", batch_size, 1)
+    if bos_token_id is not None:
+        _check_int("bos_token_id", bos_token_id, 0)
+    _check_tokens(model, ids, 1, "ids (a token stream)")
+    offset = 0 if bos_token_id is None else 1
+    span = window - offset
+    if stride > span:
+        raise ValueError(
+            f"stride={stride} would skip tokens: it must be at most the {span} corpus "
+            f"tokens of a window (window={window}" + (", one of them BOS)" if offset else ")")
+        )
+    _check_context(model, window, "the window")
+    n_ids = ids.numel()
+    if n_ids < 2 - offset:
+        raise ValueError(f"ids holds {n_ids} tokens; at least {2 - offset} are needed")
+
+
+def _score_windows(
+    model: HookedTransformer,
+    ids: torch.Tensor,
+    plan: list[tuple[int, int]],
+    span: int,
+    bos_token_id: int | None,
+    batch_size: int,
+) -> tuple[float, int]:
+    """This rank's share of the windows: the NLL sum and count of the positions each scores."""
+    import torch
+
+    from pytest_qdm.stream.distributed import local_share
+
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for first in local_share(range(0, len(plan), batch_size)):
+            chunk = plan[first : first + batch_size]
+            rows = torch.stack([ids[s : s + span] for s, _ in chunk])
+            if bos_token_id is not None:
+                bos = torch.full((rows.shape[0], 1), bos_token_id, dtype=rows.dtype)
+                rows = torch.cat([bos, rows], dim=1)
+            nll = _token_nll(model, rows)  # column j-1 is the NLL of window index j
+            positions = torch.arange(1, rows.shape[1]).unsqueeze(0)
+            scored = positions >= torch.tensor([j for _, j in chunk]).unsqueeze(1)
+            total += float(nll.double()[scored].sum())
+            count += int(scored.sum())
+    return total, count
+
+
 def sliding_window_perplexity(
     model: HookedTransformer,
     ids: torch.Tensor,
@@ -274,46 +345,15 @@ def sliding_window_perplexity(
     Without BOS, ``stride == window`` gives the blocks of the chunked protocol without
     BOS (the first token of each window is then not scored).
     """
-    import torch
+    from pytest_qdm.stream.distributed import summed
 
-    _check_int("window", window, 2)
-    _check_int("stride", stride, 1)
-    _check_int("batch_size", batch_size, 1)
-    if bos_token_id is not None:
-        _check_int("bos_token_id", bos_token_id, 0)
-    _check_tokens(model, ids, 1, "ids (a token stream)")
+    _checked_stream(model, ids, window, stride, bos_token_id, batch_size)
     offset = 0 if bos_token_id is None else 1
     span = window - offset
-    if stride > span:
-        raise ValueError(
-            f"stride={stride} would skip tokens: it must be at most the {span} corpus "
-            f"tokens of a window (window={window}" + (", one of them BOS)" if offset else ")")
-        )
-    _check_context(model, window, "the window")
     n_ids = ids.numel()
-    if n_ids < 2 - offset:
-        raise ValueError(f"ids holds {n_ids} tokens; at least {2 - offset} are needed")
     ids = ids.to("cpu")
     plan = list(_windows(n_ids, span, stride, offset))
-    from pytest_qdm.stream.distributed import local_share, summed
-
-    def score() -> tuple[float, int]:
-        total, count = 0.0, 0
-        with torch.inference_mode():
-            for first in local_share(range(0, len(plan), batch_size)):  # this rank's share
-                chunk = plan[first : first + batch_size]
-                rows = torch.stack([ids[s : s + span] for s, _ in chunk])
-                if offset:
-                    bos = torch.full((rows.shape[0], 1), bos_token_id, dtype=rows.dtype)
-                    rows = torch.cat([bos, rows], dim=1)
-                nll = _token_nll(model, rows)  # column j-1 is the NLL of window index j
-                positions = torch.arange(1, rows.shape[1]).unsqueeze(0)
-                scored = positions >= torch.tensor([j for _, j in chunk]).unsqueeze(1)
-                total += float(nll.double()[scored].sum())
-                count += int(scored.sum())
-        return total, count
-
-    total, count = summed(score)
+    total, count = summed(lambda: _score_windows(model, ids, plan, span, bos_token_id, batch_size))
     if offset:
         how = f"each window is BOS (id {bos_token_id}) + up to {span} corpus tokens"
     elif stride == span:

@@ -1,21 +1,11 @@
 """Fragility predictor: can reference statistics alone tell which features survive?
 
-A logistic regression on four inputs computed from the reference (FP) statistics of each
-feature (docs/definitions.md, "Reference statistics", "Fragility predictor"):
-
-- rarity = -log(max(p, 1e-8)), p the reference firing rate;
-- log mean = log(max(mean, 1e-8)), mean the activation averaged over ALL tokens (zeros
-  included); the floor only matters for features that (almost) never fire;
-- log max = log(max(max, 1e-8));
-- log concentration = log(max(max / mean, 1)) on the floored values.
-
-The inputs are collinear by construction: activations are non-negative, so max >= mean and
-log concentration = log max - log mean exactly. The variance inflation factors (VIF) in the
-result show it; the standardized coefficients are therefore not individually
-interpretable, only the cross-validated AUC (area under the ROC curve) is.
-
-Standardization is fitted inside each cross-validation fold (a scikit-learn Pipeline). The
-reference study fitted its scaler on all data before cross-validating, a (small) leak.
+A logistic regression on four inputs from each feature's reference statistics: rarity,
+log mean, log max and log concentration (docs/definitions.md, "Reference statistics and
+fragility predictor", has the formulas and floors). The inputs are collinear by
+construction (log concentration = log max - log mean), so only the cross-validated AUC is
+interpretable, not the coefficients; the variance inflation factors in the result show it.
+Standardization is fitted inside each fold (a scikit-learn Pipeline).
 """
 
 from __future__ import annotations
@@ -110,6 +100,28 @@ def _pipeline():
     return Pipeline([("scale", StandardScaler()), ("logistic", LogisticRegression(C=1.0))])
 
 
+def _labels(survived, n_features: int) -> np.ndarray:
+    """``survived`` checked (1-D, boolean or 0/1, one per feature) as int64 labels."""
+    labels = np.asarray(survived)
+    if labels.ndim != 1 or len(labels) != n_features:
+        raise ValueError(
+            f"survived must be 1-D with one entry per feature ({n_features}), "
+            f"got shape {labels.shape}"
+        )
+    if labels.dtype != bool and not np.isin(labels, (0, 1)).all():
+        raise ValueError("survived must be boolean or 0/1")
+    return labels.astype(np.int64)
+
+
+def _collinearity_note(vif: dict[str, float | None]) -> str:
+    """A sentence warning that the coefficients are not separable, where a VIF is over 10."""
+    values = list(vif.values())
+    if not any(v is None or v > 10 for v in values):
+        return ""
+    shown = ", ".join("inf" if v is None else f"{v:.3g}" for v in values)
+    return f" Inputs are collinear (VIF {shown}): do not read coefficients one by one."
+
+
 def fit_survival_predictor(
     firing_rate,
     mean_activation,
@@ -131,14 +143,7 @@ def fit_survival_predictor(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an integer, got {seed!r}")
     x = predictor_inputs(firing_rate, mean_activation, max_activation)
-    labels = np.asarray(survived)
-    if labels.ndim != 1 or len(labels) != len(x):
-        raise ValueError(
-            f"survived must be 1-D with one entry per feature ({len(x)}), got shape {labels.shape}"
-        )
-    if labels.dtype != bool and not np.isin(labels, (0, 1)).all():
-        raise ValueError("survived must be boolean or 0/1")
-    y = labels.astype(np.int64)
+    y = _labels(survived, len(x))
     n, n_pos = len(y), int(y.sum())
     base = {
         "inputs": list(INPUT_NAMES),
@@ -149,11 +154,7 @@ def fit_survival_predictor(
         "quartiles": _quartiles(x, y.astype(float)) if n else [],
         "vif": variance_inflation(x),
     }
-    vif_values = list(base["vif"].values())
-    collinear = ""
-    if any(v is None or v > 10 for v in vif_values):
-        shown = ", ".join("inf" if v is None else f"{v:.3g}" for v in vif_values)
-        collinear = f" Inputs are collinear (VIF {shown}): do not read coefficients one by one."
+    collinear = _collinearity_note(base["vif"])
     if n_pos in (0, n):
         return PredictorResult(
             status="one_class",

@@ -20,6 +20,7 @@ from pytest_qdm.schema.analyses import SaeFit
 from pytest_qdm.stream.hooks import hook_activations
 
 if TYPE_CHECKING:
+    import torch
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
@@ -28,6 +29,32 @@ ADVICE = (
     "writing weights) while the SAE was trained on unprocessed ones, or the reverse? Load "
     "the model with pytest_qdm.load.models.load_model (unprocessed) and the SAE made for it."
 )
+
+
+def _reconstruction_sums(sae: SAE, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 sums over activations ``acts`` [n, d_in]: squared error, ||x||^2, ||x||,
+    ||x_hat||, L0 (in that order), and the sum of x."""
+    import torch
+
+    sums = torch.zeros(5, dtype=torch.float64)  # err^2, ||x||^2, ||x||, ||x_hat||, L0
+    sum_x = torch.zeros(acts.shape[1], dtype=torch.float64)
+    with torch.inference_mode():
+        for chunk in acts.split(512):
+            x = chunk.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
+            features = sae.encode(x)
+            x_hat = sae.decode(features).double().cpu()  # decode undoes encode's state
+            x = x.double().cpu()
+            sums += torch.stack(
+                [
+                    ((x - x_hat) ** 2).sum(),
+                    (x**2).sum(),
+                    x.norm(dim=-1).sum(),
+                    x_hat.norm(dim=-1).sum(),
+                    (features > 0).sum().double().cpu(),
+                ]
+            )
+            sum_x += x.sum(0)
+    return sums, sum_x
 
 
 def check_sae_fit(
@@ -64,25 +91,8 @@ def check_sae_fit(
             f"activations at {hook_name!r} have shape {tuple(acts.shape[1:])} but the SAE "
             f"expects d_in={d_in}. {ADVICE}"
         )
-    sums = torch.zeros(5, dtype=torch.float64)  # err^2, ||x||^2, ||x||, ||x_hat||, L0
-    sum_x = torch.zeros(d_in, dtype=torch.float64)
-    with torch.inference_mode():
-        for chunk in acts.reshape(len(acts), d_in).split(512):
-            x = chunk.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
-            features = sae.encode(x)
-            x_hat = sae.decode(features).double().cpu()  # decode undoes encode's state
-            x = x.double().cpu()
-            sums += torch.stack(
-                [
-                    ((x - x_hat) ** 2).sum(),
-                    (x**2).sum(),
-                    x.norm(dim=-1).sum(),
-                    x_hat.norm(dim=-1).sum(),
-                    (features > 0).sum().double().cpu(),
-                ]
-            )
-            sum_x += x.sum(0)
-        b_dec_norm = float(sae.b_dec.double().norm())
+    sums, sum_x = _reconstruction_sums(sae, acts.reshape(len(acts), d_in))
+    b_dec_norm = float(sae.b_dec.detach().double().norm())
     n = len(acts)
     total = float(sums[1] - (sum_x @ sum_x) / n)  # sum ||x - mean||^2
     ev = 1 - float(sums[0]) / total if total > 0 else float("nan")

@@ -153,24 +153,53 @@ def verdict(
     return passed, reason, end
 
 
-def no_reference_effect(
-    claim: Claim, condition: str, reference: float, reference_ci, null: float, what: str, **fields
+def claim_result(
+    claim: Claim, condition: str, reference: float, reference_ci, **fields
 ) -> ClaimResult:
-    """The result of a claim whose reference effect is not clearly above ``null``: the
-    interval includes it, so there is nothing for compression to keep."""
-    shown = "n/a" if reference_ci is None else f"[{reference_ci[0]:.4g}, {reference_ci[1]:.4g}]"
+    """``claim``'s result on ``condition`` with its reference effect and interval; ``fields``:
+    the rest of :class:`~pytest_qdm.schema.claims.ClaimResult` (status, message, effect, ...)."""
     return ClaimResult(
         claim=claim.id,
         kind=claim.kind,
         condition=condition,
         reference_effect=reference,
         reference_ci=reference_ci,
-        status="no reference effect",
-        message=(
-            f"{claim.id}: no reference effect ({what} {reference:.4g}, 95% interval {shown} "
-            f"does not exclude {null:g}); the claim does not hold on the reference model"
-        ),
         **fields,
+    )
+
+
+def judged(
+    claim: Claim,
+    condition: str,
+    reference: float,
+    reference_ci: tuple[float, float] | None,
+    outcome: tuple[bool, str, Literal["estimate", "lower", "upper"]],
+    **fields,
+) -> ClaimResult:
+    """The result of a claim judged on ``condition``: ``outcome`` is :func:`verdict`'s
+    (passed, one-line reason, interval end used); ``fields``: effect, ratio, gated, bound,
+    ci, detail."""
+    passed, message, end = outcome
+    status = "holds" if passed else "fails"
+    return claim_result(
+        claim, condition, reference, reference_ci, gate_end=end, status=status, message=message,
+        **fields,
+    )  # fmt: skip
+
+
+def no_reference_effect(
+    claim: Claim, condition: str, reference: float, reference_ci, null: float, what: str, **fields
+) -> ClaimResult:
+    """The result of a claim whose reference effect is not clearly above ``null``: the
+    interval includes it, so there is nothing for compression to keep."""
+    shown = "n/a" if reference_ci is None else f"[{reference_ci[0]:.4g}, {reference_ci[1]:.4g}]"
+    message = (
+        f"{claim.id}: no reference effect ({what} {reference:.4g}, 95% interval {shown} "
+        f"does not exclude {null:g}); the claim does not hold on the reference model"
+    )
+    status = "no reference effect"
+    return claim_result(
+        claim, condition, reference, reference_ci, status=status, message=message, **fields
     )
 
 

@@ -18,6 +18,7 @@ from pytest_qdm.claims.base import (
     ClaimContext,
     bootstrap_ci,
     clearly_above,
+    judged,
     no_reference_effect,
     ratio,
     verdict,
@@ -115,18 +116,16 @@ class Detects(Claim):
         ]
         failed = [o for o in outcomes if not o[0][0]]
         (passed, _, end), gated, ci, bound, up = (failed or outcomes)[0]
-        return ClaimResult(
-            claim=self.id,
-            kind=self.kind,
-            condition=condition,
-            reference_effect=ref,
-            reference_ci=ref_ci,
+        message = "; ".join(o[0][1] for o in outcomes)
+        return judged(
+            self,
+            condition,
+            ref,
+            ref_ci,
+            (passed, message, end),
             gated=gated,
             ci=ci,
             bound=f"{'>=' if up else '<='} {bound:g}",
-            gate_end=end,
-            status="holds" if passed else "fails",
-            message="; ".join(o[0][1] for o in outcomes),
             **common,
         )
 

@@ -21,6 +21,7 @@ from pytest_qdm.claims.base import (
     ClaimContext,
     bootstrap_ci,
     clearly_above,
+    judged,
     no_reference_effect,
     ratio,
     verdict,
@@ -103,15 +104,11 @@ class Probe(Claim):
                 self, condition, ref_value, ref_ci, metric.chance, what, **common
             )
         ci = bootstrap_ci(metric.resampled(scores), metric.sizes, self.resamples)
-        passed, message, end = verdict(
+        outcome = verdict(
             self, condition=condition, value=effect, ci=ci, bound=self.min_score,
             at_least=True, gated=self.metric,
         )  # fmt: skip
-        return ClaimResult(
-            claim=self.id, kind=self.kind, condition=condition, reference_effect=ref_value,
-            reference_ci=ref_ci, ci=ci, gate_end=end, status="holds" if passed else "fails",
-            message=message, **common,
-        )  # fmt: skip
+        return judged(self, condition, ref_value, ref_ci, outcome, ci=ci, **common)
 
     def scores(self, probe, features: np.ndarray) -> np.ndarray:
         """Predicted labels (accuracy) or positive-class probabilities (AUROC)."""

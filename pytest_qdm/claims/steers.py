@@ -17,6 +17,7 @@ from pytest_qdm.claims.base import (
     ClaimContext,
     bootstrap_ci,
     clearly_above,
+    judged,
     no_reference_effect,
     ratio,
     verdict,
@@ -89,7 +90,7 @@ def judge_paired_effect(
         lambda i: compressed[i].mean(-1) / reference[i].mean(-1), n, claim.resamples
     )
     effect_ci = bootstrap_ci(lambda i: compressed[i].mean(-1), n, claim.resamples)
-    passed, message, end = verdict(
+    outcome = verdict(
         claim,
         condition=condition,
         value=common["ratio"],
@@ -98,16 +99,13 @@ def judge_paired_effect(
         at_least=True,
         gated="ratio",
     )
-    return ClaimResult(
-        claim=claim.id,
-        kind=claim.kind,
-        condition=condition,
-        reference_effect=ref_mean,
-        reference_ci=ref_ci,
+    return judged(
+        claim,
+        condition,
+        ref_mean,
+        ref_ci,
+        outcome,
         ci=ratio_ci,
-        gate_end=end,
-        status="holds" if passed else "fails",
-        message=message,
         detail={
             "effect_ci_low": effect_ci and effect_ci[0],
             "effect_ci_high": effect_ci and effect_ci[1],

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pytest_qdm.claims.base import Claim, ClaimContext, no_reference_effect, verdict
+from pytest_qdm.claims.base import Claim, ClaimContext, judged, no_reference_effect, verdict
 from pytest_qdm.schema.claims import ClaimResult
 
 
@@ -43,11 +43,8 @@ class Survives(Claim):
             return no_reference_effect(
                 self, condition, 1.0, None, 0.0, f"features {inactive} inactive; r", **common
             )
-        passed, message, end = verdict(
+        outcome = verdict(
             self, condition=condition, value=worst, ci=None, bound=self.min_r, at_least=True,
             gated="min r",
         )  # fmt: skip
-        return ClaimResult(
-            claim=self.id, kind=self.kind, condition=condition, reference_effect=1.0,
-            status="holds" if passed else "fails", message=message, gate_end=end, **common,
-        )  # fmt: skip
+        return judged(self, condition, 1.0, None, outcome, **common)

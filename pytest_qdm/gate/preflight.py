@@ -56,8 +56,7 @@ def _check_placement(options: QdmOptions) -> None:
             "per node (torchrun --nproc-per-node 1), or drop the split"
         )
     from pytest_qdm.load.hub import local_dir
-    from pytest_qdm.load.models import resolve_device, resolve_dtype
-    from pytest_qdm.load.placement import plan_device_map
+    from pytest_qdm.load.placement import plan_device_map, resolve_device, resolve_dtype
     from pytest_qdm.load.presets import get_preset, preset_for_model, preset_names
     from pytest_qdm.zoo.tiny import weights_dir
 

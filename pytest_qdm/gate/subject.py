@@ -3,10 +3,11 @@ candidates (:func:`load_subject`), and the noise-floor conditions (:func:`floors
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from pytest_qdm.load.models import load_model, resolve_device, resolve_dtype
+from pytest_qdm.load.models import load_model
+from pytest_qdm.load.placement import Placement, resolve_device, resolve_dtype
 from pytest_qdm.load.presets import get_preset, preset_names
 from pytest_qdm.load.saes import load_sae
 from pytest_qdm.load.subject import load_preset
@@ -35,17 +36,16 @@ def load_subject(options: QdmOptions) -> Subject:
     spec = options.model
     preset = get_preset(spec) if spec in preset_names() else None
     second = None
-    placement = {**options.placement, "cache_dir": options.cache_dir}
+    placement, cache_dir = options.placement, options.cache_dir
     if preset is not None and not options.sae:
-        loaded = load_preset(preset, device=options.device, dtype=options.dtype, **placement)
+        loaded = load_preset(preset, placement, cache_dir=cache_dir)
         model, sae, sae_name = loaded.model, loaded.sae, f"{preset.sae_release}/{preset.sae_id}"
         second = next((s for h, s in loaded.saes.items() if h != preset.hook_name), None)
     else:  # a preset's model with the user's SAE: the preset's SAEs are not loaded
         device = resolve_device(options.device)
         dtype = resolve_dtype(options.dtype, device, preset) if preset else options.dtype
-        model = load_model(
-            preset.model if preset else spec, device=device, dtype=dtype, **placement
-        )
+        where = replace(placement, device=device, dtype=dtype)
+        model = load_model(preset.model if preset else spec, where, cache_dir=cache_dir)
     if options.sae:
         sae, sae_name, second = load_sae(options.sae, device=options.device), options.sae, None
     elif preset is None:
@@ -65,11 +65,14 @@ def load_subject(options: QdmOptions) -> Subject:
     candidates = [
         Candidate.from_pretrained(
             path,
-            device=options.device,
-            dtype=model.cfg.dtype,
             path=options.candidate_path,
             tokenizer=model.tokenizer,  # the forward path's, where the folder has none
-            **{**placement, "backend": "bridge" if is_bridge(model) else None},
+            cache_dir=cache_dir,
+            placement=replace(
+                placement,
+                dtype=model.cfg.dtype,
+                backend="bridge" if is_bridge(model) else None,
+            ),
         )
         for path in options.candidates
     ]
@@ -91,7 +94,6 @@ def floors_for(options: QdmOptions, model) -> list[NoiseFloor]:
     other = None
     if not options.split:
         backend = "hooked" if is_bridge(model) else "bridge"
-        other = load_model(
-            options.model, device=options.device, dtype=model.cfg.dtype, backend=backend
-        )
+        where = Placement(device=options.device, dtype=model.cfg.dtype, backend=backend)
+        other = load_model(options.model, where)
     return noise_floor(model, other)

@@ -2,30 +2,16 @@
 library reads it, and the two ways the audit reaches the compressed computation.
 
 A checkpoint is a Hugging Face folder whose ``config.json`` names a
-``quantization_config.quant_method`` (bitsandbytes, torchao, compressed-tensors from
-llm-compressor), a folder written by hqq's ``AutoHQQHFModel.save_quantized`` (config.json
-and ``qmodel.pt``), a folder with neither (dense), or a ``.gguf`` file (llama.cpp), also a
-folder holding exactly one. :func:`inspect_checkpoint` reads only metadata (no torch, no
-weights), so the gate refuses a bad candidate before any model loads.
+``quantization_config.quant_method`` (bitsandbytes, torchao, compressed-tensors), an hqq
+``save_quantized`` folder, a dense folder, or a ``.gguf`` file (or a folder holding one).
+:func:`inspect_checkpoint` reads only metadata (no torch, no weights), so a bad candidate
+is refused before any model loads.
 
-Two paths, chosen per scheme (:attr:`CheckpointInfo.path`, forced with
-:func:`choose_path`):
-
-- ``dequantize`` (weight-only schemes): :func:`dequantized_model` loads the checkpoint
-  with transformers' integration of the format's own library (hqq: hqq's own loader) and
-  returns plain ``nn.Linear`` weights, which the audit swaps into the reference. Exact for
-  weight-only schemes.
-- ``forward`` (schemes that quantize activations: LLM.int8's int8 matmul, compressed-tensors
-  W8A8 and FP8 dynamic, torchao's dynamic-activation configs): :func:`deployed_model` loads
-  it as it deploys, quantized modules and their kernels, and the audit reads the
-  read-out hook from a TransformerLens ``TransformerBridge`` around it
-  (:mod:`pytest_qdm.compress.conditions`). compressed-tensors is decompressed at load
-  (``CompressedTensorsConfig(dequantize=True)``, the same as ``run_compressed=False``;
-  compressed modules cannot run under the bridge), and its modules keep their quantized
-  forward: each input activation is fake-quantized per token (int8 or FP8: rounded and
-  scaled back in float), as the deployed kernel quantizes it. GGUF and HQQ have no quantized forward here (transformers
-  dequantizes GGUF at load; hqq's loader is standalone): they take the dequantize path
-  only, and llama.cpp's q8 activations are not modelled.
+Two paths (:attr:`CheckpointInfo.path`, forced with :func:`choose_path`): ``dequantize``
+(:func:`dequantized_model`, plain ``nn.Linear`` weights swapped into the reference) for
+weight-only schemes, and ``forward`` (:func:`deployed_model`, loaded as it deploys and read
+through a TransformerLens bridge) for schemes that quantize activations. Which scheme takes
+which path and why: docs/formats.md.
 """
 
 from __future__ import annotations

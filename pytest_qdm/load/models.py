@@ -10,10 +10,11 @@ Weights are never processed: no layer-norm folding, no centring, no value-bias f
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qdm.load.architectures import SUPPORTED_ARCHITECTURES, _converters
+from pytest_qdm.load.backends import bridge_from_hf, check_backend, choose_backend, hooked_from_hf
 from pytest_qdm.load.checkpoints import (
     CheckpointInfo,
     choose_path,
@@ -28,85 +29,50 @@ from pytest_qdm.load.multimodal import (
     text_architecture,
     text_decoder,
 )
-from pytest_qdm.load.placement import plan_device_map
-from pytest_qdm.load.presets import Preset, packaged_model, preset_for_model
+from pytest_qdm.load.placement import Placement, plan_device_map, resolve_device, resolve_dtype
+from pytest_qdm.load.presets import packaged_model, preset_for_model
 from pytest_qdm.zoo import tiny
 
 if TYPE_CHECKING:
-    import torch
     from transformer_lens import HookedTransformer
-
-
-# ---------------------------------------------------------------- device, dtype, offline
-
-
-def resolve_device(device: str | None = None) -> str:
-    """``device``, or "cuda" when available, else "cpu"."""
-    if device is not None:
-        return str(device)
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(dtype: Any, device: str, preset: Preset | None = None) -> torch.dtype:
-    """``dtype`` (a torch dtype or its name), else the preset's dtype for ``device``, else
-    float32."""
-    import torch
-
-    if dtype is None:
-        dtype = preset.dtype_for(device) if preset is not None else "float32"
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(resolved, torch.dtype):
-        raise TypeError(f"unknown dtype {dtype!r}; expected e.g. 'float32' or torch.bfloat16")
-    return resolved
-
-
-# ----------------------------------------------------------------------------- models
 
 
 def load_model(
     name_or_path: str | Path,
+    placement: Placement | None = None,
     *,
-    device: str | None = None,
-    dtype: Any = None,
     offline: bool | None = None,
-    backend: str | None = None,
-    device_map: Any = None,
-    max_memory: dict | None = None,
     cache_dir: str | Path | None = None,
+    **where: Any,
 ) -> HookedTransformer:
     """A HookedTransformer with unprocessed weights: ``"tiny"`` (bundled), a local Hugging
     Face checkpoint folder, a ``.gguf`` file (dequantized by transformers once, then read from
-    its safetensors copy under ``cache_dir``: :mod:`pytest_qdm.load.gguf`), or a Hub model name (see the module doc for the rule; "tiny"
-    always means the bundled model, "./tiny" a folder). Device None: cuda if available,
-    else cpu; dtype None: the dtype of a preset using this model, else float32.
+    its safetensors copy under ``cache_dir``: :mod:`pytest_qdm.load.gguf`), or a Hub model
+    name (see the module doc for the rule; "tiny" always means the bundled model, "./tiny" a
+    folder). ``placement``, or its fields as keywords (``device``, ``dtype``, ``backend``,
+    ``device_map``, ``max_memory``): see :class:`~pytest_qdm.load.placement.Placement`.
 
     ``backend="bridge"`` (or an architecture outside ``SUPPORTED_ARCHITECTURES`` that
     TransformerLens' TransformerBridge supports): the transformers model itself, wrapped in a
     ``TransformerBridge`` (same hook names, no weight processing); ``device_map`` /
     ``max_memory`` go to transformers' ``from_pretrained`` (a model bigger than one device)
     and imply the bridge. See :func:`load_model_from_disk`."""
-    check_backend(backend)
-    placed = device_map is not None or max_memory is not None
-    if name_or_path == "tiny" and backend is None and not placed:
-        model = _load_tiny(resolve_device(device))
-        return model if dtype is None else model.to(resolve_dtype(dtype, str(model.cfg.device)))
+    placement = Placement.given(placement, where)
+    check_backend(placement.backend)
+    if name_or_path == "tiny" and placement.backend is None and not placement.split:
+        model = _load_tiny(resolve_device(placement.device))
+        if placement.dtype is None:
+            return model
+        return model.to(resolve_dtype(placement.dtype, str(model.cfg.device)))
     file = packaged_model(name_or_path)
     if file.suffix == ".gguf" and file.is_file():
-        options = dict(device=device, dtype=dtype, backend=backend, cache_dir=cache_dir)
-        return load_checkpoint(file, path="dequantize", **options)[0]
+        return load_checkpoint(file, placement, path="dequantize", cache_dir=cache_dir)[0]
     local = local_dir(name_or_path)
     if name_or_path == "tiny":  # the bundled model's folder, through the bridge
         local = tiny.weights_dir()
-    placement = dict(backend=backend, device_map=device_map, max_memory=max_memory)
     if local is not None:
-        return load_model_from_disk(local, device=device, dtype=dtype, **placement)
-    return load_model_from_hub(
-        str(name_or_path), device=device, dtype=dtype, offline=offline, **placement
-    )
+        return load_model_from_disk(local, placement)
+    return load_model_from_hub(str(name_or_path), placement, offline=offline)
 
 
 def _load_tiny(device: str) -> HookedTransformer:
@@ -119,14 +85,7 @@ def _load_tiny(device: str) -> HookedTransformer:
 
 
 def load_model_from_hub(
-    name: str,
-    *,
-    device: str | None = None,
-    dtype: Any = None,
-    offline: bool | None = None,
-    backend: str | None = None,
-    device_map: Any = None,
-    max_memory: dict | None = None,
+    name: str, placement: Placement | None = None, *, offline: bool | None = None, **where: Any
 ) -> HookedTransformer:
     """Download (or take from the cache) ``name`` and load it without weight processing.
 
@@ -135,11 +94,11 @@ def load_model_from_hub(
     checkpoint), and every name with ``backend="bridge"`` or a ``device_map``, is downloaded
     (json, safetensors, tokenizer files) and read by :func:`load_model_from_disk`.
     """
-    check_backend(backend)
-    placement = dict(backend=backend, device_map=device_map, max_memory=max_memory)
-    bridged = backend == "bridge" or device_map is not None or max_memory is not None
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device, preset_for_model(name))
+    placement = Placement.given(placement, where)
+    check_backend(placement.backend)
+    bridged = placement.backend == "bridge" or placement.split
+    device = resolve_device(placement.device)
+    torch_dtype = resolve_dtype(placement.dtype, device, preset_for_model(name))
     with from_hub(f"model {name!r}", model_advice(name), offline), quiet_deprecations():
         from transformer_lens import HookedTransformer
         from transformer_lens.loading_from_pretrained import make_model_alias_map
@@ -149,7 +108,8 @@ def load_model_from_hub(
 
             patterns = ["*.json", "*.safetensors", "tokenizer.model"]
             folder = snapshot_download(name, allow_patterns=patterns)
-            return load_model_from_disk(folder, device=device, dtype=torch_dtype, **placement)
+            resolved = replace(placement, device=device, dtype=torch_dtype)
+            return load_model_from_disk(folder, resolved)
         model = HookedTransformer.from_pretrained_no_processing(
             name, device=device, dtype=torch_dtype
         )
@@ -158,16 +118,13 @@ def load_model_from_hub(
 
 def load_candidate(
     name_or_path: str | Path,
+    placement: Placement | None = None,
     *,
-    device: str | None = None,
-    dtype: Any = None,
     offline: bool | None = None,
     path: str | None = None,
     tokenizer: Any = None,
-    backend: str | None = None,
-    device_map: Any = None,
-    max_memory: dict | None = None,
     cache_dir: str | Path | None = None,
+    **where: Any,
 ) -> tuple[Any, CheckpointInfo, str]:
     """A compressed checkpoint (local folder, ``.gguf`` file or Hub repo), what was read
     about its format, and its path (``path``: force ``dequantize`` or ``forward``; None:
@@ -175,14 +132,15 @@ def load_candidate(
     weights (a TransformerBridge with ``backend="bridge"`` or for an architecture only the
     bridge supports: the reference's backend), on the forward path a TransformerBridge
     around the deployed model. ``tokenizer`` (e.g. the reference's): the forward path's, or
-    the bridge's, where the folder has none. ``device_map`` / ``max_memory``: a dense
-    checkpoint split across devices (:func:`load_model_from_disk`)."""
+    the bridge's, where the folder has none. ``placement`` (or its fields as keywords), with
+    ``device_map`` / ``max_memory`` for a dense checkpoint split across devices
+    (:func:`load_model_from_disk`)."""
+    placement = Placement.given(placement, where)
     file = Path(str(name_or_path)).expanduser()
     local = file if file.is_file() else local_dir(name_or_path)  # local_dir refuses a file
-    options = dict(device=device, dtype=dtype, path=path, tokenizer=tokenizer, backend=backend)
-    options.update(device_map=device_map, max_memory=max_memory, cache_dir=cache_dir)
+    options = dict(path=path, tokenizer=tokenizer, cache_dir=cache_dir)
     if local is not None:
-        return load_checkpoint(local, **options)
+        return load_checkpoint(local, placement, **options)
     name = str(name_or_path)
     instead = (
         f"`hf download {name} --local-dir DIR` where the Hub is reachable, "
@@ -193,17 +151,11 @@ def load_candidate(
 
         patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.gguf", "qmodel.pt"]
         folder = snapshot_download(name, allow_patterns=patterns)
-    return load_checkpoint(folder, **options)
+    return load_checkpoint(folder, placement, **options)
 
 
 def load_model_from_disk(
-    path: str | Path,
-    *,
-    device: str | None = None,
-    dtype: Any = None,
-    backend: str | None = None,
-    device_map: Any = None,
-    max_memory: dict | None = None,
+    path: str | Path, placement: Placement | None = None, **where: Any
 ) -> HookedTransformer:
     """A local Hugging Face checkpoint folder (``save_pretrained``: config.json, weights,
     optionally tokenizer files) as a HookedTransformer. No network, no weight processing.
@@ -212,22 +164,14 @@ def load_model_from_disk(
     checkpoint (bitsandbytes, torchao, compressed-tensors, GGUF, HQQ) is dequantized by its
     format's own library (:mod:`pytest_qdm.load.checkpoints`).
 
-    Backends: ``"hooked"`` (the default for ``SUPPORTED_ARCHITECTURES``) converts the
-    weights into a HookedTransformer; ``"bridge"`` (the default for every other decoder
-    architecture TransformerLens' TransformerBridge supports: :func:`bridge_architectures`)
-    keeps the transformers model and wraps it in a ``TransformerBridge``: the same hook
-    names, the Hugging Face parameter names and [out, in] weights that compression rounds.
-    ``device_map`` / ``max_memory`` (a dense checkpoint, bridge backend) are passed to
-    transformers' ``from_pretrained``, which places the model over several devices."""
-    return load_checkpoint(
-        path,
-        device=device,
-        dtype=dtype,
-        path="dequantize",
-        backend=backend,
-        device_map=device_map,
-        max_memory=max_memory,
-    )[0]
+    Backends (:mod:`pytest_qdm.load.backends`): ``"hooked"`` (the default for
+    ``SUPPORTED_ARCHITECTURES``) converts the weights into a HookedTransformer; ``"bridge"``
+    (the default for every other decoder architecture TransformerLens' TransformerBridge
+    supports) keeps the transformers model and wraps it in a ``TransformerBridge``: the same
+    hook names, the Hugging Face parameter names and [out, in] weights that compression
+    rounds. ``device_map`` / ``max_memory`` (a dense checkpoint, bridge backend) are passed
+    to transformers' ``from_pretrained``, which places the model over several devices."""
+    return load_checkpoint(path, Placement.given(placement, where), path="dequantize")[0]
 
 
 def _refuse_unsupported(folder: Path, info: CheckpointInfo, chosen: str, placed: bool) -> None:
@@ -247,19 +191,17 @@ def _refuse_unsupported(folder: Path, info: CheckpointInfo, chosen: str, placed:
 
 def load_checkpoint(
     location: str | Path,
+    placement: Placement | None = None,
     *,
-    device: str | None = None,
-    dtype: Any = None,
     path: str | None = None,
     tokenizer: Any = None,
-    backend: str | None = None,
-    device_map: Any = None,
-    max_memory: dict | None = None,
     cache_dir: str | Path | None = None,
+    **where: Any,
 ) -> tuple[Any, CheckpointInfo, str]:
-    """:func:`load_candidate` of a local folder or ``.gguf`` file (``backend``,
-    ``device_map``, ``max_memory``: see :func:`load_model_from_disk`; ``cache_dir``: where a
-    GGUF's dequantized copy is kept)."""
+    """:func:`load_candidate` of a local folder or ``.gguf`` file (``placement``: see
+    :func:`load_model_from_disk`; ``cache_dir``: where a GGUF's dequantized copy is kept)."""
+    placement = Placement.given(placement, where)
+    backend, placed = placement.backend, placement.split
     check_backend(backend)
     folder = Path(location).expanduser()
     if not folder.exists():
@@ -275,7 +217,6 @@ def load_checkpoint(
         )
     info = inspect_checkpoint(folder)
     chosen = choose_path(info, path)
-    placed = device_map is not None or max_memory is not None
     if info.architecture and info.quant_method != "gguf":
         backend = choose_backend(text_architecture(info.architecture), folder, backend, placed)
     _refuse_unsupported(folder, info, chosen, placed)
@@ -284,12 +225,12 @@ def load_checkpoint(
         from pytest_qdm.load.served import ServedModel
 
         return ServedModel(info.location), info, chosen
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    device = resolve_device(placement.device)
+    torch_dtype = resolve_dtype(placement.dtype, device)
     if chosen == "forward":
         hf_model = deployed_model(info, torch_dtype, device)
     elif backend == "bridge" and dense:
-        hf_model = _dense_hf_model(info.folder, torch_dtype, device_map, max_memory)
+        hf_model = _dense_hf_model(info.folder, torch_dtype, placement)
     else:
         with explained_load_failure(info):
             hf_model = dequantized_model(info, torch_dtype, cache_dir)
@@ -321,49 +262,7 @@ def load_checkpoint(
     return hooked_from_hf(hf_model, name, tokenizer, device, torch_dtype), info, chosen
 
 
-BACKENDS = ("hooked", "bridge")
-
-
-def check_backend(backend: str | None) -> None:
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
-
-
-def bridge_architectures() -> tuple[str, ...]:
-    """The decoder (causal LM) architectures the installed TransformerLens'
-    TransformerBridge has an adapter for."""
-    from transformer_lens.factories.architecture_adapter_factory import (
-        SUPPORTED_ARCHITECTURES as BRIDGED,
-    )
-
-    decoders = (n for n in BRIDGED if n.endswith(("ForCausalLM", "LMHeadModel")))
-    return tuple(sorted(n for n in decoders if not n.startswith("Bert")))
-
-
-def choose_backend(
-    architecture: str | None, path: str | Path, backend: str | None, placed: bool = False
-) -> str:
-    """The backend ``architecture`` loads with: ``backend`` where given and possible, else
-    "hooked" for ``SUPPORTED_ARCHITECTURES`` (unless ``placed``: a device_map or max_memory
-    was given), "bridge" for the bridge's other decoders; ValueError (one line, listing
-    both) for anything else."""
-    if backend == "hooked" and placed:
-        raise ValueError("device_map / max_memory need backend='bridge' (or None)")
-    if architecture in SUPPORTED_ARCHITECTURES and backend != "bridge" and not placed:
-        return "hooked"
-    if backend != "hooked" and architecture in bridge_architectures():
-        return "bridge"
-    hooked = ", ".join(SUPPORTED_ARCHITECTURES)
-    bridged = ", ".join(a for a in bridge_architectures() if a not in SUPPORTED_ARCHITECTURES)
-    raise ValueError(
-        f"{str(path)!r}: architecture {architecture!r} is not supported by "
-        f"load_model_from_disk{'' if backend is None else f' with backend={backend!r}'}; "
-        f"supported: {hooked} (HookedTransformer or TransformerBridge), and through "
-        f"TransformerLens' TransformerBridge: {bridged}"
-    )
-
-
-def _dense_hf_model(folder: Path, dtype, device_map: Any, max_memory: dict | None):
+def _dense_hf_model(folder: Path, dtype, placement: Placement):
     """A dense checkpoint as a transformers model, placed by ``device_map`` / ``max_memory``
     (planned before loading: :func:`pytest_qdm.load.placement.plan_device_map`), else on the
     CPU; eager attention, as the bridge runs it."""
@@ -371,53 +270,10 @@ def _dense_hf_model(folder: Path, dtype, device_map: Any, max_memory: dict | Non
 
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
     kwargs["attn_implementation"] = "eager"
-    if device_map is not None or max_memory is not None:
-        kwargs["device_map"] = plan_device_map(folder, dtype, device_map, max_memory)
+    if placement.split:
+        kwargs["device_map"] = plan_device_map(
+            folder, dtype, placement.device_map, placement.max_memory
+        )
     with quiet_deprecations():
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     return model.eval()
-
-
-def hooked_from_hf(hf_model, name: str, tokenizer, device: str, dtype) -> HookedTransformer:
-    """A transformers causal LM as a HookedTransformer, weights converted by TransformerLens'
-    own converter for its architecture and never processed."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    architecture = type(hf_model).__name__
-    to_config, convert = _converters(architecture)
-    cfg = HookedTransformerConfig(
-        **to_config(hf_model.config),
-        original_architecture=architecture,
-        model_name=name,
-        tokenizer_name=None,  # never fetched: the tokenizer comes from the folder
-        init_weights=False,
-        device=device,
-        dtype=dtype,
-    )
-    with quiet_deprecations():
-        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    # load_and_process_state_dict with every processing step off, in one load_state_dict
-    # (TransformerLens loads key by key, walking the whole module tree for each: a minute
-    # for a 30-layer model on a loaded CPU)
-    model.load_state_dict(model.fill_missing_keys(convert(hf_model, cfg)), strict=False)
-    model.move_model_modules_to_device()
-    return model.eval()
-
-
-def bridge_from_hf(hf_model, folder: Path, tokenizer):
-    """A transformers causal LM, run as it is (quantized modules and their kernels), with
-    TransformerLens hook names: a ``TransformerBridge`` (no weight processing, so its hooks
-    read what an unprocessed HookedTransformer reads)."""
-    with quiet_deprecations():
-        from transformer_lens.model_bridge import TransformerBridge
-
-        bridge = TransformerBridge.boot_transformers(
-            str(folder), hf_model=hf_model, tokenizer=tokenizer, dtype=hf_model.dtype
-        )
-    return bridge.eval()
-
-
-# ------------------------------------------------------------------------------- SAEs
-
-
-# ---------------------------------------------------------------------------- presets

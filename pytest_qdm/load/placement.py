@@ -1,4 +1,5 @@
-"""Where a model split across devices goes, decided before any weight loads.
+"""Where a model loads: the :class:`Placement` every loader takes (device, dtype, backend, a
+split over devices), resolved device and dtype, and a split decided before any weight loads.
 
 A placement strategy ("auto", "balanced", "balanced_low_0", "sequential") is resolved to
 an explicit device map by accelerate's planner on an empty (meta-device) copy of the
@@ -10,13 +11,66 @@ only, and the audit swaps compressed weights into the resident tensors.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_qdm.load.presets import Preset
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a model loads. ``device`` None: cuda if available, else cpu; ``dtype``
+    None: the preset's for the device, else float32; ``backend`` "hooked", "bridge" or None
+    (by architecture); ``device_map`` / ``max_memory``: a dense checkpoint split across
+    devices by transformers' ``from_pretrained`` (they imply the bridge)."""
+
+    device: str | None = None
+    dtype: Any = None
+    backend: str | None = None
+    device_map: Any = None
+    max_memory: dict | None = None
+
+    @classmethod
+    def given(cls, placement: Placement | None, where: dict[str, Any]) -> Placement:
+        """``placement`` (default: none given) with the fields named in ``where`` replaced, as
+        the loaders take them (``load_model(name, device="cpu")``)."""
+        return replace(placement or cls(), **where)
+
+    @property
+    def split(self) -> bool:
+        """Whether the model is split across devices (a ``device_map`` or ``max_memory``)."""
+        return self.device_map is not None or self.max_memory is not None
+
+
+def resolve_device(device: str | None = None) -> str:
+    """``device``, or "cuda" when available, else "cpu"."""
+    if device is not None:
+        return str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: Any, device: str, preset: Preset | None = None) -> torch.dtype:
+    """``dtype`` (a torch dtype or its name), else the preset's dtype for ``device``, else
+    float32."""
+    import torch
+
+    if dtype is None:
+        dtype = preset.dtype_for(device) if preset is not None else "float32"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise TypeError(f"unknown dtype {dtype!r}; expected e.g. 'float32' or torch.bfloat16")
+    return resolved
 
 
 def plan_device_map(
@@ -66,6 +120,8 @@ def _planned(folder: Path, dtype, strategy: str, max_memory: dict | None) -> dic
 
 def _check_devices_exist(devices: list) -> None:
     """Every GPU that ``devices`` (max_memory's keys, a map's values) names exists here."""
+    import torch
+
     count = torch.cuda.device_count()
     missing = sorted({i for i in map(_gpu_index, devices) if i is not None and i >= count})
     if missing:
@@ -76,6 +132,8 @@ def _check_devices_exist(devices: list) -> None:
 
 
 def _gpu_index(device) -> int | None:
+    import torch
+
     if isinstance(device, int):
         return device
     return torch.device(str(device)).index or 0 if str(device).startswith("cuda") else None

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_qdm.load.hub import from_hub, local_dir
-from pytest_qdm.load.models import resolve_device, resolve_dtype
+from pytest_qdm.load.placement import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from sae_lens import SAE

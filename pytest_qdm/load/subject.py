@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from pytest_qdm.load.models import load_model, resolve_device, resolve_dtype
+from pytest_qdm.load.models import load_model
+from pytest_qdm.load.placement import Placement, resolve_device, resolve_dtype
 from pytest_qdm.load.presets import Preset, bundled_sae_dir, get_preset
 from pytest_qdm.load.saes import load_sae
 
@@ -42,33 +43,35 @@ class LoadedPreset:
 
 def load_preset(
     name: str | Preset,
+    placement: Placement | None = None,
     *,
-    device: str | None = None,
-    dtype: Any = None,
     offline: bool | None = None,
     second_sae: bool = True,
-    **placement: Any,
+    cache_dir: str | None = None,
+    **where: Any,
 ) -> LoadedPreset:
     """Load a preset's model and SAE(s). The model comes first, so an offline miss names it.
 
     ``dtype`` is the model's (default: the preset's for the device); SAEs load in float32.
-    ``second_sae=False`` skips the second-layer SAE. ``placement``: ``device_map`` /
-    ``max_memory`` for a model split across devices (:func:`load_model`).
+    ``second_sae=False`` skips the second-layer SAE. ``placement`` (or its fields as
+    keywords: ``device``, ``dtype``, ``backend``, ``device_map``, ``max_memory``) and
+    ``cache_dir``: as :func:`load_model` takes them.
     """
     preset = name if isinstance(name, Preset) else get_preset(name)
-    device = resolve_device(device)
+    placement = Placement.given(placement, where)
+    device = resolve_device(placement.device)
     if preset.model == "tiny":
         from pytest_qdm.zoo.tiny import load_tiny_saes
 
-        model = load_model("tiny", device=device, dtype=dtype, **placement)
+        model = load_model("tiny", replace(placement, device=device), cache_dir=cache_dir)
         saes = dict(load_tiny_saes(device=device))
     else:
+        dtype = resolve_dtype(placement.dtype, device, preset)
         model = load_model(
             preset.model,
-            device=device,
-            dtype=resolve_dtype(dtype, device, preset),
+            replace(placement, device=device, dtype=dtype),
             offline=offline,
-            **placement,
+            cache_dir=cache_dir,
         )
         specs = {preset.hook_name: preset.sae_id}
         if second_sae and preset.second_sae_id is not None:

@@ -1,29 +1,14 @@
 """Token sources: the built-in corpus, local text files and Hugging Face datasets.
 
-Everything an audit reads as text ends up here and leaves as a ``TokenSet``: a LongTensor of
-shape ``[n_sequences, context_length]`` (abbreviated ``[n, ctx]``) plus a ``TokenInfo``
-record that says where the tokens came from, so that a report can name its token set exactly.
-
-Sources (the ``source`` string of ``read_corpus`` / ``load_tokens``):
-
-- ``"builtin"`` (also ``"builtin:prose"``): English text that ships with every CPython install, read at run time and
-  never copied into the repository: the pydoc help topics (``pydoc_data.topics.topics``)
-  and the docstrings of the standard-library modules, parsed with ``ast`` (never imported,
-  so no import side effects). Documents are cleaned deterministically, de-duplicated, and
-  split by a stable key: a document whose ``sha256(key)`` is 0 mod 10 is held out. The
-  held-out split is used for perplexity and SAE quality numbers. The corpus depends on the
-  Python version, so every ``Corpus`` carries the sha256 of its text.
-- ``"builtin:code"``: the standard library's Python source (the code domain), split the
-  same way.
-- a path to a local text file (e.g. WikiText-2-raw ``wiki.test.txt``); ``split`` is ignored.
-- a Hugging Face dataset ``"hf:NAME:CONFIG:SPLIT"`` or ``"NAME:CONFIG:SPLIT"`` (e.g.
-  ``"wikitext:wikitext-2-raw-v1:test"``), loaded with ``datasets``, the ``text`` column
-  joined with ``"\\n"``. Offline it fails fast and says to pass a local file instead.
-
-Domains: ``load_tokens({"prose": "builtin", "code": "builtin:code"}, ...)`` reads each
-source as one labelled domain; the rows are concatenated domain by domain (the budget is
-split equally) and ``TokenInfo.domains`` says which rows are which, so an audit reports
-survival per domain from the same pass.
+Everything an audit reads as text leaves here as a ``TokenSet``: a LongTensor
+``[n_sequences, context_length]`` plus a ``TokenInfo`` record naming where it came from.
+Sources (the ``source`` string of ``read_corpus`` / ``load_tokens``): ``"builtin"``
+(``"builtin:prose"``: CPython's pydoc topics and standard-library docstrings, parsed with
+``ast``, never imported), ``"builtin:code"`` (the standard library's source), a local text
+file, or a Hugging Face dataset ``"hf:NAME:CONFIG:SPLIT"`` (offline it fails fast and says
+to pass a local file). Built-in documents are split train / held-out by ``sha256(key)``
+mod 10 and every ``Corpus`` carries the sha256 of its text. A mapping of labels to sources
+reads labelled domains, budget split equally (docs/definitions.md, "Survival per domain").
 
 This module imports torch only inside functions, so importing it stays cheap.
 """

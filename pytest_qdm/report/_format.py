@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from pytest_qdm.analyse.precision import precision_line
 
 if TYPE_CHECKING:
-    from pytest_qdm.schema.drilldown import Context
     from pytest_qdm.schema.protocol import ProtocolReport, SweepRow
 
 MISSING = "—"
@@ -267,11 +266,6 @@ def overlap_line(report: ProtocolReport) -> str | None:
     )
 
 
-def focus_condition(report: ProtocolReport) -> str | None:
-    """The RTN condition the predictor and the pruning comparison are about."""
-    return report.predictor_condition
-
-
 def max_vif(report: ProtocolReport) -> str:
     """The largest variance inflation factor ('inf' when an input is perfectly collinear)."""
     values = list(report.predictor.vif.values())
@@ -348,151 +342,3 @@ def stability_lines(report: ProtocolReport) -> list[tuple[str, str]]:
         )
         lines.append((f"second layer {s.second_layer.hook_name}", f"survived {survival}"))
     return [(label, text) for label, text in lines if text is not None]
-
-
-DRILLDOWN_SHOWN = 5  # features in the terminal's "most damaged features"
-_VISIBLE = str.maketrans({"\n": "↵", "\r": "", "\t": "⇥"})
-
-
-def drilldown_condition(report: ProtocolReport) -> str | None:
-    """The condition whose drill-down the terminal shows: the focus condition, else the
-    first that has one; None when the report has none."""
-    conditions = report.audit.conditions
-    names = [report.predictor_condition, *conditions]
-    return next((n for n in names if n in conditions and conditions[n].drilldown), None)
-
-
-def visible(token: str) -> str:
-    """A token with line breaks and tabs shown as symbols."""
-    return token.translate(_VISIBLE)
-
-
-def token_texts(context: Context) -> list[str]:
-    """A context's tokens as shown: decoded, or " <id>" each where there is no tokenizer."""
-    if context.tokens is not None:
-        return [visible(t) for t in context.tokens]
-    return [f" {i}" for i in context.token_ids]
-
-
-def _crop(text: str, width: int, keep_end: bool) -> str:
-    if len(text) <= width:
-        return text
-    if width <= 0:
-        return ""
-    return "…" + text[len(text) - width + 1 :] if keep_end else text[: width - 1] + "…"
-
-
-def context_line(context: Context, width: int) -> str:
-    """A context in at most ``width`` characters, the peak token in brackets and centred
-    as far as the text around it allows."""
-    tokens = token_texts(context)
-    peak = _crop(f"[{tokens[context.peak]}]", width, keep_end=False)
-    before, after = "".join(tokens[: context.peak]), "".join(tokens[context.peak + 1 :])
-    room = width - len(peak)
-    left = min(len(before), max(room // 2, room - len(after)))
-    return _crop(before, left, keep_end=True) + peak + _crop(after, room - left, keep_end=False)
-
-
-def drilldown_lines(report: ProtocolReport, width: int, n: int = DRILLDOWN_SHOWN) -> list[str]:
-    """The ``n`` most damaged features of :func:`drilldown_condition`: id, r and the
-    reference's top context, each line at most ``width`` characters."""
-    name = drilldown_condition(report)
-    if name is None:
-        return []
-    lines = []
-    for feature in report.audit.conditions[name].drilldown[:n]:
-        label = f"#{feature.feature:<6} r {feature.correlation:+.3f}  "
-        top = feature.reference_top
-        text = context_line(top[0], width - len(label)) if top else MISSING
-        lines.append(label + text)
-    return lines
-
-
-def domains(report: ProtocolReport) -> list[str]:
-    """The labelled domains of the audit tokens, in row order (none: one unlabelled source)."""
-    return list(report.audit.tokens.domains)
-
-
-def domain_table(report: ProtocolReport) -> TitledTable | None:
-    """Survival and perplexity change per labelled domain and condition; None without
-    domains."""
-    names = domains(report)
-    if not names:
-        return None
-    headers = ("condition", *(f"{d}\n{m}" for d in names for m in ("surv %", "mean r", "ΔPPL")))
-    rows = []
-    for row in report.sweep:
-        if row.kind == "Reference":
-            continue
-        cells = [row.condition]
-        for d in names:
-            cell = row.domains.get(d)
-            cells += [
-                num(cell and cell.survived_pct, ".1f"),
-                num(cell and cell.mean_correlation, ".4f"),
-                change(cell and cell.ppl_chunked_change),
-            ]
-        rows.append(cells)
-    return "Survival per domain", headers, rows
-
-
-def domain_caption(report: ProtocolReport) -> str | None:
-    """Tokens and active features per domain; bands count the domain's own active features."""
-    names = domains(report)
-    if not names:
-        return None
-    reference = next(r for r in report.sweep if r.kind == "Reference")
-    parts = [
-        f"{d}: {report.audit.tokens.domains[d]:,} tokens, {reference.domains[d].n_active:,} active"
-        for d in names
-        if d in reference.domains
-    ]
-    return (
-        "; ".join(parts) + ". Each domain's bands count the features active on its own "
-        "tokens; ΔPPL is chunked perplexity on its rows. Gate one with COND@DOMAIN:BOUND."
-    )
-
-
-SENSITIVITY_HEADERS = ("condition", "survived %", "mean r", "ΔPPL chunk")
-
-
-def sensitivity_table(report: ProtocolReport) -> TitledTable | None:
-    """Block sensitivity: survival and perplexity change with one block at the focus width;
-    None when it was not run."""
-    s = getattr(report, "sensitivity", None)
-    if s is None:
-        return None
-    rows = [
-        [
-            b.condition + (" (above read-out)" if b.above_readout else ""),
-            num(b.survived_pct, ".1f"),
-            num(b.mean_correlation, ".4f"),
-            change(b.ppl_chunked_change),
-        ]
-        for b in s.blocks
-    ]
-    return f"Block sensitivity: one block at INT{s.focus_bits}", SENSITIVITY_HEADERS, rows
-
-
-def _listed(blocks: list[int]) -> str:
-    words = [str(b) for b in blocks]
-    text = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-    return ("block " if len(words) == 1 else "blocks ") + text
-
-
-def sensitivity_plan_line(report: ProtocolReport) -> str | None:
-    """The verified mixed-precision plan in words, measured numbers; None when not run."""
-    s = getattr(report, "sensitivity", None)
-    if s is None:
-        return None
-    p, focus = s.plan, f"INT{s.plan.focus_bits}"
-    if p.raised_blocks:
-        what = f"{_listed(p.raised_blocks)} at INT{p.raised_bits}, the rest {focus}"
-    else:
-        what = f"every block at {focus}"
-    met = "met" if p.target_met else "NOT reached"
-    return (
-        f"Plan: {what}: survived {num(p.survived_pct, '.1f')}%, PPL {change(p.ppl_chunked_change)} "
-        f"(all {focus}: {num(p.focus_survived_pct, '.1f')}%, "
-        f"{change(p.focus_ppl_chunked_change)}); target {p.target_survived_pct:g}% {met}"
-    )

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_qdm.report import _breakdowns as breakdown
 from pytest_qdm.report import _format as fmt
 from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
 from pytest_qdm.report.claims import LEGEND as CLAIMS_LEGEND
@@ -41,11 +42,11 @@ def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool,
     out += [*(f"- {line}" for line in candidates), ""] if candidates else []
     out += [_table(fmt.WIDE_HEADERS, [fmt.sweep_cells(r) for r in report.sweep], 2), ""]
     for table, legend in [
-        (fmt.domain_table(report), fmt.domain_caption(report)),
+        (breakdown.domain_table(report), breakdown.domain_caption(report)),
         (fmt.lens_table(report), fmt.LENS_LEGEND),
         (behaviour_table(report), BEHAVIOUR_LEGEND),
         (fmt.sae_pruning_table(report), None),
-        (fmt.sensitivity_table(report), fmt.sensitivity_plan_line(report)),
+        (breakdown.sensitivity_table(report), breakdown.sensitivity_plan_line(report)),
         (claims_table(report.claims), CLAIMS_LEGEND),
         (three_way_table(report), retrain_caption(report)),
         (lost_moved_table(report), lost_caption(report)),
@@ -64,7 +65,7 @@ def markdown_summary(report: ProtocolReport, verdicts: Sequence[tuple[str, bool,
     details = [
         ("Matched pruning", fmt.pruning_line(report)),
         ("Overlap", fmt.overlap_line(report)),
-        (f"Predictor (survival under {fmt.focus_condition(report)})", fmt.predictor_line(report)),
+        (f"Predictor (survival under {report.predictor_condition})", fmt.predictor_line(report)),
         ("Predictor caveat", fmt.predictor_caveat(report)),
         *((label[:1].upper() + label[1:], text) for label, text in fmt.stability_lines(report)),
     ]

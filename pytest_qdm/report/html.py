@@ -15,6 +15,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_qdm.report import _breakdowns as breakdown
+from pytest_qdm.report import _drilldown as drill
 from pytest_qdm.report import _format as fmt
 from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
 from pytest_qdm.report.claims import claims_html
@@ -72,7 +74,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], classes=None) 
 def _shaded(context: Context, side: list[float], scale: float) -> str:
     """The context's tokens, each shaded by ``side``'s activation (CSS variable --a)."""
     spans = []
-    for i, (token, value) in enumerate(zip(fmt.token_texts(context), side, strict=True)):
+    for i, (token, value) in enumerate(zip(drill.token_texts(context), side, strict=True)):
         alpha = 0.0 if scale <= 0 else min(max(value / scale, 0.0), 1.0)
         peak = ' class="p"' if i == context.peak else ""
         spans.append(
@@ -172,10 +174,10 @@ def html_report(
         "<h2>Findings</h2>" + _findings(report),
         "<h2>Survival</h2>" + _table(fmt.WIDE_HEADERS, [fmt.sweep_cells(r) for r in report.sweep]),
     ]
-    per_domain = fmt.domain_table(report)
+    per_domain = breakdown.domain_table(report)
     if per_domain is not None:
         domain_title, headers, rows = per_domain
-        caption = f'<p class="muted">{escape(fmt.domain_caption(report))}</p>'
+        caption = f'<p class="muted">{escape(breakdown.domain_caption(report))}</p>'
         sections.append(f"<h2>{escape(domain_title)}</h2>" + _table(headers, rows) + caption)
     lens = fmt.lens_table(report)
     if lens is not None:
@@ -187,10 +189,10 @@ def html_report(
         behaviour_title, headers, rows = behaviour
         legend = f'<p class="muted">{escape(BEHAVIOUR_LEGEND)}</p>'
         sections.append(f"<h2>{escape(behaviour_title)}</h2>" + _table(headers, rows) + legend)
-    sensitivity = fmt.sensitivity_table(report)
+    sensitivity = breakdown.sensitivity_table(report)
     if sensitivity is not None:
         sens_title, headers, rows = sensitivity
-        plan = f"<p>{escape(fmt.sensitivity_plan_line(report))}</p>"
+        plan = f"<p>{escape(breakdown.sensitivity_plan_line(report))}</p>"
         sections.append(f"<h2>{escape(sens_title)}</h2>" + _table(headers, rows) + plan)
     sections.append(claims_html(report.claims, _table))
     for table, caption in [
@@ -203,7 +205,7 @@ def html_report(
     details = [
         ("Matched pruning", fmt.pruning_line(report)),
         ("Overlap", fmt.overlap_line(report)),
-        (f"Predictor (survival under {fmt.focus_condition(report)})", fmt.predictor_line(report)),
+        (f"Predictor (survival under {report.predictor_condition})", fmt.predictor_line(report)),
         *fmt.stability_lines(report),
     ]
     items = "".join(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pytest_qdm.report import _breakdowns as breakdown
 from pytest_qdm.report import _format as fmt
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def _plot_correlation_hist(report: ProtocolReport, plt) -> Figure:
 def _plot_survival_by_peak_quartile(report: ProtocolReport, plt) -> Figure:
     from pytest_qdm.analyse.predictor import quantile_bins
 
-    audit, focus = report.audit, fmt.focus_condition(report)
+    audit, focus = report.audit, report.predictor_condition
     active = audit.reference.active
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if focus is not None and active.any():
@@ -195,7 +196,7 @@ def _plot_sae_pruning(report: ProtocolReport, plt) -> Figure:
 
 def _plot_domain_survival(report: ProtocolReport, plt) -> Figure:
     """Survived % per condition, one bar per labelled domain."""
-    names = fmt.domains(report)
+    names = breakdown.domains(report)
     rows = [r for r in report.sweep if r.kind != "Reference"]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
     width = 0.8 / len(names)
@@ -236,7 +237,7 @@ def plot_report(report: ProtocolReport, out_dir: Path) -> list[Path]:
         figures["lenses_vs_survival.png"] = _plot_lenses
     if report.sae_pruning is not None:
         figures["sae_pruning.png"] = _plot_sae_pruning
-    if fmt.domains(report):
+    if breakdown.domains(report):
         figures["domain_survival.png"] = _plot_domain_survival
     written = []
     for name, draw in figures.items():

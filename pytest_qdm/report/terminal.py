@@ -16,6 +16,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from pytest_qdm.report import _breakdowns as breakdown
+from pytest_qdm.report import _drilldown as drill
 from pytest_qdm.report import _format as fmt
 from pytest_qdm.report.behaviour import BEHAVIOUR_LEGEND, behaviour_table
 from pytest_qdm.report.claims import LEGEND as CLAIMS_LEGEND
@@ -118,7 +120,7 @@ def _pruning(report: ProtocolReport) -> Table | None:
 
 def _predictor(report: ProtocolReport) -> Table:
     caveat = Text(fmt.predictor_caveat(report), style="yellow")
-    title = f"Fragility predictor (survival under {fmt.focus_condition(report)})"
+    title = f"Fragility predictor (survival under {report.predictor_condition})"
     return _key_values(title, [("status", fmt.predictor_line(report)), ("caveat", caveat)])
 
 
@@ -148,10 +150,10 @@ def _findings(report: ProtocolReport) -> Panel | Text:
 
 def _drilldown(report: ProtocolReport, width: int) -> Text | None:
     """The most damaged features of one condition, each with the reference's top context."""
-    lines = fmt.drilldown_lines(report, width)
+    lines = drill.drilldown_lines(report, width)
     if not lines:
         return None
-    out = Text(f"Most damaged features under {fmt.drilldown_condition(report)}", style="bold")
+    out = Text(f"Most damaged features under {drill.drilldown_condition(report)}", style="bold")
     out.append("\n(reference's top context, peak token in [brackets])", style="dim")
     for line in lines:
         out.append("\n" + line)
@@ -177,11 +179,13 @@ def render_report(
     console.print()
     sections = [
         _sweep_table(report, console.width < WIDE_MIN_WIDTH),
-        _titled_table(fmt.domain_table(report), caption=fmt.domain_caption(report)),
+        _titled_table(breakdown.domain_table(report), caption=breakdown.domain_caption(report)),
         _titled_table(fmt.lens_table(report), caption=fmt.LENS_LEGEND),
         _titled_table(behaviour_table(report), caption=BEHAVIOUR_LEGEND),
         _titled_table(fmt.sae_pruning_table(report)),
-        _titled_table(fmt.sensitivity_table(report), caption=fmt.sensitivity_plan_line(report)),
+        _titled_table(
+            breakdown.sensitivity_table(report), caption=breakdown.sensitivity_plan_line(report)
+        ),
         _titled_table(claims_table(report.claims), caption=CLAIMS_LEGEND),
         _titled_table(three_way_table(report), caption=retrain_caption(report)),
         _titled_table(lost_moved_table(report), caption=lost_caption(report)),

@@ -24,8 +24,9 @@ from pytest_qdm.settings import DEFAULT_BITS, AuditConfig
 from pytest_qdm.stream.distributed import local_rows, merged_state
 from pytest_qdm.stream.domains import RowDomains
 from pytest_qdm.stream.drilldown import NO_LABELS, Labels
-from pytest_qdm.stream.engine import EngineState, pass_steps, validate_conditions, validate_inputs
+from pytest_qdm.stream.engine import EngineState, pass_steps
 from pytest_qdm.stream.hooks import resolve_hook, stop_layer
+from pytest_qdm.stream.inputs import PassSpec, validate_conditions, validate_inputs
 from pytest_qdm.stream.passes import run_pass
 
 
@@ -197,7 +198,10 @@ def audit(
     with progress_bar("QDM audit", steps, config.progress) as advance:
         state = merged_state(
             lambda: run_pass(
-                *(model, sae, rows, conditions, prepared, hook, config, advance), domains=labels
+                PassSpec(model, sae, conditions, prepared, hook, config),
+                rows,
+                advance,
+                domains=labels,
             ),
             device,
         )

@@ -1,22 +1,17 @@
 """The full QDM protocol as a pipeline of named phases (:mod:`pytest_qdm.run.phases`).
 
 1. check inputs and the SAE's fit at its hook (refused below the bound);
-2. perplexity of the reference and every condition on a fixed token set (SAE transfer rides
-   on the same forwards);
-3. the matched-perplexity pruning search on that same set;
-4. ONE sharded feature pass over the audit tokens for the reference null, every condition
+2. perplexity of the reference and every condition on a fixed token set (SAE transfer
+   rides on the same forwards), then the matched-perplexity pruning search on it;
+3. ONE sharded feature pass over the audit tokens for the reference null, every condition
    and the matched pruning;
-5. stability (null, budget, subsets, grid, bootstrap) from the shard states, and the
-   second-layer audit;
-6. the fragility predictor, the overlap with pruning and the SAE-pruning sweep at the focus
-   condition, and block sensitivity (``ProtocolConfig.sensitivity``: one pass of one
-   condition per block up to the read-out, then one pass verifying the greedy plan);
-7. the retrained-SAE baseline (``ProtocolConfig.retrain_tokens``: an SAE trained on one
-   condition's activations, the three-way table, lost or moved features);
-8. findings (perplexity masking feature damage) from the sweep rows.
+4. stability from the shard states, and the second-layer audit;
+5. the fragility predictor, overlap with pruning, the SAE-pruning sweep at the focus
+   condition, block sensitivity and the retrained-SAE baseline when configured;
+6. findings (perplexity masking feature damage) from the sweep rows.
 
-Phases 2-3 and each shard of phase 4 are kept on disk as they finish when ``checkpoints``
-names a folder, so a killed run resumes (:mod:`pytest_qdm.run.resume`).
+Phase 2 and each shard of phase 3 are kept on disk when ``checkpoints`` names a folder, so
+a killed run resumes (:mod:`pytest_qdm.run.resume`).
 """
 
 from __future__ import annotations
@@ -29,6 +24,8 @@ from pytest_qdm.compress.conditions import Condition, MagnitudePrune, Reference
 from pytest_qdm.progress import progress_bar, run_progress
 from pytest_qdm.run import phases
 from pytest_qdm.run import rows as rows_module
+from pytest_qdm.run.inputs import check_inputs, progress_plan, search_steps
+from pytest_qdm.run.perplexity_phase import perplexity_phase, pruning_phase
 from pytest_qdm.run.resume import Checkpoints
 from pytest_qdm.run.retrain_phase import retrain_phase, retrain_target
 from pytest_qdm.schema.protocol import ProtocolReport
@@ -59,13 +56,13 @@ def run_protocol(
     """
     started = time.perf_counter()
     config, cfg = config or AuditConfig(), protocol or ProtocolConfig()
-    inputs, fit = phases.check_inputs(
+    inputs, fit = check_inputs(
         model, sae, tokens, bits, match_bits, config, cfg, second_sae, extra_conditions
     )
     retrain_target(inputs)  # refused now, not after the long phases
     store = Checkpoints(checkpoints)
     done = store.load("perplexity")
-    plan = phases.progress_plan(inputs, second_sae, perplexity=done is None)
+    plan = progress_plan(inputs, second_sae, perplexity=done is None)
     with run_progress("QDM gate", plan, config.progress):
         return _run_phases(inputs, fit, second_sae, store, done, started)
 
@@ -74,10 +71,10 @@ def _run_phases(inputs, fit, second_sae, store, done, started) -> ProtocolReport
     """The phases after the input checks (inside the run's one progress display)."""
     config, cfg, match_bits = inputs.audit_config, inputs.protocol_config, inputs.match_bits
     if done is None:
-        n_measured = 1 + len(inputs.rtn) + len(inputs.extra) + phases.search_steps(inputs)
+        n_measured = 1 + len(inputs.rtn) + len(inputs.extra) + search_steps(inputs)
         with progress_bar("QDM perplexity", n_measured, config.progress) as tick:
-            measured = phases.perplexity_phase(inputs, tick)
-            pruning = phases.pruning_phase(inputs, measured, tick)
+            measured = perplexity_phase(inputs, tick)
+            pruning = pruning_phase(inputs, measured, tick)
         measured.release()
         store.save("perplexity", (measured, pruning))
     else:

@@ -1,19 +1,14 @@
 """Finished work kept on disk so that a killed run continues where it stopped.
 
-A :class:`Checkpoints` folder (the gate uses ``<cache dir>/partial-<fingerprint>``, so it
-belongs to exactly one set of inputs and settings) holds the perplexity phase's results and
-the feature pass's finished shards, each written atomically (temporary file, then
-``os.replace``) after it completes. A rerun loads them and computes only what is missing;
-the numbers are those of an uninterrupted run because every shard is computed by the same
-code on the same rows and merged in the same order. Each shard is written once, to its own
-file, so saving costs one state per shard; the drill-down buffer that the shards fill
-together moves along with the newest shard. Under torch.distributed each rank keeps its
-own files. The folder is removed when the protocol finishes.
+A :class:`Checkpoints` folder (the gate uses ``<cache dir>/partial-<fingerprint>``, one set
+of inputs and settings) holds the perplexity phase's results and the feature pass's
+finished shards, each written atomically once it completes. A rerun loads them and computes
+only what is missing: the same code on the same rows merged in the same order, so the
+numbers are those of an uninterrupted run. The folder is removed when the protocol ends.
 
-Files are safetensors written by :mod:`pytest_qdm.tensorfile` (no pickle: a planted file
-runs nothing) and name the folder and part they belong to; a file that is corrupt, foreign
-or from a newer version is discarded with one warning and its part recomputed. Saving is
-best effort (pytest_qdm/cachefiles.py).
+Files are safetensors (:mod:`pytest_qdm.tensorfile`, no pickle); one that is corrupt,
+foreign or from a newer version is discarded with one warning and its part recomputed.
+Saving is best effort (docs/reliability.md).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pytest_qdm.schema.protocol import MASKS_DAMAGE, DomainRow, Finding, SweepRo
 from pytest_qdm.settings import ProtocolConfig
 
 if TYPE_CHECKING:
-    from pytest_qdm.run.phases import Perplexities
+    from pytest_qdm.run.perplexity_phase import Perplexities
 
 
 def sweep_rows(

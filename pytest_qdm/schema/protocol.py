@@ -74,8 +74,11 @@ class SweepRow(BaseModel):
     domains: dict[str, DomainRow] = {}  # per labelled domain (--qdm-dataset LABEL=SOURCE)
 
 
-#: Finding kinds: perplexity barely moves while features are damaged; a change within the noise floor.
+#: Finding kinds, each named once: perplexity barely moves while features are damaged; so do
+#: the next-token distributions (KL, top-1); the noise floor itself; a change within it.
 MASKS_DAMAGE = "perplexity_masks_damage"
+BEHAVIOUR_MASKS = "behaviour_masks_damage"
+NOISE_FLOOR = "noise_floor"
 WITHIN_NOISE_FLOOR = "within_noise_floor"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -23,65 +23,14 @@ from pytest_qdm.compress.conditions import Condition, Reference
 from pytest_qdm.settings import AuditConfig
 from pytest_qdm.stream.domains import RowDomains, count_batches, domain_batches
 from pytest_qdm.stream.drilldown import BatchDrilldown, DrilldownState
-from pytest_qdm.stream.hooks import hook_width, run_to_hook
+from pytest_qdm.stream.hooks import run_to_hook
+from pytest_qdm.stream.inputs import PassSpec
 from pytest_qdm.stream.lenses import AgreementSums, TokenReference
 from pytest_qdm.stream.stats import Entries, PairedStats, PairedSums, ReferenceStats
 
 ENCODE_BLOCK_ELEMENTS = {"cpu": 1 << 24}  # other devices: the whole batch in one block
 MIN_BLOCK_ROWS = 64  # MKL uses another kernel for very few rows (not bit-identical)
 TUNE_CPU_ALLOCATOR = True
-
-
-def validate_inputs(model, sae, tokens: torch.Tensor, hook: str, top_k: int | None = None) -> None:
-    """Raise ValueError/TypeError for bad input, before any long work (``top_k``: the
-    token lenses' k, when they are on)."""
-    if not hasattr(model, "hook_dict") or not hasattr(model, "cfg"):
-        raise TypeError(f"model must be a TransformerLens HookedTransformer, got {type(model)}")
-    if not hasattr(sae, "encode") or not hasattr(sae, "cfg"):
-        raise TypeError(f"sae must be a sae_lens SAE, got {type(sae)}")
-    width = hook_width(model, hook)
-    if sae.cfg.d_in != width:
-        raise ValueError(
-            f"SAE d_in={sae.cfg.d_in} but the activation at {hook!r} has width {width}; "
-            "use the SAE trained for this model and hook"
-        )
-    if top_k is not None and top_k > sae.cfg.d_sae:
-        raise ValueError(
-            f"top_k={top_k} exceeds the SAE's {sae.cfg.d_sae} features; "
-            "pass AuditConfig(top_k=...) of at most d_sae, or token_lenses=False"
-        )
-    if not isinstance(tokens, torch.Tensor):
-        raise TypeError(f"tokens must be a torch.LongTensor [n, ctx], got {type(tokens)}")
-    if tokens.ndim != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-        raise TypeError(
-            f"tokens must be a 2-D integer tensor [n, ctx], got {tokens.dtype} {tuple(tokens.shape)}"
-        )
-    if tokens.numel() == 0:
-        raise ValueError(f"tokens is empty (shape {tuple(tokens.shape)}); pass at least one row")
-    low, high = int(tokens.min()), int(tokens.max())
-    if low < 0 or high >= model.cfg.d_vocab:
-        raise ValueError(
-            f"token ids must lie in [0, {model.cfg.d_vocab}) (the model's vocabulary), "
-            f"got ids from {low} to {high}; was the text tokenized for another model?"
-        )
-    if tokens.shape[1] > model.cfg.n_ctx:
-        raise ValueError(
-            f"sequences of {tokens.shape[1]} tokens exceed the model's context {model.cfg.n_ctx}"
-        )
-
-
-def validate_conditions(conditions: Sequence[Condition]) -> None:
-    if not conditions:
-        raise ValueError("no conditions given; pass e.g. [qdm.RTN(bits=6)]")
-    for condition in conditions:
-        if not isinstance(condition, Condition):
-            raise TypeError(
-                f"conditions must be qdm.RTN/MagnitudePrune/Candidate/Reference, got {condition!r}"
-            )
-    names = [c.name for c in conditions]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"condition names must be unique, got duplicates {duplicates}")
 
 
 @dataclass
@@ -359,26 +308,22 @@ def add_condition(
 
 
 def one_pass(
-    model,
-    sae,
+    spec: PassSpec,
     tokens: torch.Tensor,
-    conditions: Sequence[Condition],
-    prepared: Mapping[str, dict[str, torch.Tensor]],
-    hook: str,
-    config: AuditConfig,
     advance: Callable[[int], None] = lambda n: None,
     drilldown: DrilldownState | None = None,
     domains: RowDomains | None = None,
 ) -> EngineState:
-    """One pass over ``tokens`` in batches, every condition on each batch right after the
-    reference; ``prepared`` holds each condition's weights.
+    """One pass over ``tokens`` in batches, every condition of ``spec`` on each batch right
+    after the reference.
 
     ``advance(n)`` is called as work completes (one unit per forward pass). ``drilldown``
     (with ``config.drilldown``): a drill-down to go on filling, in place, instead of a new one.
     ``domains``: the rows' domains; their sums are kept apart too (``state.domains``).
     """
+    model, sae, config, conditions = spec.model, spec.sae, spec.config, spec.conditions
     device = torch.device(config.device or model.cfg.device)
-    readout = Readout(hook, config.compute_loss)
+    readout = Readout(spec.hook, config.compute_loss)
     state = new_state(sae, conditions, config, device, drilldown)
     with torch.inference_mode(), heap_allocations(device):
         batches = domain_batches(tokens, config.batch_size, domains)
@@ -392,7 +337,7 @@ def one_pass(
             add_reference(state, reference, loss, domain)
             advance(1)
             for condition in conditions:
-                with condition.running(model, prepared[condition.name]) as running:
+                with condition.running(model, spec.prepared[condition.name]) as running:
                     act, loss = readout(running, batch, condition.name, index)
                 add_condition(state, sae, reference, condition.name, act, loss, drilled, domain)
                 advance(1)

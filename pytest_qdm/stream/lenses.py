@@ -1,26 +1,15 @@
 """Token-level lenses on the same pass: sample correlation, top-k agreement, Procrustes.
 
-These are the measures of SAE-transfer work on compressed models (x: reference feature
-activations, y: compressed, A / B: the read-out activations at the hook):
+x / y are the reference / compressed feature activations, A / B the read-out activations:
 
-- sample correlation: per token t, Pearson(x_t, y_t) across the d_sae features, averaged
-  over tokens where both vectors vary;
-- top-k agreement: |topk(x_t) ∩ topk(y_t)| / k, averaged over tokens where the reference
-  has at least k active features (a compressed feature at 0 is in no top-k);
-- Procrustes: min over orthogonal R of ||A R - B||_F / ||B||_F, from the streamed
-  d_model x d_model cross-product A^T B (solved with scipy at the end), beside the
-  unaligned ||A - B||_F / ||B||_F. The cross-product is uncentred: a mean shift of the
-  activations counts as error in both numbers. The aligned error comes from
-  ||A||^2 + ||B||^2 - 2 * (sum of singular values), so it resolves differences down to
-  about 1e-8 of ||B|| (float64 cancellation); the unaligned one is summed directly.
+- sample correlation: per token, Pearson(x_t, y_t) across features, averaged over tokens
+  where both vary;
+- top-k agreement: |topk(x_t) ∩ topk(y_t)| / k over tokens with at least k active features;
+- Procrustes: min over orthogonal R of ||A R - B||_F / ||B||_F from the streamed
+  uncentred A^T B (scipy at the end), beside the unaligned ||A - B||_F / ||B||_F.
 
-They average over tokens, so they are dominated by each token's few high-magnitude
-features: a per-token correlation of 0.99 is compatible with a third of the features being
-damaged, because a damaged feature is usually a rare or weak one that barely moves a
-token's feature vector. The per-feature Pearson of the audit is the lens that sees those.
-
-The engine feeds these sums from the same sparse entries as the per-feature statistics
-(no extra dense pass); all sums are float64 and shards merge by addition.
+Why they read high while features fail: docs/reading-the-report.md. The engine feeds these
+float64 sums from the per-feature statistics' sparse entries; shards merge by addition.
 """
 
 from __future__ import annotations

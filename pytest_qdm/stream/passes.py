@@ -7,47 +7,34 @@ the same :class:`~pytest_qdm.stream.engine.EngineState`, bit for bit; the driver
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from pytest_qdm.compress.conditions import Condition
-from pytest_qdm.settings import AuditConfig
 from pytest_qdm.stream.domains import RowDomains
 from pytest_qdm.stream.drilldown import DrilldownState
 from pytest_qdm.stream.engine import EngineState, one_pass, pass_steps
+from pytest_qdm.stream.inputs import PassSpec
 from pytest_qdm.stream.two_phase import run_two_phase
 
 
 def run_pass(
-    model,
-    sae,
+    spec: PassSpec,
     tokens: torch.Tensor,
-    conditions: Sequence[Condition],
-    prepared: Mapping[str, dict[str, torch.Tensor]],
-    hook: str,
-    config: AuditConfig,
     advance: Callable[[int], None] = lambda n: None,
     drilldown: DrilldownState | None = None,
     domains: RowDomains | None = None,
 ) -> EngineState:
-    """One pass over ``tokens`` (:func:`~pytest_qdm.stream.engine.one_pass`); with
-    ``config.two_phase`` the reference is cached first and the conditions run one at a time
+    """One pass of ``spec`` over ``tokens`` (:func:`~pytest_qdm.stream.engine.one_pass`); with
+    ``spec.config.two_phase`` the reference is cached first and the conditions run one at a time
     against the cache (:func:`~pytest_qdm.stream.two_phase.run_two_phase`)."""
-    engine = run_two_phase if config.two_phase else one_pass
-    return engine(
-        model, sae, tokens, conditions, prepared, hook, config, advance, drilldown, domains
-    )
+    engine = run_two_phase if spec.config.two_phase else one_pass
+    return engine(spec, tokens, advance, drilldown, domains)
 
 
 def run_shards(
-    model,
-    sae,
+    spec: PassSpec,
     shards: Iterable[torch.Tensor],
-    conditions: Sequence[Condition],
-    prepared: Mapping[str, dict[str, torch.Tensor]],
-    hook: str,
-    config: AuditConfig,
     advance: Callable[[int], None] = lambda n: None,
     finished: list[EngineState] | None = None,
     keep: Callable[[list[EngineState]], None] = lambda states: None,
@@ -66,12 +53,10 @@ def run_shards(
     domains = list(domains) if domains is not None else [None] * len(shards)
     for index, (rows, labels) in enumerate(zip(shards, domains, strict=True)):
         if index < len(states):
-            advance(pass_steps(rows, conditions, config, labels))
+            advance(pass_steps(rows, spec.conditions, spec.config, labels))
             continue
         shared = states[0].drilldown if states else None
-        state = run_pass(
-            *(model, sae, rows, conditions, prepared, hook, config, advance, shared), labels
-        )
+        state = run_pass(spec, rows, advance, shared, labels)
         if states:
             state.drilldown = None
         states.append(state)

@@ -1,19 +1,14 @@
 """Two-phase passes, for models whose reference and a compressed copy do not fit together.
 
-Phase 1 runs only the reference, to the read-out hook, over the pass's tokens and writes
-each batch's read-out to a safetensors file in a fresh cache folder (``qdm-reference-*``
-under ``AuditConfig.two_phase_dir``, else the system's temporary folder; every process of a
-torch.distributed run makes its own and caches only its own rows). Phase 2 loops over the
-conditions, and for each over the batches: it prepares that ONE condition's compressed
-weights, block by block when the mapping of weights can (run/audit.py's ``OnDemand``), and
-swaps them in for all its batches (:func:`~pytest_qdm.compress.swap.applied` with
-``park``); on an accelerator each reference tensor it replaces waits on the host meanwhile,
-so the device holds about one model's weights (never the reference and a compressed copy
-together) and one compressed copy exists at a time. Each batch's cached reference is read back and the condition's forward
-runs against it. The folder is removed when the pass ends, whether it succeeded or not,
-unless ``two_phase_keep``.
+Phase 1 runs only the reference to the read-out hook and writes each batch's read-out to a
+safetensors file in a fresh ``qdm-reference-*`` folder (``AuditConfig.two_phase_dir``, else
+the system's temporary folder; one per process). Phase 2 loops over the conditions and, for
+each, swaps in that one condition's compressed weights (built block by block where it can,
+the replaced reference tensors parked on the host) and runs every batch against its cached
+reference. The folder is removed at the end unless ``two_phase_keep``.
 
-What a batch's file holds, and why the numbers are the same bit for bit: docs/engine.md.
+What a batch's file holds, memory, and why the numbers are the same bit for bit:
+docs/engine.md.
 """
 
 from __future__ import annotations
@@ -21,13 +16,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from pytest_qdm.compress.conditions import Condition
 from pytest_qdm.compress.swap import applied
 from pytest_qdm.settings import AuditConfig
 from pytest_qdm.stream.domains import RowDomains, domain_batches
@@ -41,6 +35,7 @@ from pytest_qdm.stream.engine import (
     heap_allocations,
     new_state,
 )
+from pytest_qdm.stream.inputs import PassSpec
 from pytest_qdm.stream.stats import Entries
 
 CACHE_PREFIX = "qdm-reference-"
@@ -151,13 +146,8 @@ def _buffer(start: TopContexts, names: Sequence[str]) -> TopContexts:
 
 
 def run_two_phase(
-    model,
-    sae,
+    spec: PassSpec,
     tokens: torch.Tensor,
-    conditions: Sequence[Condition],
-    prepared: Mapping[str, dict[str, torch.Tensor]],
-    hook: str,
-    config: AuditConfig,
     advance: Callable[[int], None] = lambda n: None,
     drilldown: DrilldownState | None = None,
     domains: RowDomains | None = None,
@@ -166,8 +156,9 @@ def run_two_phase(
     the same state, bit for bit. ``prepared`` is read once per condition, in phase 2,
     block by block where it has ``by_block`` (run/audit.py's ``OnDemand``, which computes
     the weights when asked), so one compressed copy exists at a time."""
+    model, sae, config, conditions = spec.model, spec.sae, spec.config, spec.conditions
     device = torch.device(config.device or model.cfg.device)
-    readout = Readout(hook, config.compute_loss)
+    readout = Readout(spec.hook, config.compute_loss)
     state = new_state(sae, conditions, config, device, drilldown)
     batches = list(domain_batches(tokens, config.batch_size, domains))  # (domain, rows)
     folder = cache_folder(config)
@@ -183,8 +174,8 @@ def run_two_phase(
             )
             for condition in conditions:
                 name = condition.name
-                by_block = getattr(prepared, "by_block", None)  # run/audit.py's OnDemand
-                parts = by_block(name) if by_block else [prepared[name]]
+                by_block = getattr(spec.prepared, "by_block", None)  # run/audit.py's OnDemand
+                parts = by_block(name) if by_block else [spec.prepared[name]]
                 # this condition's weights and no other's, swapped in for all its batches
                 # (a candidate on the forward path swaps none and runs its own model)
                 with (

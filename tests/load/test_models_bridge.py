@@ -24,7 +24,8 @@ from pytest_qdm.compress.schemes import scheme_condition
 from pytest_qdm.compress.swap import applied
 from pytest_qdm.compress.targets import target_weights
 from pytest_qdm.load.architectures import SUPPORTED_ARCHITECTURES
-from pytest_qdm.load.models import bridge_architectures, load_model, load_model_from_disk
+from pytest_qdm.load.backends import bridge_architectures
+from pytest_qdm.load.models import load_model, load_model_from_disk
 from pytest_qdm.stream.hooks import run_to_hook
 from tests.helpers.factories import (
     char_tokenizer,

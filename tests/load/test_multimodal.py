@@ -13,6 +13,7 @@ import pytest_qdm as qdm
 from pytest_qdm.compress.schemes import NF4
 from pytest_qdm.compress.targets import target_weights
 from pytest_qdm.load.models import load_checkpoint, load_model_from_disk
+from pytest_qdm.load.placement import Placement
 from tests.helpers.factories import save_checkpoint
 
 pytest_plugins = ["pytester"]
@@ -130,7 +131,7 @@ def test_a_bnb_nf4_multimodal_candidate_is_the_simulated_nf4(multimodal, tmp_pat
         assert torch.equal(shipped[name].data, weight), name
 
     with pytest.raises(ValueError, match="multimodal Gemma3ForConditionalGeneration.*forward"):
-        load_checkpoint(folder, device="cpu", path="forward")
+        load_checkpoint(folder, Placement(device="cpu"), path="forward")
     with pytest.raises(ValueError, match="device_map / max_memory are not supported for it"):
         load_model_from_disk(multimodal, device_map={"": "cpu"})
 

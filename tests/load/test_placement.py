@@ -9,6 +9,8 @@ import json
 
 import pytest
 
+from pytest_qdm.load.placement import Placement
+
 pytest_plugins = ["pytester"]
 
 
@@ -16,11 +18,10 @@ def test_max_memory_is_parsed_and_a_bad_one_refused_in_one_line():
     from pytest_qdm.options_parse import build_options
 
     options = build_options({"device-map": "auto", "max-memory": "0=20GiB, 1=20GiB,cpu=64GiB"})
-    assert options.placement == {
-        "device_map": "auto",
-        "max_memory": {0: "20GiB", 1: "20GiB", "cpu": "64GiB"},
-    }
-    assert build_options({}).placement == {}
+    assert options.placement == Placement(
+        device_map="auto", max_memory={0: "20GiB", 1: "20GiB", "cpu": "64GiB"}
+    )
+    assert build_options({}).placement == Placement()
     with pytest.raises(ValueError, match=r"--qdm-max-memory: .*'0:20GiB' is not DEVICE=SIZE"):
         build_options({"max-memory": "0:20GiB"})
     with pytest.raises(ValueError, match="--qdm-device-map"):
@@ -68,7 +69,7 @@ def test_the_backend_option_runs_the_gate_model_through_the_bridge():
     from pytest_qdm.options_parse import build_options
 
     options = build_options({"backend": "bridge", "tokens": "256"}, model="tiny", device="cpu")
-    assert options.placement == {"backend": "bridge"}
+    assert options.placement == Placement(device="cpu", backend="bridge")
     assert is_bridge(load_subject(options).model)
     with pytest.raises(ValueError, match="--qdm-backend"):
         build_options({"backend": "jax"})

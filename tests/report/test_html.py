@@ -105,7 +105,7 @@ def chrome(tmp_path, monkeypatch):
 def test_chromium_opens_a_damaged_features_drilldown(tmp_path, monkeypatch):
     from selenium.webdriver.common.by import By
 
-    from pytest_qdm.report._format import visible
+    from pytest_qdm.report._drilldown import visible
     from pytest_qdm.report.html import element_id
 
     report = tiny_report()

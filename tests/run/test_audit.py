@@ -8,6 +8,7 @@ import torch
 
 import pytest_qdm as qdm
 from pytest_qdm.run.audit import finalize, prepare_conditions, token_summary
+from pytest_qdm.stream.inputs import PassSpec
 from pytest_qdm.stream.passes import run_pass
 from tests.helpers.factories import build_model, fitted_sae, neox_config
 
@@ -90,7 +91,7 @@ def test_shards_merged_equal_one_pass(neox_model, neox_sae, neox_tokens):
     prepared = prepare_conditions(neox_model, conditions, hook, compute_loss=False)
 
     def run(tokens):
-        return run_pass(neox_model, neox_sae, tokens, conditions, prepared, hook, QUIET)
+        return run_pass(PassSpec(neox_model, neox_sae, conditions, prepared, hook, QUIET), tokens)
 
     whole = run(neox_tokens)
     merged = run(neox_tokens[:5]).merge(run(neox_tokens[5:11])).merge(run(neox_tokens[11:]))

@@ -16,6 +16,7 @@ from pytest_qdm.analyse.stability import (
 from pytest_qdm.run.audit import prepare_conditions
 from pytest_qdm.schema.analyses import ConfidenceInterval
 from pytest_qdm.settings import ProtocolConfig
+from pytest_qdm.stream.inputs import PassSpec
 from pytest_qdm.stream.passes import run_pass
 from pytest_qdm.zoo import TINY_SECOND_HOOK
 
@@ -129,7 +130,7 @@ def shard_states(neox_model, neox_sae, neox_tokens):
     hook = "blocks.1.hook_resid_post"
     prepared = prepare_conditions(neox_model, conditions, hook, compute_loss=False)
     return [
-        run_pass(neox_model, neox_sae, rows, conditions, prepared, hook, QUIET)
+        run_pass(PassSpec(neox_model, neox_sae, conditions, prepared, hook, QUIET), rows)
         for rows in torch.tensor_split(neox_tokens, 4)
     ]
 

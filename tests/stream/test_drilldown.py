@@ -56,6 +56,7 @@ def passes():
     from pytest_qdm.settings import AuditConfig
     from pytest_qdm.stream.engine import encode
     from pytest_qdm.stream.hooks import run_to_hook
+    from pytest_qdm.stream.inputs import PassSpec
     from pytest_qdm.stream.passes import run_pass, run_shards
 
     model, sae, token_set = tiny_subject()
@@ -66,7 +67,7 @@ def passes():
     prepared = prepare_conditions(model, conditions, hook, compute_loss=False)
 
     def run(rows):
-        return run_pass(model, sae, rows, conditions, prepared, hook, config)
+        return run_pass(PassSpec(model, sae, conditions, prepared, hook, config), rows)
 
     dense = {"reference": [], "rtn-int4": []}
     with torch.inference_mode():
@@ -82,7 +83,7 @@ def passes():
         whole=run(tokens),
         first=run(halves[0]),
         second=run(halves[1]),
-        shards=run_shards(model, sae, halves, conditions, prepared, hook, config),
+        shards=run_shards(PassSpec(model, sae, conditions, prepared, hook, config), halves),
         x=dense["reference"],
         y=dense["rtn-int4"],
     )
@@ -208,7 +209,7 @@ def test_audit_drills_into_the_lowest_r_features():
 
 
 def test_labels_link_neuronpedia_and_keep_ids_without_a_tokenizer():
-    from pytest_qdm.report._format import token_texts
+    from pytest_qdm.report._drilldown import token_texts
     from pytest_qdm.stream.drilldown import Labels
 
     state = passes().whole.drilldown
@@ -227,7 +228,7 @@ def test_terminal_lists_the_most_damaged_features_within_80_columns():
     from rich.console import Console
 
     from pytest_qdm.report import render_report
-    from pytest_qdm.report._format import DRILLDOWN_SHOWN
+    from pytest_qdm.report._drilldown import DRILLDOWN_SHOWN
 
     report = tiny_report()
     console = Console(file=io.StringIO(), width=80, color_system=None)
@@ -242,7 +243,7 @@ def test_terminal_lists_the_most_damaged_features_within_80_columns():
 
 @pytest.mark.parametrize("width", [20, 40, 70])
 def test_context_line_keeps_the_peak_marked_within_width(width):
-    from pytest_qdm.report._format import context_line
+    from pytest_qdm.report._drilldown import context_line
     from pytest_qdm.schema.drilldown import Context
 
     tokens = ["a" * 30, " before", "\n", " peak", " after", "z" * 30]

@@ -185,6 +185,7 @@ def test_transfer_explained_variance_equals_dense(neox_model, neox_sae, neox_tok
 
 def test_engine_agreement_of_merged_shards_equals_one_pass(neox_model, neox_sae, neox_tokens):
     from pytest_qdm.run.audit import prepare_conditions
+    from pytest_qdm.stream.inputs import PassSpec
     from pytest_qdm.stream.passes import run_pass
 
     conditions, hook = [qdm.RTN(3)], "blocks.1.hook_resid_post"
@@ -192,7 +193,7 @@ def test_engine_agreement_of_merged_shards_equals_one_pass(neox_model, neox_sae,
     prepared = prepare_conditions(neox_model, conditions, hook, compute_loss=False)
 
     def run(tokens):
-        state = run_pass(neox_model, neox_sae, tokens, conditions, prepared, hook, config)
+        state = run_pass(PassSpec(neox_model, neox_sae, conditions, prepared, hook, config), tokens)
         return state.agreement["rtn-int3"]
 
     whole = run(neox_tokens).result(4)

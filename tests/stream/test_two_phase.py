@@ -18,6 +18,7 @@ from pytest_qdm.options_parse import build_options
 from pytest_qdm.run.audit import finalize, prepare_conditions, token_summary
 from pytest_qdm.stream import passes, two_phase
 from pytest_qdm.stream.drilldown import Labels
+from pytest_qdm.stream.inputs import PassSpec
 from pytest_qdm.stream.stats import Entries
 from pytest_qdm.stream.two_phase import CODES, RESIDUAL, representation
 
@@ -96,9 +97,9 @@ def test_shards_resume_and_the_shared_drilldown_are_the_same_in_two_phases(refer
     lazy = prepare_conditions(reference, CONDITIONS, HOOK, compute_loss=False, lazy=True)
     assert dict(lazy).keys() == eager.keys()
     run = passes.run_shards
-    one = run(reference, sae, shards, CONDITIONS, eager, HOOK, one_phase)
-    first = run(reference, sae, shards[:1], CONDITIONS, eager, HOOK, one_phase)
-    two = run(reference, sae, shards, CONDITIONS, lazy, HOOK, two_phase, finished=first)
+    eager_one = PassSpec(reference, sae, CONDITIONS, eager, HOOK, one_phase)
+    one, first = run(eager_one, shards), run(eager_one, shards[:1])
+    two = run(PassSpec(reference, sae, CONDITIONS, lazy, HOOK, two_phase), shards, finished=first)
     summary = token_summary(tokens)
     results = [finalize(merge_all(s), CONDITIONS, HOOK, summary, one_phase) for s in (one, two)]
     same(*results)
@@ -173,7 +174,7 @@ def test_bfloat16_model_keeps_its_weights_and_accumulates_in_float64(
     prepared = prepare_conditions(model, conditions, HOOK, compute_loss=False)
     assert {w.dtype for weights in prepared.values() for w in weights.values()} == {torch.bfloat16}
     settings = config(token_lenses=False)
-    state = passes.run_pass(model, sae, tokens, conditions, prepared, HOOK, settings)
+    state = passes.run_pass(PassSpec(model, sae, conditions, prepared, HOOK, settings), tokens)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert sae.dtype == torch.float32
     paired = state.paired["rtn-int4"]
