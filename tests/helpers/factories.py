@@ -146,6 +146,41 @@ def save_checkpoint(architecture: str, config_class: str, settings: dict, folder
     return model
 
 
+# Gemma-3 4B-27B's multimodal layout: a text decoder (local + global attention) and a vision tower
+GEMMA3_TEXT = dict(
+    vocab_size=128,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    intermediate_size=128,
+    max_position_embeddings=64,
+    sliding_window=8,
+    layer_types=["sliding_attention", "full_attention"],
+    query_pre_attn_scalar=16,
+    rope_parameters={  # as Gemma-3 4B-27B: linear scaling on the global layers
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    },
+)
+GEMMA3_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+)
+
+
+def save_gemma3_multimodal(folder):
+    """A tiny Gemma3ForConditionalGeneration (text decoder + vision tower) saved to ``folder``."""
+    settings = dict(text_config=GEMMA3_TEXT, vision_config=GEMMA3_VISION, image_token_index=127)
+    settings.update(mm_tokens_per_image=4, boi_token_index=125, eoi_token_index=126)
+    return save_checkpoint("Gemma3ForConditionalGeneration", "Gemma3Config", settings, folder)
+
+
 def save_neox(folder, vocab_size=128, tokenizer=None, **overrides):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
