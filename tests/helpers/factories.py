@@ -181,7 +181,8 @@ def save_gemma3_multimodal(folder):
     return save_checkpoint("Gemma3ForConditionalGeneration", "Gemma3Config", settings, folder)
 
 
-def save_neox(folder, vocab_size=128, tokenizer=None, **overrides):
+def hf_neox(vocab_size=128, **overrides):
+    """A tiny randomized GPTNeoXForCausalLM (Pythia's architecture), in memory."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     settings = dict(
@@ -200,13 +201,18 @@ def save_neox(folder, vocab_size=128, tokenizer=None, **overrides):
     )
     settings.update(overrides)
     torch.manual_seed(0)
-    model = randomize(GPTNeoXForCausalLM(GPTNeoXConfig(**settings)), seed=1)
+    return randomize(GPTNeoXForCausalLM(GPTNeoXConfig(**settings)), seed=1)
+
+
+def save_neox(folder, vocab_size=128, tokenizer=None, **overrides):
+    model = hf_neox(vocab_size, **overrides)
     model.save_pretrained(folder)
     (tokenizer or char_tokenizer(vocab_size)).save_pretrained(folder)
     return model
 
 
-def save_gemma2(folder):
+def hf_gemma2():
+    """A tiny randomized Gemma2ForCausalLM (grouped-query and local attention), in memory."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     config = Gemma2Config(
@@ -225,10 +231,33 @@ def save_gemma2(folder):
     torch.manual_seed(0)
     # eager attention: transformers' sdpa path (5.17) skips Gemma-2's attention soft-capping
     config._attn_implementation = "eager"
-    model = randomize(Gemma2ForCausalLM(config), seed=2)
+    return randomize(Gemma2ForCausalLM(config), seed=2)
+
+
+def save_gemma2(folder):
+    model = hf_gemma2()
     model.save_pretrained(folder)
     char_tokenizer(128).save_pretrained(folder)
     return model
+
+
+def hooked_config_of(hf_model):
+    """The TransformerLens config of hf_neox() or hf_gemma2() (same widths and layers)."""
+    config = hf_model.config
+    gemma = type(hf_model).__name__ == "Gemma2ForCausalLM"
+    d_head = config.head_dim if gemma else config.hidden_size // config.num_attention_heads
+    shape = dict(
+        n_layers=config.num_hidden_layers,
+        d_model=config.hidden_size,
+        n_heads=config.num_attention_heads,
+        d_head=d_head,
+        d_mlp=config.intermediate_size,
+        d_vocab=config.vocab_size,
+        n_ctx=config.max_position_embeddings,
+    )
+    if gemma:
+        return gemma_like_config(**shape, rotary_dim=d_head)
+    return neox_config(**shape, rotary_dim=d_head // 4)  # partial_rotary_factor 0.25
 
 
 def save_llama_family(folder, architecture):
