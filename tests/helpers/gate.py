@@ -12,6 +12,8 @@ QUICK = [
     *("--qdm-model", "tiny", "--qdm-tokens", "4096", "--qdm-bits", "8,6,4"),
     *("-p", "no:cacheprovider"),
 ]
+# QUICK without the matched-pruning condition, the lenses and the plots
+BARE = ["--qdm-match-bits", "0", "--qdm-lenses", "none", "--qdm-no-plots"]
 # one condition, no lenses, no plots: the cheapest run that gates (bounds, gate ends, baselines)
 INT6 = [
     *("--qdm-model", "tiny", "--qdm-tokens", "2048", "--qdm-bits", "6", "--qdm-match-bits", "0"),

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest_qdm as qdm
-from tests.helpers.gate import QUICK
+from tests.helpers.gate import INT6
 
 pytest_plugins = ["pytester"]
 
@@ -35,19 +35,12 @@ def test_xdist_runs_the_protocol_once_and_keeps_properties(pytester, tmp_path, m
     )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    cache = tmp_path / "cache"
+    cache = tmp_path / "cache"  # its own: the protocol runs are counted
 
     def run(*extra):
         junit = tmp_path / f"junit{len(extra)}.xml"
-        args = [
-            *QUICK,
-            "--qdm-cache-dir",
-            str(cache),
-            f"--junitxml={junit}",
-            "test_a.py",
-            "test_b.py",
-            *extra,
-        ]
+        args = [*INT6, "--qdm-cache-dir", str(cache), f"--junitxml={junit}"]
+        args += ["test_a.py", "test_b.py", *extra]
         pytester.runpytest_subprocess(*args).assert_outcomes(passed=3)
         root = ET.parse(junit)
         return {

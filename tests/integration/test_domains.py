@@ -14,7 +14,8 @@ pytest_plugins = ["pytester"]
 def test_the_gate_reports_and_gates_each_domain(pytester, domain_files, offline):  # noqa: F811
     junit = pytester.path / "junit.xml"
     result = pytester.runpytest_subprocess(
-        *("--qdm-model", "tiny", "--qdm-tokens", "4096", "--qdm-bits", "8,6,4"),
+        *("--qdm-model", "tiny", "--qdm-tokens", "4096", "--qdm-bits", "8,4"),
+        *("--qdm-match-bits", "0", "--qdm-lenses", "none"),  # the bounds read int8 and int4
         *("--qdm-no-cache", "-p", "no:cacheprovider", f"--junitxml={junit}"),
         *(f"--qdm-dataset={label}={path}" for label, path in domain_files.items()),
         *("--qdm-min-survived", "int8@code:0.5", "--qdm-min-survived", "int4@prose:1.0"),
