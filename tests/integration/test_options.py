@@ -1,5 +1,7 @@
 """The option surface from outside: --help lists the options and stays fast, and a bad
-value is refused at configure time in one line, before anything loads."""
+value is refused at configure time in one line, before anything loads. Refusals run pytest
+in this process (pytester's inprocess runs): nothing loads before them, so a subprocess would
+add only its start."""
 
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ def test_help_stays_fast(pytester):
     ],
 )
 def test_bad_options_fail_at_configure_with_one_line(pytester, args, message):
-    result = pytester.runpytest_subprocess(*args)
+    result = pytester.runpytest_inprocess(*args)  # refused before anything loads
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.lines if "pytest-qdm:" in line]
     assert len(errors) == 1 and message in errors[0], result.stderr.str()
@@ -88,7 +90,7 @@ def test_the_plugin_refuses_before_loading_anything(pytester, tmp_path):
         (["--qdm-bits", ""], "*pytest-qdm: --qdm-bits was given an empty value*"),
         ([f"--qdm-dataset={binary}"], "*pytest-qdm: --qdm-dataset*binary data*"),
     ]:
-        result = pytester.runpytest_subprocess(
+        result = pytester.runpytest_inprocess(
             "--qdm-model", "tiny", "-p", "no:cacheprovider", *args
         )
         assert result.ret == pytest.ExitCode.USAGE_ERROR

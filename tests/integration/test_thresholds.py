@@ -69,6 +69,6 @@ def test_kl_gate_reads_the_worse_end_under_lower(pytester, gate_int6):
     ],
 )
 def test_bad_gate_options_fail_at_configure(pytester, args, message):
-    result = pytester.runpytest_subprocess("--qdm-model", "tiny", *args)
+    result = pytester.runpytest_inprocess("--qdm-model", "tiny", *args)  # nothing loads
     assert result.ret != 0
     result.stderr.fnmatch_lines([f"*{message}"])
