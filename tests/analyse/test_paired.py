@@ -1,9 +1,8 @@
 """Paired regression against a baseline on identical tokens: counts and p-values against an
-independent computation, the parser, and the gate's baseline verdict."""
+independent computation and the parser (tests/integration/test_baselines.py runs the gate's
+baseline verdict)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -64,51 +63,3 @@ def test_significant_checks_parse():
     assert not parse_baseline("survived:-2%").significant
     with pytest.raises(ValueError, match="other metrics have no paired test"):
         parse_baseline("int6.damaged:+2:significant")
-
-
-def _doctor_baseline(path, n_features):
-    """The baseline as if ``n_features`` features that do not survive int6 now had
-    survived then (their r 0.99; survived % raised to match)."""
-    saved = json.loads(path.read_text())
-    cond = saved["report"]["audit"]["conditions"]["rtn-int6"]
-    r = cond["correlation"]
-    failing = [i for i, v in enumerate(r) if v is not None and v <= 0.9][:n_features]
-    for i in failing:
-        r[i] = 0.99
-    row = next(x for x in saved["report"]["sweep"] if x["condition"] == "rtn-int6")
-    n_active = sum(v is not None for v in r)
-    row["survived_pct"] += 100 * len(failing) / n_active
-    path.write_text(json.dumps(saved))
-    return len(failing)
-
-
-def test_baseline_verdict_reports_the_paired_test(pytester, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    pytester.makeini("[pytest]\n")
-    args = [
-        *("--qdm-model", "tiny", "--qdm-tokens", "2048", "--qdm-bits", "6"),
-        *("--qdm-match-bits", "0", "--qdm-lenses", "none", "--qdm-no-plots"),
-        *("--qdm-baseline", "base.json", "-p", "no:cacheprovider"),
-    ]
-    pytester.runpytest_subprocess(*args).assert_outcomes(passed=1, failed=1)  # written
-    path = pytester.path / "base.json"
-    original = path.read_text()
-
-    assert _doctor_baseline(path, 40) == 40
-    many = pytester.runpytest_subprocess(
-        *args, "--qdm-baseline-fail", "int6.survived:-1:significant"
-    )
-    many.assert_outcomes(passed=1, failed=1)
-    many.stdout.fnmatch_lines(["*significant (paired p=*", "*40 features lost survival, 0 gained*"])
-    verdicts = json.loads((pytester.path / "qdm-report" / "verdicts.json").read_text())
-    assert "McNemar exact p=" in verdicts[-1][2]
-
-    path.write_text(original)
-    _doctor_baseline(path, 3)  # a drop beyond 0.1 pp, but 3 discordant pairs: p = 0.25
-    few = pytester.runpytest_subprocess(
-        *args, "--qdm-baseline-fail", "int6.survived:-0.1:significant"
-    )
-    few.assert_outcomes(passed=2)
-    plain = pytester.runpytest_subprocess(*args, "--qdm-baseline-fail", "int6.survived:-0.1")
-    plain.assert_outcomes(passed=1, failed=1)

@@ -43,14 +43,3 @@ def test_refusal_names_the_option_and_none_audits_with_a_headline(
     report = run(None)
     poor = [line for line in headline(report) if line.startswith("POOR SAE FIT")]
     assert report.sae_fit.explained_variance < 0.5 and poor  # this SAE fits poorly
-
-
-def test_the_gate_refuses_with_the_option_named(pytester, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    pytester.makeini("[pytest]\nqdm_min_explained_variance = 0.9999\n")  # the ini key
-    result = pytester.runpytest_subprocess(
-        *("--qdm-model", "tiny", "--qdm-tokens", "1024", "--qdm-bits", "8"),
-        *("--qdm-match-bits", "0", "--qdm-no-cache", "-p", "no:cacheprovider"),
-    )
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*SAE does not fit*--qdm-min-explained-variance none*"])

@@ -9,7 +9,13 @@ import torch
 from pytest_qdm.compress.conditions import RTN, Candidate, MagnitudePrune, Reference
 from pytest_qdm.compress.swap import applied
 from pytest_qdm.compress.targets import target_weights
-from tests.helpers.factories import build_model, gemma_like_config, neox_config
+from tests.helpers.factories import (
+    build_model,
+    hf_gemma2,
+    hf_neox,
+    hooked_config_of,
+    neox_config,
+)
 
 
 def rtn_numpy(weight: np.ndarray, bits: int, group: int | None = None) -> np.ndarray:
@@ -26,59 +32,6 @@ def rtn_numpy(weight: np.ndarray, bits: int, group: int | None = None) -> np.nda
                 continue
             out[row, start : start + group] = np.clip(np.round(w / scale), -qmax, qmax) * scale
     return out
-
-
-def hf_neox(seed=0):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=16,
-        rotary_pct=0.5,
-        use_parallel_residual=True,
-    )
-    return GPTNeoXForCausalLM(config).eval(), neox_config(
-        n_layers=2,
-        d_model=32,
-        d_head=8,
-        n_heads=4,
-        d_mlp=64,
-        d_vocab=64,
-        n_ctx=16,
-        rotary_dim=4,
-    )
-
-
-def hf_gemma2(seed=0):
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    torch.manual_seed(seed)
-    config = Gemma2Config(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        max_position_embeddings=16,
-    )
-    tl_config = gemma_like_config(
-        n_layers=2,
-        d_model=32,
-        d_head=8,
-        n_heads=4,
-        d_mlp=64,
-        d_vocab=64,
-        n_ctx=16,
-        rotary_dim=8,
-    )
-    return Gemma2ForCausalLM(config).eval(), tl_config
 
 
 def as_hooked(hf_model, tl_config, convert):
@@ -128,7 +81,8 @@ def test_rtn_equals_per_row_rtn_of_hf_linear_weights(arch, bits):
         "neox": (hf_neox, NEOX_LINEARS, convert_neox_weights),
         "gemma2": (hf_gemma2, GEMMA_LINEARS, convert_gemma_weights),
     }[arch]
-    hf_model, tl_config = build()
+    hf_model = build()
+    tl_config = hooked_config_of(hf_model)
     model = as_hooked(hf_model, tl_config, convert)
     ours = RTN(bits).compressed_weights(model)
     expected = convert(rtn_hf_copy(hf_model, linears, bits), tl_config)
@@ -142,7 +96,8 @@ def test_group_wise_rtn_equals_per_group_rtn_of_hf_weights():
         convert_gemma_weights,
     )
 
-    hf_model, tl_config = hf_gemma2()
+    hf_model = hf_gemma2()
+    tl_config = hooked_config_of(hf_model)
     model = as_hooked(hf_model, tl_config, convert_gemma_weights)
     ours = RTN(4, group_size=8).compressed_weights(model)
     expected = convert_gemma_weights(rtn_hf_copy(hf_model, GEMMA_LINEARS, 4, 8), tl_config)

@@ -146,7 +146,43 @@ def save_checkpoint(architecture: str, config_class: str, settings: dict, folder
     return model
 
 
-def save_neox(folder, vocab_size=128, tokenizer=None, **overrides):
+# Gemma-3 4B-27B's multimodal layout: a text decoder (local + global attention) and a vision tower
+GEMMA3_TEXT = dict(
+    vocab_size=128,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    intermediate_size=128,
+    max_position_embeddings=64,
+    sliding_window=8,
+    layer_types=["sliding_attention", "full_attention"],
+    query_pre_attn_scalar=16,
+    rope_parameters={  # as Gemma-3 4B-27B: linear scaling on the global layers
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    },
+)
+GEMMA3_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+)
+
+
+def save_gemma3_multimodal(folder):
+    """A tiny Gemma3ForConditionalGeneration (text decoder + vision tower) saved to ``folder``."""
+    settings = dict(text_config=GEMMA3_TEXT, vision_config=GEMMA3_VISION, image_token_index=127)
+    settings.update(mm_tokens_per_image=4, boi_token_index=125, eoi_token_index=126)
+    return save_checkpoint("Gemma3ForConditionalGeneration", "Gemma3Config", settings, folder)
+
+
+def hf_neox(vocab_size=128, **overrides):
+    """A tiny randomized GPTNeoXForCausalLM (Pythia's architecture), in memory."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     settings = dict(
@@ -165,13 +201,18 @@ def save_neox(folder, vocab_size=128, tokenizer=None, **overrides):
     )
     settings.update(overrides)
     torch.manual_seed(0)
-    model = randomize(GPTNeoXForCausalLM(GPTNeoXConfig(**settings)), seed=1)
+    return randomize(GPTNeoXForCausalLM(GPTNeoXConfig(**settings)), seed=1)
+
+
+def save_neox(folder, vocab_size=128, tokenizer=None, **overrides):
+    model = hf_neox(vocab_size, **overrides)
     model.save_pretrained(folder)
     (tokenizer or char_tokenizer(vocab_size)).save_pretrained(folder)
     return model
 
 
-def save_gemma2(folder):
+def hf_gemma2():
+    """A tiny randomized Gemma2ForCausalLM (grouped-query and local attention), in memory."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     config = Gemma2Config(
@@ -190,10 +231,33 @@ def save_gemma2(folder):
     torch.manual_seed(0)
     # eager attention: transformers' sdpa path (5.17) skips Gemma-2's attention soft-capping
     config._attn_implementation = "eager"
-    model = randomize(Gemma2ForCausalLM(config), seed=2)
+    return randomize(Gemma2ForCausalLM(config), seed=2)
+
+
+def save_gemma2(folder):
+    model = hf_gemma2()
     model.save_pretrained(folder)
     char_tokenizer(128).save_pretrained(folder)
     return model
+
+
+def hooked_config_of(hf_model):
+    """The TransformerLens config of hf_neox() or hf_gemma2() (same widths and layers)."""
+    config = hf_model.config
+    gemma = type(hf_model).__name__ == "Gemma2ForCausalLM"
+    d_head = config.head_dim if gemma else config.hidden_size // config.num_attention_heads
+    shape = dict(
+        n_layers=config.num_hidden_layers,
+        d_model=config.hidden_size,
+        n_heads=config.num_attention_heads,
+        d_head=d_head,
+        d_mlp=config.intermediate_size,
+        d_vocab=config.vocab_size,
+        n_ctx=config.max_position_embeddings,
+    )
+    if gemma:
+        return gemma_like_config(**shape, rotary_dim=d_head)
+    return neox_config(**shape, rotary_dim=d_head // 4)  # partial_rotary_factor 0.25
 
 
 def save_llama_family(folder, architecture):

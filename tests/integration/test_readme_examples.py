@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tests.helpers.gate import BARE
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 pytest_plugins = ["pytester"]
@@ -28,17 +30,11 @@ def test_the_library_example_runs():
     assert namespace["small_sae"].cfg.d_sae < namespace["bundle"].sae.cfg.d_sae
 
 
-def test_the_fixture_examples_run(pytester, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    pytester.makeini("[pytest]\n")
+def test_the_fixture_examples_run(pytester, gate):
     docs = python_block("def test_int6_release(qdm_audit)")
     readme = python_block("def test_probe_features_survive_int8(qdm_audit)")
     pytester.makepyfile(test_readme=docs + "\n\n" + readme)
-    result = pytester.runpytest_subprocess(
-        *("--qdm-model", "tiny", "--qdm-tokens", "4096", "--qdm-bits", "8,6,4"),
-        *("--qdm-match-bits", "0", "--qdm-lenses", "none", "--qdm-no-cache", "--qdm-no-plots"),
-        *("-p", "no:cacheprovider", "test_readme.py"),
-    )
+    result = gate(*BARE, "test_readme.py")
     # every example runs to its assertion: a gate may fail on survival, never on an error
     outcomes = result.parseoutcomes()
     assert outcomes.get("errors", 0) == 0

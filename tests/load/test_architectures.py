@@ -20,7 +20,6 @@ from pytest_qdm.load.models import load_model_from_disk
 from tests.helpers.factories import (
     heads_in,
     heads_out,
-    randomize,
     rtn_numpy,
     sample_tokens,
     save_checkpoint,
@@ -207,22 +206,15 @@ def test_read_out_hook_is_hf_hidden_state(loaded):
 
 
 def test_refusals(tmp_path):
-    import transformers
-
-    config = transformers.Qwen2Config(
-        **COMMON, use_sliding_window=True, sliding_window=8, architectures=["Qwen2ForCausalLM"]
-    )
-    torch.manual_seed(0)
-    transformers.Qwen2ForCausalLM(config).save_pretrained(tmp_path / "windowed")
+    windowed = {**COMMON, "use_sliding_window": True, "sliding_window": 8}
+    save_checkpoint("Qwen2ForCausalLM", "Qwen2Config", windowed, tmp_path / "windowed")
     with pytest.raises(ValueError, match="Qwen2 checkpoints with sliding-window attention"):
         load_model_from_disk(tmp_path / "windowed", device="cpu")
 
     yarn = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}
     yarn["original_max_position_embeddings"] = 16
-    config = transformers.Qwen3Config(
-        **COMMON, rope_parameters=yarn, architectures=["Qwen3ForCausalLM"]
-    )
-    transformers.Qwen3ForCausalLM(config).save_pretrained(tmp_path / "yarn")
+    settings = {**COMMON, "rope_parameters": yarn}
+    save_checkpoint("Qwen3ForCausalLM", "Qwen3Config", settings, tmp_path / "yarn")
     with pytest.raises(ValueError, match="Qwen3 checkpoints with 'yarn' RoPE scaling"):
         load_model_from_disk(tmp_path / "yarn", device="cpu")
 
@@ -230,25 +222,18 @@ def test_refusals(tmp_path):
 def test_llama3_rope_scaling_is_mapped_and_other_scalings_refused(tmp_path):
     """Llama 3.1+ checkpoints use "llama3" (NTK-by-parts) RoPE scaling: loading it as plain
     RoPE would give wrong activations silently, so it is mapped, and others are refused."""
-    import transformers
-
     rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0}
     rope |= {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
     rope["original_max_position_embeddings"] = 8  # short: the scaling acts on test sequences
-    config = transformers.LlamaConfig(
-        **COMMON, rope_parameters=rope, architectures=["LlamaForCausalLM"]
-    )
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    hf_model = randomize(transformers.LlamaForCausalLM(config), seed=5)
-    hf_model.save_pretrained(tmp_path / "llama3")
+    settings = {**COMMON, "rope_parameters": rope}
+    hf_model = save_checkpoint("LlamaForCausalLM", "LlamaConfig", settings, tmp_path / "llama3")
     model = load_model_from_disk(tmp_path / "llama3", device="cpu")
     assert model.cfg.use_NTK_by_parts_rope and model.cfg.NTK_by_parts_factor == 8.0
     tokens = sample_tokens()
     with torch.no_grad():
         assert (model(tokens) - hf_model(tokens).logits).abs().max() < 1e-4
 
-    config.rope_parameters = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "dynamic")
+    settings["rope_parameters"] = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
+    save_checkpoint("LlamaForCausalLM", "LlamaConfig", settings, tmp_path / "dynamic")
     with pytest.raises(ValueError, match="Llama-family checkpoints with 'dynamic' RoPE scaling"):
         load_model_from_disk(tmp_path / "dynamic", device="cpu")

@@ -8,7 +8,6 @@ The audits here read 2 sequences of 128 tokens, to keep each test to seconds.
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -228,32 +227,6 @@ def test_torchao_paths_weight_only_vs_dynamic_activations(reference, sae, few, s
     assert info.activations_quantized and info.path == "forward"
     r, _ = paired_r(reference, sae, few, both_paths(dynamic))
     assert np.abs(r["forward"] - r["dequantize"]).max() > 0.1
-
-
-def test_forced_path_from_the_command_line_is_in_the_json(pytester, shipped, monkeypatch):  # noqa: F811
-    folder = nf4_folder(shipped)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    pytester.makeini("[pytest]\nqdm_candidate_path = dequantize\n")
-    cache = pytester.path / "cache"
-    args = [
-        *("--qdm-model", "tiny", "--qdm-tokens", "128", "--qdm-bits", "8"),
-        *("--qdm-match-bits", "0", "--qdm-lenses", "none", "--qdm-no-plots"),
-        *("--qdm-candidate", folder, "--qdm-cache-dir", str(cache), "-p", "no:cacheprovider"),
-    ]
-    report = pytester.path / "qdm-report" / "qdm-report.json"
-
-    def checkpoint(*more: str) -> dict:
-        result = pytester.runpytest_subprocess(*args, *more)
-        result.assert_outcomes(passed=1)
-        path = "forward" if more else "dequantize"
-        result.stdout.fnmatch_lines([f"*candidate:tiny-nf4: bitsandbytes nf4, {path} path*"])
-        conditions = json.loads(report.read_text())["audit"]["conditions"]
-        return conditions["candidate:tiny-nf4"]["spec"]["checkpoint"]
-
-    assert checkpoint()["path"] == "dequantize"  # the ini key
-    forced = checkpoint("--qdm-candidate-path", "forward")  # the command line wins
-    # the same files and settings otherwise: the cached dequantize result was not reused
-    assert forced["path"] == "forward" and forced["quant_method"] == "bitsandbytes"
 
 
 def test_paths_that_cannot_run_are_refused_in_one_line(tmp_path, reference, dense):

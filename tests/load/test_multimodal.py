@@ -14,43 +14,13 @@ from pytest_qdm.compress.schemes import NF4
 from pytest_qdm.compress.targets import target_weights
 from pytest_qdm.load.models import load_checkpoint, load_model_from_disk
 from pytest_qdm.load.placement import Placement
-from tests.helpers.factories import save_checkpoint
-
-pytest_plugins = ["pytester"]
-
-TEXT = dict(
-    vocab_size=128,
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    intermediate_size=128,
-    max_position_embeddings=64,
-    sliding_window=8,
-    layer_types=["sliding_attention", "full_attention"],
-    query_pre_attn_scalar=16,
-    rope_parameters={  # as Gemma-3 4B-27B: linear scaling on the global layers
-        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
-        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-    },
-)
-VISION = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    image_size=28,
-    patch_size=14,
-)
-SPECIAL = dict(mm_tokens_per_image=4, boi_token_index=125, eoi_token_index=126)
+from tests.helpers.factories import GEMMA3_TEXT, save_gemma3_multimodal
 
 
 @pytest.fixture(scope="module")
 def multimodal(tmp_path_factory):
     folder = tmp_path_factory.mktemp("multimodal") / "tiny-gemma3-mm"
-    settings = dict(text_config=TEXT, vision_config=VISION, image_token_index=127, **SPECIAL)
-    save_checkpoint("Gemma3ForConditionalGeneration", "Gemma3Config", settings, folder)
+    save_gemma3_multimodal(folder)
     return folder
 
 
@@ -103,7 +73,7 @@ def test_the_text_decoder_is_the_model_on_text(multimodal, backend):
         assert type(model.original_model).__name__ == "Gemma3ForCausalLM"
         assert torch.equal(ours, expected)
     assert not [n for n, _ in model.named_parameters() if "vision" in n or "multi_modal" in n]
-    assert len(target_weights(model)) == 7 * TEXT["num_hidden_layers"]
+    assert len(target_weights(model)) == 7 * GEMMA3_TEXT["num_hidden_layers"]
 
 
 def test_a_bnb_nf4_multimodal_candidate_is_the_simulated_nf4(multimodal, tmp_path):
@@ -157,36 +127,3 @@ def test_a_compressed_tensors_multimodal_checkpoint_that_transformers_cannot_loa
     AutoTokenizer.from_pretrained(multimodal).save_pretrained(folder)
     with pytest.raises(ValueError, match=r"could not load this compressed-tensors Gemma3For"):
         qdm.Candidate.from_pretrained(str(folder), device="cpu")
-
-
-def test_the_gate_audits_a_multimodal_folder_with_your_own_sae(multimodal, pytester, monkeypatch):
-    """`pytest --qdm-model FOLDER --qdm-sae SAE_DIR --qdm-dataset FILE`, the README's path
-    for your own checkpoint, on the multimodal model: the gate passes and reports it."""
-    import json
-
-    from tests.helpers.factories import exact_sae
-
-    hook = "blocks.1.hook_resid_post"  # an SAE that reconstructs exactly, so the fit check passes
-    exact_sae(TEXT["hidden_size"], hook).save_model(pytester.path / "sae")
-    text = "".join(chr(32 + (i * 7919) % 90) for i in range(20_000))  # ASCII: the char vocab
-    (pytester.path / "corpus.txt").write_text(text)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    pytester.makeini("[pytest]\n")
-    result = pytester.runpytest_subprocess(
-        *("--qdm-model", str(multimodal), "--qdm-sae", "sae", "--qdm-dataset", "corpus.txt"),
-        *(
-            "--qdm-tokens",
-            "2048",
-            "--qdm-bits",
-            "8,6,4",
-            "--qdm-no-cache",
-            "-p",
-            "no:cacheprovider",
-        ),
-        *("--qdm-min-survived", "int8:0.5"),
-    )
-    result.assert_outcomes(passed=2)
-    report = json.loads((pytester.path / "qdm-report" / "qdm-report.json").read_text())
-    assert report["audit"]["hook_name"] == hook
-    assert report["audit"]["reference"]["n_tokens"] == 2048
-    assert report["audit"]["conditions"]["rtn-int8"]["summary"]["n_active"] > 10

@@ -124,17 +124,3 @@ def test_a_gpu_the_machine_lacks_is_refused_in_one_line():
         plan_device_map(weights_dir(), torch.float32, "auto", {absent: "1GiB", "cpu": "1GiB"})
     with pytest.raises(ValueError, match=rf"name GPU\(s\) \[{absent}\]"):
         plan_device_map(weights_dir(), torch.float32, {"": f"cuda:{absent}"}, None)
-
-
-@pytest.mark.parametrize(
-    ("ranks_here", "message"),
-    [("1", "would be offloaded to disk"), ("2", "with 2 ranks on this node: each rank")],
-)
-def test_the_gate_refuses_a_split_it_cannot_run_at_configure(
-    pytester, monkeypatch, ranks_here, message
-):
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks_here)  # as torchrun sets it
-    result = pytester.runpytest_subprocess("--qdm-model", "tiny", "--qdm-max-memory", "cpu=5MiB")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    errors = [line for line in result.stderr.lines if "pytest-qdm:" in line]
-    assert len(errors) == 1 and message in errors[0], result.stderr.str()

@@ -97,18 +97,3 @@ def test_a_pickle_only_model_is_refused_with_how_to_convert(model_copy):
         "holds only pickled weights .*pytorch_model.bin",
     )
     assert "safetensors only" in message and "save_pretrained" in message
-
-
-def test_the_plugin_refuses_before_loading_anything(pytester, tmp_path):
-    binary = tmp_path / "corpus.bin"
-    binary.write_bytes(bytes(range(256)))
-    for args, line in [
-        (["--qdm-bits", ""], "*pytest-qdm: --qdm-bits was given an empty value*"),
-        ([f"--qdm-dataset={binary}"], "*pytest-qdm: --qdm-dataset*binary data*"),
-    ]:
-        result = pytester.runpytest_subprocess(
-            "--qdm-model", "tiny", "-p", "no:cacheprovider", *args
-        )
-        assert result.ret == pytest.ExitCode.USAGE_ERROR
-        result.stderr.fnmatch_lines([line])
-        assert "Traceback" not in result.stderr.str()

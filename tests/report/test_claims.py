@@ -1,11 +1,10 @@
-"""The Claims section of every report, qdm-report.json's ``claims``, the JUnit
-properties, and the gate end to end: one pytest item per claim and condition."""
+"""The Claims section of every report, qdm-report.json's ``claims`` and the JUnit
+properties (tests/integration/test_claims.py runs the gate: one item per claim and condition)."""
 
 from __future__ import annotations
 
 import io
 import json
-import xml.etree.ElementTree as ET
 
 import pytest
 from rich.console import Console
@@ -15,7 +14,6 @@ from pytest_qdm.report.claims import claim_properties
 from pytest_qdm.report.html import html_report
 from pytest_qdm.schema.claims import ClaimResult, ClaimsReport
 from pytest_qdm.schema.protocol import ProtocolReport
-from tests.integration.test_plugin import QUICK
 from tests.report.test_format import report  # noqa: F401 (the module's ProtocolReport fixture)
 
 pytest_plugins = ["pytester"]
@@ -76,48 +74,3 @@ def test_junit_property_names():
     assert names["qdm.rtn-int6.claim.code-steering.ratio"] == 0.9
     assert names["qdm.rtn-int6.claim.code-steering.holds"] is True
     assert names["qdm.rtn-int6.claim.code-steering.ci_low"] == pytest.approx(0.8)
-
-
-CLAIMS = """
-[[claim]]
-id = "steer"
-kind = "steers"
-feature = 1111
-alpha = 3.19
-prompts = ["The result is a list of strings.", "See the tutorial for more."]
-targets = ["x", "00"]
-min_ratio = 0.5
-
-[[claim]]
-id = "no-effect"
-kind = "steers"
-feature = 1111
-alpha = 0.0
-prompts = ["The result is a list of strings.", "See the tutorial for more."]
-targets = ["x"]
-"""
-
-
-def test_the_gate_runs_one_item_per_claim_and_condition(pytester, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    pytester.makeini("[pytest]\n")
-    (pytester.path / "claims.toml").write_text(CLAIMS)
-    run = pytester.runpytest_subprocess(
-        *QUICK[:4], "--qdm-bits", "4", "--qdm-no-cache", "--qdm-claims", "claims.toml",
-        "--qdm-match-bits", "0", "--qdm-lenses", "none", "--qdm-no-plots",
-        "--junitxml", "junit.xml", "-v", "-p", "no:cacheprovider",
-    )  # fmt: skip
-    run.stdout.fnmatch_lines(
-        ["*qdm-claims::steer?rtn-int4? PASSED*", "*qdm-claims::no-effect?rtn-int4? FAILED*"]
-    )
-    run.stdout.fnmatch_lines(["*Claims*", "*no-effect*steers*rtn-int4*"])
-    assert "no-effect: no reference effect (steering effect 0" in run.stdout.str()
-    written = json.loads((pytester.path / "qdm-report" / "qdm-report.json").read_text())
-    assert {r["claim"] for r in written["claims"]["results"]} == {"steer", "no-effect"}
-    assert "<h2>Claims</h2>" in (pytester.path / "qdm-report" / "index.html").read_text()
-    props = {
-        p.get("name"): p.get("value")
-        for p in ET.parse(pytester.path / "junit.xml").iter("property")
-    }
-    assert props["qdm.rtn-int4.claim.steer.holds"] == "True"

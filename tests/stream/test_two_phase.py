@@ -3,9 +3,6 @@ condition at a time; the numbers must be those of the one-phase pass, bit for bi
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -228,24 +225,3 @@ def test_two_phase_is_in_neither_fingerprint():
     settings = [o.audit_config().model_dump_json(exclude=NOT_FINGERPRINTED) for o in (plain, two)]
     assert settings[0] == settings[1] and "two_phase" not in settings[0]
     assert sources_key(plain) == sources_key(two) is not None
-
-
-def test_the_gate_runs_in_two_phases_and_shares_the_one_phase_cache(pytester, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
-    # this checkout's package, also where another one is installed (git worktrees)
-    monkeypatch.setenv("PYTHONPATH", str(Path(qdm.__file__).parents[1]))
-    pytester.makeini("[pytest]\n")
-    small = ["--qdm-model", "tiny", "--qdm-tokens", "1024", "--qdm-bits", "8,4"]
-    small += ["--qdm-match-bits", "0", "--qdm-lenses", "none", "--qdm-cache-dir", "cache"]
-    small += ["--qdm-min-survived", "int8:0.5", "-p", "no:cacheprovider"]
-    first = pytester.runpytest_subprocess(*small, "--qdm-two-phase", "--qdm-two-phase-dir", "tp")
-    first.assert_outcomes(passed=2)
-    assert list((pytester.path / "tp").iterdir()) == []  # made, used, and emptied
-    run = json.loads((pytester.path / "qdm-report" / "run.json").read_text())
-    assert run["cached"] is False
-    # two-phase is not in the fingerprint: the one-phase run reads the same result
-    second = pytester.runpytest_subprocess(*small)
-    second.assert_outcomes(passed=2)
-    assert json.loads((pytester.path / "qdm-report" / "run.json").read_text())["cached"] is True
