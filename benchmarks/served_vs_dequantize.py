@@ -42,6 +42,7 @@ WRITTEN = ("Q8_0", "Q5_0", "Q4_0")
 def written_files(reference_folder: Path, out: Path, qtypes=WRITTEN) -> dict[str, Path]:
     """GGUFs of the reference folder (default Q8_0 / Q5_0 / Q4_0), written once."""
     import gguf
+
     from tests.helpers.gguf_writer import write_llama_gguf
 
     files = {}

@@ -10,8 +10,9 @@ Stages (each skips what is already on disk under ``--work``, so a killed run res
    corpus' *train* split (prose and stdlib code, alternating sequences), float16 shards.
 3. ``train``: sae_lens ``SAETrainer`` over shuffled shards; ``--checkpoints`` trainer states
    (weights, Adam, schedulers) under ``ckpt/``; a restart loads the newest one.
-4. ``eval``: explained variance, L0 and dead latents on the *held-out* split (never trained
-   on); writes ``quality.json`` and the float16 SAE folder the package ships.
+4. ``eval``: writes the float16 SAE folder the package ships (``sae-float16/``) and its
+   explained variance, L0 and dead latents on the *held-out* split (never trained on),
+   ``quality.json``.
 
     HF_HUB_OFFLINE=1 .venv/bin/python training/train_smollm2_sae.py --work /work/cache/smollm2
 """
@@ -180,18 +181,39 @@ def stage_train(work: Path, args, log):
 
 
 def stage_eval(work: Path, args, log) -> dict:
+    """Write the float16 folder the package ships (``sae-float16/``) and measure that file
+    on the held-out activations; its cfg metadata records what it reads and the quality."""
+    import shutil
+
     import torch
     from sae_lens import SAE
     from sae_train import sae_quality
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
-    sae = SAE.load_from_disk(str(work / "sae"), device="cpu")
+    trained, shipped = work / "sae", work / "sae-float16"
+    shipped.mkdir(exist_ok=True)
+    weights = load_file(trained / "sae_weights.safetensors")
+    half = {name: value.half().contiguous() for name, value in weights.items()}
+    save_file(half, shipped / "sae_weights.safetensors")
+    shutil.copy(trained / "cfg.json", shipped / "cfg.json")
+    sae = SAE.load_from_disk(str(shipped), device="cpu")
     acts = torch.cat(
         [load_file(p)["acts"] for p in sorted((work / "acts-heldout").glob("*.safetensors"))]
     ).float()
     q = sae_quality(sae, acts, batch_size=4096)  # the bundled model's held-out measure
+    cfg = json.loads((shipped / "cfg.json").read_text())
+    cfg["metadata"] |= {
+        "hook_name": f"blocks.{args.layer}.hook_resid_post",
+        "model_name": "SmolLM2-135M-Instruct.Q4_1",
+        "context_size": args.seq_len,
+        "prepend_bos": False,
+        "dataset_path": f"builtin prose + stdlib code (train split), {args.act_tokens:,} tokens",
+        "l0": round(q["mean_l0"], 1),
+        "num_dead_features": round(q["dead_fraction"] * cfg["d_sae"]),
+    }
+    (shipped / "cfg.json").write_text(json.dumps(cfg, indent=1))
     (work / "quality.json").write_text(json.dumps(q, indent=1))
-    log(f"eval: {q}")
+    log(f"eval (float16 file): {q}")
     return q
 
 
