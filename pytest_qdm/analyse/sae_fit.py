@@ -6,7 +6,9 @@ the audit would then report on features that never meant anything. The check rec
 a small reference batch and compares:
 
 - explained variance EV = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over tokens
-  (x: hook activation, x_hat = decode(encode(x)); float64 sums),
+  (x: hook activation, x_hat = decode(encode(x)); float64 sums), leaving out massive
+  activations (attention sinks: ||x|| over ``MASSIVE_NORM`` times the median), which would
+  otherwise decide the sums alone (SmolLM2's first positions: 140x the median norm),
 - mean L0 (active features per token),
 - mean ||x|| against mean ||x_hat|| and ||b_dec|| (a scale mismatch shows up here first).
 """
@@ -29,6 +31,15 @@ ADVICE = (
     "writing weights) while the SAE was trained on unprocessed ones, or the reverse? Load "
     "the model with pytest_qdm.load.models.load_model (unprocessed) and the SAE made for it."
 )
+
+
+MASSIVE_NORM = 10.0
+
+
+def typical_tokens(acts: torch.Tensor) -> torch.Tensor:
+    """Mask of the activations [n, d] whose norm is at most ``MASSIVE_NORM`` x the median."""
+    norms = acts.double().norm(dim=-1)
+    return norms <= MASSIVE_NORM * norms.median()
 
 
 def _reconstruction_sums(sae: SAE, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +102,11 @@ def check_sae_fit(
             f"activations at {hook_name!r} have shape {tuple(acts.shape[1:])} but the SAE "
             f"expects d_in={d_in}. {ADVICE}"
         )
-    sums, sum_x = _reconstruction_sums(sae, acts.reshape(len(acts), d_in))
+    acts = acts.reshape(len(acts), d_in)
+    typical = typical_tokens(acts)
+    massive = int((~typical).sum())
+    acts = acts[typical]
+    sums, sum_x = _reconstruction_sums(sae, acts)
     b_dec_norm = float(sae.b_dec.detach().double().norm())
     n = len(acts)
     total = float(sums[1] - (sum_x @ sum_x) / n)  # sum ||x - mean||^2
@@ -105,6 +120,10 @@ def check_sae_fit(
         f"{act_norm:.4g} vs reconstruction norm {rec_norm:.4g} (ratio {ratio:.2f}), "
         f"||b_dec|| {b_dec_norm:.4g}, on {n} tokens at {hook_name!r}"
     )
+    if massive:
+        numbers += (
+            f" ({massive} massive-activation tokens, norm > {MASSIVE_NORM:g}x the median, left out)"
+        )
     if sae_hook and sae_hook != hook_name:
         numbers += f" (the SAE was made for {sae_hook!r})"
     ok = min_explained_variance is None or ev >= min_explained_variance  # False for NaN
@@ -119,6 +138,7 @@ def check_sae_fit(
         norm_ratio=ratio,
         b_dec_norm=b_dec_norm,
         min_explained_variance=min_explained_variance,
+        n_massive_tokens=massive,
         ok=ok,
         reason=f"SAE fits: {numbers}" if ok else f"SAE does not fit the model: {numbers}",
     )

@@ -82,6 +82,7 @@ class SaeFit(BaseModel):
     norm_ratio: float  # reconstruction_norm / activation_norm
     b_dec_norm: float  # ||b_dec||, the point the SAE reconstructs around
     min_explained_variance: float | None  # None: measured, never refused
+    n_massive_tokens: int = 0  # left out of the sums: norm > MASSIVE_NORM x the median
     ok: bool
     reason: str
 

@@ -119,3 +119,38 @@ def test_bad_inputs(neox_model, own_sae, neox_tokens):
         check_sae_fit(neox_model, own_sae, neox_tokens, max_tokens=0)
     with pytest.raises(ValueError, match=r"shape \(256,\) but the SAE expects d_in=64"):
         check_sae_fit(neox_model, own_sae, neox_tokens, hook_name="blocks.0.mlp.hook_post")
+
+
+def test_massive_activations_do_not_decide_the_fit():
+    """A few attention-sink tokens with 100x the norm dominate sum ||x - mean||^2: an SAE
+    that reconstructs only them would pass on all tokens. They are left out and counted."""
+    import torch
+
+    from pytest_qdm.analyse.sae_fit import typical_tokens
+
+    acts = torch.randn(256, 16)
+    acts[::64] *= 100  # four sinks
+    mask = typical_tokens(acts)
+    assert int((~mask).sum()) == 4 and bool(mask[1:64].all())
+    # an "SAE" that returns the sinks exactly and zero elsewhere: EV over all tokens is high,
+    # over the typical tokens it is about 0 (it explains nothing there)
+    x_hat = torch.where(mask[:, None], torch.zeros_like(acts), acts)
+    ev_all = 1 - ((acts - x_hat) ** 2).sum() / ((acts - acts.mean(0)) ** 2).sum()
+    typical = acts[mask]
+    ev_typical = 1 - (typical**2).sum() / ((typical - typical.mean(0)) ** 2).sum()
+    assert ev_all > 0.99 and ev_typical < 0.05
+
+
+def test_fit_counts_and_leaves_out_massive_tokens(monkeypatch, neox_model):
+    import torch
+
+    import pytest_qdm.analyse.sae_fit as sae_fit
+    from tests.helpers.factories import exact_sae
+
+    acts = torch.randn(256, 16)
+    acts[::64] *= 100
+    monkeypatch.setattr(sae_fit, "hook_activations", lambda model, tokens, hook: acts)
+    tokens = torch.zeros(2, 128, dtype=torch.long)
+    fit = sae_fit.check_sae_fit(neox_model, exact_sae(16, "blocks.0.hook_resid_post"), tokens)
+    assert (fit.n_massive_tokens, fit.n_tokens) == (4, 252)
+    assert "4 massive-activation tokens" in fit.reason and fit.explained_variance > 0.999
