@@ -190,6 +190,8 @@ def stage_eval(work: Path, args, log) -> dict:
     from sae_train import sae_quality
     from safetensors.torch import load_file, save_file
 
+    from pytest_qdm.analyse.sae_fit import typical_tokens
+
     trained, shipped = work / "sae", work / "sae-float16"
     shipped.mkdir(exist_ok=True)
     weights = load_file(trained / "sae_weights.safetensors")
@@ -201,6 +203,15 @@ def stage_eval(work: Path, args, log) -> dict:
         [load_file(p)["acts"] for p in sorted((work / "acts-heldout").glob("*.safetensors"))]
     ).float()
     q = sae_quality(sae, acts, batch_size=4096)  # the bundled model's held-out measure
+    # the same on the typical tokens: massive activations (the attention sink) dominate it
+    typical = typical_tokens(acts)
+    q["typical"] = sae_quality(sae, acts[typical], batch_size=4096)
+    norms = acts.norm(dim=1)
+    q["massive_tokens"] = int((~typical).sum())
+    q["median_norm"] = {
+        "typical": float(norms[typical].median()),
+        "massive": float(norms[~typical].median()),
+    }
     cfg = json.loads((shipped / "cfg.json").read_text())
     cfg["metadata"] |= {
         "hook_name": f"blocks.{args.layer}.hook_resid_post",
