@@ -5,7 +5,7 @@
 Each run is a fresh child process (so allocator state cannot leak between versions); runs
 alternate between the versions. Reports tokens/s and the time profile of each version, and
 checks that every result array is bit-identical. The revision's ``pytest_qdm`` is read with
-``git archive`` (read-only) into a temporary folder as the package ``pytest_qdm_base``.
+``git archive`` (read-only) into a temporary folder, imported by its own child process.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ REFERENCE = ("firing_rate", "mean_activation", "max_activation", "active")
 
 
 def base_package(rev: str, into: Path) -> None:
-    """Extract ``pytest_qdm`` at ``rev`` as ``into/pytest_qdm_base``."""
+    """Extract ``pytest_qdm`` at ``rev`` into ``into``."""
     tar = subprocess.run(
         ["git", "-C", str(REPO), "archive", "--format=tar", rev, "pytest_qdm"],
         capture_output=True,
@@ -40,7 +40,16 @@ def base_package(rev: str, into: Path) -> None:
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         archive.extractall(into, filter="data")
-    (into / "pytest_qdm").rename(into / "pytest_qdm_base")
+
+
+def _module(*names: str):
+    """The first of ``names`` that imports (the engine moved into stream/ in a later tree)."""
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+    raise ModuleNotFoundError(f"none of {names}")
 
 
 def child(args) -> None:
@@ -51,12 +60,12 @@ def child(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.variant == "base":
+    if args.variant == "base":  # this child imports pytest_qdm from the base tree
         sys.path.insert(0, str(args.base_dir))
-    package = "pytest_qdm_base" if args.variant == "base" else "pytest_qdm"
-    qdm = importlib.import_module(package)
-    engine = importlib.import_module(f"{package}.engine")
-    stats = importlib.import_module(f"{package}.stats")
+    qdm = importlib.import_module("pytest_qdm")
+    engine, stats = (
+        _module(f"pytest_qdm.{n}", f"pytest_qdm.stream.{n}") for n in ("engine", "stats")
+    )
     workload = workload_p(args.tokens, args.ctx)
     tokens = workload.tokens.reshape(-1)[: args.tokens].reshape(-1, args.ctx)
     conditions = [qdm.RTN(bits) for bits in (8, 7, 6, 5, 4)]
